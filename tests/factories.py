@@ -1,0 +1,98 @@
+"""Small synthetic inputs for the tests: a tiny random SmolVLM, videos, MOT folders, boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
+
+from vidqa.messages import Detections
+from vidqa.vlm.build import image_seq_len, make_processor, smolvlm_config
+
+_CORPUS = [
+    "User: Is this person carrying a backpack? Assistant: Yes. No. yes no",
+    "Is this worker wearing a hard hat? Describe the person. What colour is the shirt?",
+]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in a fraction of a second, with SmolLM2's special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def build_tiny_vlm(directory: Path, seed: int = 0, text_layers: int = 4,
+                   vision_layers: int = 2) -> Path:
+    """Save a random-weight Idefics3 (64 px tiles, 4 image tokens) and its processor."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = smolvlm_config(
+        make_processor(tokenizer, 64, 4).tokenizer,
+        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": vision_layers,
+                "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": text_layers,
+              "num_attention_heads": 2, "num_key_value_heads": 1,
+              "max_position_embeddings": 512},
+        scale_factor=2,
+    )
+    processor = make_processor(tokenizer, config.vision_config.image_size, image_seq_len(config))
+    model = Idefics3ForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def person_crops(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Random BGR crops of person-like (tall) shapes."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(rng.integers(60, 140)), int(rng.integers(30, 60)), 3),
+                         dtype=np.uint8) for _ in range(count)]
+
+
+def detections(boxes: list[tuple[float, float, float, float]], track_ids: list[int]) -> Detections:
+    n = len(boxes)
+    return Detections(xyxy=np.asarray(boxes, np.float32).reshape(n, 4),
+                      confidence=np.full(n, 0.9, np.float32), class_id=np.zeros(n, np.int64),
+                      track_id=np.asarray(track_ids, np.int64))
+
+
+def write_video(path: Path, frames: int, size: tuple[int, int] = (160, 120), fps: float = 10.0,
+                codec: str = "MJPG") -> Path:
+    """A synthetic clip: a bright rectangle moving over a gradient, frame index in the red channel."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+    assert writer.isOpened(), f"cannot write {path}"
+    for i in range(frames):
+        image = np.zeros((height, width, 3), np.uint8)
+        image[:, :, 1] = np.linspace(0, 255, width, dtype=np.uint8)
+        x = (i * 5) % max(1, width - 20)
+        image[20:80, x:x + 20] = 255
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def write_mot_sequence(root: Path, frames: int, size: tuple[int, int] = (160, 120),
+                       fps: int = 30, name: str = "MOT16-00") -> Path:
+    """A MOT16-style sequence directory: img1/000001.jpg ... and seqinfo.ini."""
+    seq = root / name
+    (seq / "img1").mkdir(parents=True)
+    width, height = size
+    for i in range(frames):
+        image = np.full((height, width, 3), (i * 7) % 255, np.uint8)
+        cv2.imwrite(str(seq / "img1" / f"{i + 1:06d}.jpg"), image)
+    (seq / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps}\nseqLength={frames}\n"
+        f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n")
+    return seq

@@ -1,0 +1,309 @@
+"""Configuration: one frozen dataclass per stage, loaded from YAML and validated.
+
+Unknown keys are rejected with the list of valid ones, values are checked against the
+annotated type and range, and ``--set stage.key=value`` overrides are applied before
+validation, so an override is held to the same rules as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vidqa.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "vidqa"  # folder under out_dir; the CLI's --out replaces out_dir/name
+    out_dir: str = "runs"
+    overwrite: bool = False  # replace an existing run directory instead of refusing
+    max_frames: int = 0  # stop after this many frames (0 = until the source ends)
+    log_every_s: float = 5.0  # progress line interval in seconds
+
+    def __post_init__(self) -> None:
+        _require(self.max_frames >= 0, "run.max_frames", self.max_frames, ">= 0")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["file", "mot", "webcam", "stream"] = "file"
+    path: str = "auto"  # video file or MOT sequence dir; "auto" = the sample video vtest.avi
+    device: int = 0  # webcam index (kind: webcam)
+    url: str = ""  # rtsp:// or http(s):// (kind: stream)
+    max_fps: float = 0.0  # live sources: cap the processed frame rate (0 = no cap)
+    stall_timeout_s: float = 5.0  # live: no new frame for this long counts as a stall
+    reconnect_initial_s: float = 0.5  # live: first reconnect delay, doubled per failure
+    reconnect_max_s: float = 10.0  # live: cap on the reconnect delay
+    max_reconnects: int = -1  # live: give up after this many failed attempts in a row (-1 = never)
+    open_timeout_s: float = 10.0  # live: how long one open attempt may take
+    reset_tracks_after_s: float = 2.0  # live: a gap longer than this restarts the tracker
+
+    def __post_init__(self) -> None:
+        _require(self.max_fps >= 0, "source.max_fps", self.max_fps, ">= 0")
+        _require(self.stall_timeout_s > 0, "source.stall_timeout_s", self.stall_timeout_s, "> 0")
+        _require(self.reconnect_initial_s > 0, "source.reconnect_initial_s",
+                 self.reconnect_initial_s, "> 0")
+        _require(self.reconnect_max_s >= self.reconnect_initial_s, "source.reconnect_max_s",
+                 self.reconnect_max_s, ">= source.reconnect_initial_s")
+        _require(self.max_reconnects >= -1, "source.max_reconnects", self.max_reconnects, ">= -1")
+        if self.kind == "stream" and not self.url:
+            raise ConfigError("source.url is empty but source.kind is 'stream': "
+                              "set source.url to an rtsp:// or http:// address")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    weights: str = "auto"  # ultralytics checkpoint; "auto" = yolov8n.pt online, packaged offline
+    tracker: str = "bytetrack.yaml"  # ultralytics tracker YAML: bytetrack.yaml or botsort.yaml
+    conf: float = 0.25  # detection confidence threshold
+    iou: float = 0.7  # NMS IoU threshold
+    imgsz: int = 640  # inference size in pixels
+    classes: tuple[int, ...] | None = None  # detector classes that are persons; None = by name
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:0", ...
+
+    def __post_init__(self) -> None:
+        _require(0 < self.conf < 1, "tracker.conf", self.conf, "between 0 and 1")
+        _require(0 < self.iou <= 1, "tracker.iou", self.iou, "between 0 and 1")
+        _require(self.imgsz >= 32 and self.imgsz % 32 == 0, "tracker.imgsz", self.imgsz,
+                 "a multiple of 32, at least 32")
+
+
+@dataclass(frozen=True)
+class RoiConfig:
+    padding: float = 0.1  # grow each box by this fraction of its size on every side
+    min_width: int = 24  # ignore crops narrower than this (pixels)
+    min_height: int = 48  # ignore crops shorter than this (pixels)
+    min_hits: int = 3  # a track is confirmed after this many frames with a box
+    reask_every: int = 0  # ask again every N frames of a track (0 = never)
+    reask_growth: float = 0.0  # ask again when the crop area grows by this factor (0 = never)
+    max_age: int = 30  # frames without a box before a track is declared dead and forgotten
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.padding <= 1, "roi.padding", self.padding, "between 0 and 1")
+        _require(self.min_width >= 1 and self.min_height >= 1, "roi.min_width/min_height",
+                 (self.min_width, self.min_height), ">= 1")
+        _require(self.min_hits >= 1, "roi.min_hits", self.min_hits, ">= 1")
+        _require(self.reask_every >= 0, "roi.reask_every", self.reask_every, ">= 0")
+        _require(self.reask_growth == 0 or self.reask_growth > 1, "roi.reask_growth",
+                 self.reask_growth, "0 (off) or > 1")
+        _require(self.max_age >= 1, "roi.max_age", self.max_age, ">= 1")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    question: str  # asked about every person crop
+    answer: Literal["yesno", "text"] = "yesno"  # yesno: one forward pass; text: generate()
+    name: str = ""  # short label for the overlay and plots; defaults to the question
+
+    def __post_init__(self) -> None:
+        if not self.question.strip():
+            raise ConfigError("vlm.queries: a query has an empty question")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.question
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    enabled: bool = True  # profile the first tracks of each query, then compress
+    profile_tracks: int = 10  # K: tracks answered by the full model and profiled per query
+    metric: Literal["block_influence", "activation", "task_skip", "task_int8"] = "block_influence"
+    task_impact: bool = False  # also measure task impact while profiling (one pass per layer)
+    mode: Literal["auto", "bottom_fraction", "off"] = "auto"
+    fraction: float = 0.5  # bottom_fraction mode: share of layers to compress
+    operator: Literal["int8", "skip"] = "int8"  # bottom_fraction mode: what to do to them
+    target_agreement: float = 0.98  # auto mode: a plan must agree this often on profiled ROIs
+    max_dp_yes: float = 0.05  # auto mode: and move p_yes by less than this on average
+    audit_every: int = 10  # answer every Nth compressed ROI with the full model too (0 = never)
+    audit_window: int = 20  # rolling window of audits for the agreement check
+    cache_dir: str = "auto"  # profile/plan cache; "auto" = the user cache dir
+
+    def __post_init__(self) -> None:
+        _require(self.profile_tracks >= 1, "vlm.adaptive.profile_tracks", self.profile_tracks,
+                 ">= 1")
+        _require(0 < self.fraction < 1, "vlm.adaptive.fraction", self.fraction,
+                 "between 0 and 1")
+        _require(0 < self.target_agreement <= 1, "vlm.adaptive.target_agreement",
+                 self.target_agreement, "between 0 and 1")
+        _require(self.max_dp_yes > 0, "vlm.adaptive.max_dp_yes", self.max_dp_yes, "> 0")
+        _require(self.audit_every >= 0, "vlm.adaptive.audit_every", self.audit_every, ">= 0")
+        _require(self.audit_window >= 1, "vlm.adaptive.audit_window", self.audit_window, ">= 1")
+
+
+@dataclass(frozen=True)
+class VlmConfig:
+    model: str = "auto"  # hub id or local dir; "auto" = SmolVLM-500M online, stand-in offline
+    queries: tuple[QueryConfig, ...] = (
+        QueryConfig(question="Is this person carrying a backpack?", name="backpack"),
+    )
+    batch_size: int = 8  # ROIs of one frame answered in one forward pass
+    device: str = "auto"  # "auto" = cuda if available else cpu
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
+    image_splitting: bool = False  # True = the processor's tile grid (16x slower on CPU)
+    image_size: int = 512  # longest edge a crop is resized to (one tile)
+    max_new_tokens: int = 16  # token budget of text answers
+    revision: str = "main"  # hub revision of the model
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "vlm.batch_size", self.batch_size, ">= 1")
+        _require(self.max_new_tokens >= 1, "vlm.max_new_tokens", self.max_new_tokens, ">= 1")
+        _require(self.image_size >= 16, "vlm.image_size", self.image_size, ">= 16")
+        if not self.queries:
+            raise ConfigError("vlm.queries is empty: give at least one question")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    video: bool = True  # write annotated.mp4
+    events: bool = True  # write events.jsonl
+    window: bool = False  # show a live window (needs a display)
+    codec: str = "mp4v"  # FourCC of the annotated video
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole pipeline: one section per stage, as in pipeline.yaml."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    vlm: VlmConfig = field(default_factory=VlmConfig)
+    sinks: SinkConfig = field(default_factory=SinkConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is out of range: expected {expected}")
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()
+                ) -> PipelineConfig:
+    """Read a pipeline YAML (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found: pass the path of a pipeline YAML "
+                              f"such as pipeline.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {_one_line(err)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got "
+                              f"{type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(PipelineConfig, data, "")
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override in place; the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r} must look like section.key=value, "
+                          f"e.g. --set vlm.batch_size=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__} "
+                          f"{data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(_join(where, k) for k in unknown)}; valid keys in "
+                          f"{where or 'the top level'}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, _join(where, name))
+              for name, value in data.items()}
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where or 'config'} is missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and hint is QueryConfig:
+            value = {"question": value}
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} = {value!r} is not allowed: choose one of "
+                              f"{', '.join(repr(a) for a in args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        item_hint = args[0]
+        return tuple(_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported config type {hint} at {where}")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())

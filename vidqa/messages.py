@@ -1,0 +1,139 @@
+"""The frozen messages that travel between stages.
+
+One envelope per hop: a source yields :class:`VideoFrame`; the tracker wraps it in a
+:class:`FrameResult` with :class:`Detections`; the cropper adds :class:`Roi` crops; the VLM adds
+:class:`Answer` records. Stages add information with :func:`dataclasses.replace` and never mutate
+what they received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One decoded frame and where it came from.
+
+    ``timestamp`` is ``index / fps`` for files and MOT sequences, and seconds of wall clock since
+    the source opened for live sources (webcam, stream).
+    """
+
+    image: np.ndarray  # (H, W, 3) uint8, BGR as OpenCV decodes it
+    index: int
+    timestamp: float
+    source_id: str
+    fps: float
+    is_live: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(
+                f"VideoFrame.image must be (H, W, 3) uint8 BGR, got shape {self.image.shape} "
+                f"dtype {self.image.dtype}. Convert grayscale frames with cv2.cvtColor first."
+            )
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self.image.shape[1], self.image.shape[0]
+
+
+def _check_rows(name: str, array: np.ndarray, rows: int, tail: tuple[int, ...] = ()) -> None:
+    expected = (rows, *tail)
+    if array.shape != expected:
+        raise ValueError(f"Detections.{name} must have shape {expected}, got {array.shape}")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Tracked boxes of one frame as parallel arrays (row i is one person)."""
+
+    xyxy: np.ndarray  # (N, 4) float32 pixel corners x1, y1, x2, y2
+    confidence: np.ndarray  # (N,) float32
+    class_id: np.ndarray  # (N,) int64, the detector's class index
+    track_id: np.ndarray  # (N,) int64, persistent across frames
+
+    def __post_init__(self) -> None:
+        rows = len(self.xyxy)
+        _check_rows("xyxy", self.xyxy, rows, (4,))
+        _check_rows("confidence", self.confidence, rows)
+        _check_rows("class_id", self.class_id, rows)
+        _check_rows("track_id", self.track_id, rows)
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            xyxy=np.zeros((0, 4), np.float32),
+            confidence=np.zeros(0, np.float32),
+            class_id=np.zeros(0, np.int64),
+            track_id=np.zeros(0, np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A person crop chosen by the query policy, waiting for the VLM."""
+
+    track_id: int
+    frame_index: int
+    time_s: float
+    bbox: tuple[int, int, int, int]  # the tracked box, clipped to the frame
+    crop_box: tuple[int, int, int, int]  # bbox plus padding, clipped: the pixels in `image`
+    image: np.ndarray  # (h, w, 3) uint8 BGR crop
+    reason: str  # why it is asked now: "new", "periodic" or "larger"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The VLM's answer to one question about one track. One line of ``events.jsonl``."""
+
+    frame: int
+    time_s: float
+    track_id: int
+    question: str
+    answer: str
+    p_yes: float | None  # None for free-form (text) questions
+    margin: float | None  # logit(yes) - logit(no); None for text questions
+    bbox: tuple[int, int, int, int]
+    latency_ms: float  # wall time of the VLM batch this answer came from, per ROI
+    model: str
+    compressed: bool = False
+    plan_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific fields (audit, ...)
+
+    def to_event(self) -> dict[str, Any]:
+        """The JSON-ready event, with stage-specific extras merged in."""
+        event = {
+            "frame": self.frame,
+            "time_s": round(self.time_s, 4),
+            "track_id": self.track_id,
+            "question": self.question,
+            "answer": self.answer,
+            "p_yes": None if self.p_yes is None else round(self.p_yes, 5),
+            "margin": None if self.margin is None else round(self.margin, 4),
+            "bbox": list(self.bbox),
+            "latency_ms": round(self.latency_ms, 2),
+            "model": self.model,
+            "compressed": self.compressed,
+            "plan_id": self.plan_id,
+        }
+        event.update(self.extra)
+        return event
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Everything known about one frame after the stages it has passed through."""
+
+    frame: VideoFrame
+    detections: Detections
+    rois: tuple[Roi, ...] = ()
+    answers: tuple[Answer, ...] = ()
+    ended_tracks: tuple[int, ...] = ()  # tracks the cropper declared dead at this frame

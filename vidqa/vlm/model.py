@@ -1,0 +1,180 @@
+"""SmolVLM (Idefics3) behind one small interface: encode crops, score yes/no, generate text.
+
+A yes/no question is answered from ONE forward pass: the next-token logits after
+"Assistant:" are read at the answer words ("Yes"/"No" and their spellings), and
+``margin = logsumexp(logit[yes]) - logsumexp(logit[no])`` gives ``p_yes = sigmoid(margin)``.
+Profiling and compression work on :meth:`VisionLanguageModel.margins`, the one function that
+maps prepared inputs to that number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from loguru import logger
+from transformers import AutoProcessor, BatchFeature, Idefics3ForConditionalGeneration
+
+from vidqa.errors import ModelError
+
+YES_WORDS = ("Yes", " Yes", "yes", " yes")
+NO_WORDS = ("No", " No", "no", " no")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model actually runs, and why."""
+
+    requested: str  # what the config asked for ("auto", a hub id or a path)
+    resolved: str  # the hub id or directory passed to from_pretrained
+    standin: bool = False  # True for the offline stand-in: answers carry no visual meaning
+    revision: str | None = None
+    note: str = ""  # how it was resolved, for the log and summary
+
+    @property
+    def name(self) -> str:
+        return f"{self.resolved} (offline stand-in)" if self.standin else self.resolved
+
+
+@dataclass(frozen=True)
+class YesNo:
+    p_yes: float
+    margin: float  # logit(yes) - logit(no)
+
+    @property
+    def answer(self) -> str:
+        return "yes" if self.margin > 0 else "no"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available: "
+                         f"set vlm.device: cpu (or auto)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def _answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Token ids of the spellings that are one token; else the first token of each spelling."""
+    encoded = [tokenizer.encode(word, add_special_tokens=False) for word in words]
+    whole = [tokens[0] for tokens in encoded if len(tokens) == 1]
+    ids = whole or [tokens[0] for tokens in encoded if tokens]
+    return list(dict.fromkeys(ids))
+
+
+class VisionLanguageModel:
+    """A loaded Idefics3/SmolVLM model and its processor, ready to answer questions on crops."""
+
+    def __init__(self, model: Idefics3ForConditionalGeneration, processor, info: ModelInfo,
+                 image_splitting: bool = False) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.info = info
+        self.image_splitting = image_splitting
+        tokenizer = processor.tokenizer
+        self.yes_ids = _answer_token_ids(tokenizer, YES_WORDS)
+        self.no_ids = _answer_token_ids(tokenizer, NO_WORDS)
+        overlap = set(self.yes_ids) & set(self.no_ids)
+        if not self.yes_ids or not self.no_ids or overlap:
+            raise ModelError(f"{info.resolved}: cannot find distinct Yes/No tokens in the "
+                             f"tokenizer (yes={self.yes_ids}, no={self.no_ids})")
+
+    @classmethod
+    def load(cls, info: ModelInfo, device: str = "auto", dtype: str = "auto",
+             image_splitting: bool = False, local_files_only: bool = False
+             ) -> VisionLanguageModel:
+        """Load through ``from_pretrained``; a failure is a :class:`ModelError` with the fix."""
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        kwargs = {"revision": info.revision, "local_files_only": local_files_only}
+        try:
+            processor = AutoProcessor.from_pretrained(info.resolved, **kwargs)
+            model = Idefics3ForConditionalGeneration.from_pretrained(
+                info.resolved, dtype=torch_dtype, use_safetensors=True, **kwargs)
+        except (OSError, ValueError) as err:
+            where = "directory" if Path(info.resolved).exists() else "hub id"
+            raise ModelError(
+                f"cannot load VLM {info.resolved!r} ({where}): {str(err).splitlines()[0]} — "
+                f"check vlm.model, or run `vidqa assets` to build the offline stand-in"
+            ) from None
+        logger.info("VLM {} on {} {}{}", info.name, dev, str(torch_dtype).replace("torch.", ""),
+                    f" — {info.note}" if info.note else "")
+        return cls(model.to(dev), processor, info, image_splitting)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def encode(self, images: Sequence[np.ndarray], question: str,
+               padding_side: str = "right") -> BatchFeature:
+        """Processor inputs for BGR crops, one prompt per crop, on the model's device."""
+        rgb = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
+        self.processor.tokenizer.padding_side = padding_side
+        inputs = self.processor(text=[self.prompt(question)] * len(rgb), images=[[im] for im in rgb],
+                                return_tensors="pt", padding=True,
+                                do_image_splitting=self.image_splitting)
+        inputs = inputs.to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    @torch.inference_mode()
+    def last_logits(self, inputs: BatchFeature) -> torch.Tensor:
+        """Next-token logits after each prompt, (B, V) float32. Inputs must be right-padded."""
+        hidden = self.model.model(**inputs).last_hidden_state  # (B, T, C)
+        last = inputs["attention_mask"].sum(dim=1) - 1  # (B,) index of each prompt's last token
+        hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
+        return self.model.lm_head(hidden).float()  # (B, V)
+
+    def margins(self, inputs: BatchFeature) -> torch.Tensor:
+        """logsumexp(logit[yes words]) - logsumexp(logit[no words]) per crop, (B,)."""
+        logits = self.last_logits(inputs)
+        yes = torch.logsumexp(logits[:, self.yes_ids], dim=1)
+        no = torch.logsumexp(logits[:, self.no_ids], dim=1)
+        return yes - no
+
+    def answer_yes_no(self, images: Sequence[np.ndarray], question: str) -> list[YesNo]:
+        margins = self.margins(self.encode(images, question)).cpu()
+        return [YesNo(p_yes=float(torch.sigmoid(m)), margin=float(m)) for m in margins]
+
+    @torch.inference_mode()
+    def answer_text(self, images: Sequence[np.ndarray], question: str,
+                    max_new_tokens: int = 16) -> list[str]:
+        """Free-form answers with ``generate`` (greedy, left-padded batch)."""
+        inputs = self.encode(images, question, padding_side="left")
+        tokenizer = self.processor.tokenizer
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new)
+        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def weight_bytes(self) -> int:
+        """Bytes held by parameters and buffers (quantized modules count their packed weights)."""
+        total = sum(t.numel() * t.element_size() for t in self.model.parameters())
+        total += sum(t.numel() * t.element_size() for t in self.model.buffers())
+        for module in self.model.modules():
+            packed = getattr(module, "_packed_params", None)
+            if packed is not None:
+                weight, bias = module._weight_bias()
+                total += weight.numel() * weight.element_size()
+                total += 0 if bias is None else bias.numel() * bias.element_size()
+        return total
