@@ -148,7 +148,6 @@ class VlmConfig:
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
     image_splitting: bool = False  # True = the processor's tile grid (16x slower on CPU)
-    image_size: int = 512  # longest edge a crop is resized to (one tile)
     max_new_tokens: int = 16  # token budget of text answers
     revision: str = "main"  # hub revision of the model
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
@@ -156,7 +155,6 @@ class VlmConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "vlm.batch_size", self.batch_size, ">= 1")
         _require(self.max_new_tokens >= 1, "vlm.max_new_tokens", self.max_new_tokens, ">= 1")
-        _require(self.image_size >= 16, "vlm.image_size", self.image_size, ">= 16")
         if not self.queries:
             raise ConfigError("vlm.queries is empty: give at least one question")
 

@@ -1,0 +1,122 @@
+"""ROI cropper and the per-track query policy: which person crops go to the VLM, and when.
+
+A track is asked once, when it is confirmed (seen in ``min_hits`` frames) and its box is big
+enough; optionally again every ``reask_every`` frames or when its crop grows by
+``reask_growth``. Per-track state lives in a dict keyed by track id and is evicted when a track
+has not been seen for ``max_age`` frames, so memory stays bounded on endless streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidqa.config import RoiConfig
+from vidqa.messages import FrameResult, Roi
+
+Box = tuple[int, int, int, int]
+
+
+def clip_box(xyxy: np.ndarray, width: int, height: int) -> Box:
+    """Round a float box outward to pixels and clip it to the frame (may come out empty)."""
+    x1, y1, x2, y2 = np.floor(xyxy[:2]).tolist() + np.ceil(xyxy[2:]).tolist()
+    return (int(min(max(x1, 0), width)), int(min(max(y1, 0), height)),
+            int(min(max(x2, 0), width)), int(min(max(y2, 0), height)))
+
+
+def pad_box(box: Box, padding: float, width: int, height: int) -> Box:
+    """Grow a box by ``padding`` of its size on every side, clipped to the frame."""
+    x1, y1, x2, y2 = box
+    dx, dy = round((x2 - x1) * padding), round((y2 - y1) * padding)
+    return max(x1 - dx, 0), max(y1 - dy, 0), min(x2 + dx, width), min(y2 + dy, height)
+
+
+def box_area(box: Box) -> int:
+    return max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
+
+
+@dataclass
+class _Track:
+    hits: int = 0
+    last_seen: int = 0  # the policy's own frame counter, immune to gaps in frame.index
+    asked_at: int | None = None
+    asked_area: int = 0
+
+
+class QueryPolicy:
+    """Turns tracked boxes into the crops worth asking about; ``update`` handles one frame."""
+
+    def __init__(self, cfg: RoiConfig) -> None:
+        self.cfg = cfg
+        self.tracks: dict[int, _Track] = {}
+        self.tick = 0
+        self.tracks_seen = 0
+        self.rois_emitted = 0
+        self.skipped_small = 0
+
+    def update(self, result: FrameResult) -> FrameResult:
+        self.tick += 1
+        width, height = result.frame.size
+        rois = []
+        for row, track_id in enumerate(result.detections.track_id.tolist()):
+            box = clip_box(result.detections.xyxy[row], width, height)
+            roi = self._consider(track_id, box, result)
+            if roi is not None:
+                rois.append(roi)
+        self.rois_emitted += len(rois)
+        return dataclasses.replace(result, rois=result.rois + tuple(rois),
+                                   ended_tracks=self._evict())
+
+    def reset(self) -> None:
+        self.tracks.clear()
+
+    def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
+        for result in results:
+            yield self.update(result)
+
+    def _consider(self, track_id: int, box: Box, result: FrameResult) -> Roi | None:
+        track = self.tracks.get(track_id)
+        if track is None:
+            track = self.tracks[track_id] = _Track()
+            self.tracks_seen += 1
+        track.hits += 1
+        track.last_seen = self.tick
+        big_enough = (box[2] - box[0] >= self.cfg.min_width
+                      and box[3] - box[1] >= self.cfg.min_height)
+        if track.hits < self.cfg.min_hits:
+            return None
+        if not big_enough:
+            self.skipped_small += track.asked_at is None
+            return None
+        reason = self._reason(track, box_area(box))
+        if reason is None:
+            return None
+        track.asked_at, track.asked_area = self.tick, box_area(box)
+        return self._crop(track_id, box, result, reason)
+
+    def _reason(self, track: _Track, area: int) -> str | None:
+        if track.asked_at is None:
+            return "new"
+        if self.cfg.reask_every and self.tick - track.asked_at >= self.cfg.reask_every:
+            return "periodic"
+        if self.cfg.reask_growth and area >= self.cfg.reask_growth * track.asked_area:
+            return "larger"
+        return None
+
+    def _crop(self, track_id: int, box: Box, result: FrameResult, reason: str) -> Roi:
+        frame = result.frame
+        width, height = frame.size
+        crop_box = pad_box(box, self.cfg.padding, width, height)
+        x1, y1, x2, y2 = crop_box
+        image = frame.image[y1:y2, x1:x2].copy()  # a copy: the frame buffer may be reused
+        return Roi(track_id=track_id, frame_index=frame.index, time_s=frame.timestamp, bbox=box,
+                   crop_box=crop_box, image=image, reason=reason)
+
+    def _evict(self) -> tuple[int, ...]:
+        dead = [tid for tid, t in self.tracks.items() if self.tick - t.last_seen >= self.cfg.max_age]
+        for track_id in dead:
+            del self.tracks[track_id]
+        return tuple(dead)
