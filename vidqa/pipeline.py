@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,9 +53,12 @@ class StageClock:
         self.cumulative: dict[str, float] = {}
 
     def wrap(self, name: str, items: Iterable[Any]) -> Iterator[Any]:
+        # Registered now, not on the first next(): the order must be upstream first.
         self.order.append(name)
         self.cumulative[name] = 0.0
-        iterator = iter(items)
+        return self._timed(name, iter(items))
+
+    def _timed(self, name: str, iterator: Iterator[Any]) -> Iterator[Any]:
         while True:
             start = time.perf_counter()
             try:
@@ -156,6 +160,7 @@ class Pipeline:
                                    total=self._expected_frames(), disable=None):
                     counts.add(result)
                     sinks.write(result)
+                    counts.log_progress(self.cfg.run.log_every_s, self.policy.tracks_seen)
                 if self.cfg.run.max_frames and counts.frames >= self.cfg.run.max_frames:
                     end = "max_frames"
             except StopRequested as err:
@@ -236,6 +241,16 @@ class _Counts:
         self.last_frame: int | None = None
         self.answers = 0
         self.by_question: dict[str, dict[str, int]] = {}
+        self.logged_at = time.perf_counter()
+
+    def log_progress(self, every_s: float, tracks: int) -> None:
+        """A progress line every ``every_s`` seconds when no progress bar is shown."""
+        now = time.perf_counter()
+        if sys.stderr.isatty() or now - self.logged_at < every_s:
+            return
+        self.logged_at = now
+        logger.info("frame {}: {} frames, {} tracks, {} answers", self.last_frame, self.frames,
+                    tracks, self.answers)
 
     def add(self, result: FrameResult) -> None:
         self.frames += 1
