@@ -96,3 +96,41 @@ def write_mot_sequence(root: Path, frames: int, size: tuple[int, int] = (160, 12
         f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps}\nseqLength={frames}\n"
         f"imWidth={width}\nimHeight={height}\nimExt=.jpg\n")
     return seq
+
+
+def make_identity_layer(model: torch.nn.Module, path: str) -> None:
+    """Zero the projections that write into the residual stream of the layer at ``path``: it
+    becomes x -> x (and still fills its KV cache, unlike a skipped layer)."""
+    layer = model.get_submodule(path)
+    attn, mlp = layer.self_attn, layer.mlp
+    writers = [attn.o_proj, mlp.down_proj] if hasattr(attn, "o_proj") else [attn.out_proj, mlp.fc2]
+    with torch.no_grad():
+        for linear in writers:
+            linear.weight.zero_()
+            if linear.bias is not None:
+                linear.bias.zero_()
+
+
+class ScriptedTracker:
+    """Stands in for the detector in soak and failure tests: a new person every ``every``
+    frames, each tracked for ``life`` frames, walking right. The rest of the pipeline is real."""
+
+    def __init__(self, every: int = 5, life: int = 12) -> None:
+        self.every = every
+        self.life = life
+        self.resets = 0
+
+    def boxes(self, index: int, width: int, height: int) -> Detections:
+        newest = index // self.every
+        oldest = max(0, (index - self.life) // self.every + 1)
+        ids = list(range(oldest, newest + 1))  # the people alive at this frame
+        xs = [4 * (index - t * self.every) % max(width - 30, 1) for t in ids]
+        boxes = [(x, 10, x + 30, min(80, height)) for x in xs]
+        return detections(boxes, ids) if ids else Detections.empty()
+
+    def __call__(self, frames):
+        from vidqa.messages import FrameResult
+
+        for frame in frames:
+            width, height = frame.size
+            yield FrameResult(frame=frame, detections=self.boxes(frame.index, width, height))

@@ -1,5 +1,19 @@
 #!/usr/bin/env bash
-# Debian packages for the live-stream tests: a real RTSP server started on loopback by the tests.
-# Skipped when already present; needs root (or sudo) and Debian's package registry.
+# Debian packages for the live-stream tests: GStreamer's RTSP server (run by the system python3
+# through PyGObject) that tests/rtsp_server.py starts on 127.0.0.1. Skipped when present.
 set -euo pipefail
-echo "system deps: none yet"
+packages=(gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "system deps: apt-get not found; install ${missing[*]} by hand or skip the RTSP tests (pytest -m 'not rtsp')" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "system deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

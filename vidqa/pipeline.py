@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vidqa import assets
 from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError, VidqaError
-from vidqa.messages import FrameResult
+from vidqa.messages import FrameResult, Roi
 from vidqa.roi import QueryPolicy
 from vidqa.sinks import AnswerBoard, EventsSink, SinkSet, StopRequested, VideoSink, WindowSink
 from vidqa.sinks import write_json
@@ -113,18 +113,25 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, run_dir: Path) -> Pipeline:
-        """Resolve assets, load the detector and the VLM, open the source."""
-        path = None
-        if cfg.source.kind in ("file", "mot"):
-            path = assets.sample_video() if cfg.source.path == "auto" else Path(cfg.source.path)
-        tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
-        info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
-        if info.standin:
-            _warn_standin(info.resolved)
-        vlm = VisionLanguageModel.load(info, cfg.vlm.device, cfg.vlm.dtype,
-                                       cfg.vlm.image_splitting,
-                                       local_files_only=not assets.hub_reachable())
-        source = open_source(cfg.source, path)
+        """Resolve assets, load the detector and the VLM, open the source.
+
+        Checks that fail fast come first (the file or MOT folder, the VLM id); a live source is
+        opened last, so its reader does not start before the models are ready.
+        """
+        source = None if _live(cfg) else open_source(cfg.source, _source_path(cfg))
+        try:
+            info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
+            tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
+            if info.standin:
+                _warn_standin(info.resolved)
+            vlm = VisionLanguageModel.load(info, cfg.vlm.device, cfg.vlm.dtype,
+                                           cfg.vlm.image_splitting,
+                                           local_files_only=not assets.hub_reachable())
+            source = source or open_source(cfg.source)
+        except BaseException:
+            if source is not None:
+                source.close()
+            raise
         models = {"detector": tracker.detector, "vlm": info}
         return cls(cfg, run_dir, source, tracker, QueryPolicy(cfg.roi), VlmStage(vlm, cfg.vlm),
                    models)
@@ -223,6 +230,27 @@ class Pipeline:
         }
 
 
+def collect_rois(cfg: PipelineConfig, count: int) -> list[Roi]:
+    """The first ``count`` person crops the pipeline's own source, tracker and cropper produce.
+
+    The query policy asks once per track, so every crop is a different track (a different
+    person, as far as the tracker can tell). Used by the experiments (validate,
+    compress-report) so they see exactly the crops a run would send to the VLM.
+    """
+    tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
+    policy = QueryPolicy(cfg.roi)
+    rois: list[Roi] = []
+    with open_source(cfg.source, None if _live(cfg) else _source_path(cfg)) as source:
+        for result in policy(tracker(source)):
+            rois += result.rois
+            if len(rois) >= count:
+                break
+    if len(rois) < count:
+        logger.warning("the source gave only {} person crops of the {} asked for", len(rois),
+                       count)
+    return rois[:count]
+
+
 STANDIN_WARNING = ("The VLM is vidqa's offline stand-in: real SmolLM2 text weights with a "
                    "RANDOM vision encoder. Its answers carry no visual meaning.")
 
@@ -260,6 +288,16 @@ class _Counts:
             tally = self.by_question.setdefault(answer.question, {})
             key = answer.answer if answer.p_yes is not None else "text"
             tally[key] = tally.get(key, 0) + 1
+
+
+def _live(cfg: PipelineConfig) -> bool:
+    return cfg.source.kind in ("webcam", "stream")
+
+
+def _source_path(cfg: PipelineConfig) -> Path:
+    if cfg.source.path == "auto":
+        return assets.sample_video()
+    return Path(cfg.source.path).expanduser()
 
 
 def _take(items: Iterable[Any], count: int) -> Iterator[Any]:

@@ -1,0 +1,130 @@
+"""Never lose work: crashes, signals and a long soak leave a playable video, every event and a
+summary that says why and where the run ended."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import psutil
+import pytest
+from factories import ScriptedTracker, write_video
+
+from vidqa.config import load_config
+from vidqa.pipeline import Pipeline, prepare_run_dir
+from vidqa.roi import QueryPolicy
+from vidqa.sources import open_source
+from vidqa.vlm.stage import VlmStage
+
+REPO = Path(__file__).parent.parent
+
+
+def make_pipeline(tmp_path: Path, video: Path, vlm, tracker, *overrides: str) -> Pipeline:
+    cfg = load_config(None, ["roi.min_hits=1", *overrides])
+    run_dir = prepare_run_dir(cfg, tmp_path / "run")
+    models = {"detector": {"name": "scripted"}, "vlm": vlm.info}
+    return Pipeline(cfg, run_dir, open_source(cfg.source, video), tracker, QueryPolicy(cfg.roi),
+                    VlmStage(vlm, cfg.vlm), models)
+
+
+def video_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), f"{path} is not playable"
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    return count
+
+
+def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_reraised(
+        tmp_path, tiny_vlm, monkeypatch):
+    video = write_video(tmp_path / "clip.avi", frames=60)
+    pipeline = make_pipeline(tmp_path, video, tiny_vlm, ScriptedTracker(),
+                             "vlm.adaptive.enabled=false")
+    answer = pipeline.vlm_stage.answerers[0].answer
+    calls = []
+
+    def failing(rois):
+        calls.append(len(rois))
+        if len(calls) == 5:
+            raise RuntimeError("GPU fell off the bus")
+        return answer(rois)
+
+    monkeypatch.setattr(pipeline.vlm_stage.answerers[0], "answer", failing)
+
+    with pytest.raises(RuntimeError, match="GPU fell off the bus"):
+        pipeline.run()
+
+    summary = json.loads((pipeline.run_dir / "summary.json").read_text())
+    events = (pipeline.run_dir / "events.jsonl").read_text().splitlines()
+    assert summary["end_reason"] == "error" and "GPU fell off the bus" in summary["error"]
+    assert len(events) == summary["answers"] == sum(calls[:4])
+    assert video_frames(pipeline.run_dir / "annotated.mp4") == summary["frames"]
+    assert summary["last_frame"] == summary["frames"] - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, reason, code", [
+    (signal.SIGINT, "interrupted", 130),
+    (signal.SIGTERM, "terminated", 143),
+])
+def test_cli_run_when_signalled_then_video_events_and_summary_survive(
+        tmp_path, tiny_vlm_dir, signum, reason, code):
+    out = tmp_path / "run"
+    env = {**os.environ, "VIDQA_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidqa.cli", "run", "pipeline.yaml", "--out", str(out),
+         "--set", f"vlm.model={tiny_vlm_dir}", "--set", "vlm.adaptive.enabled=false"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    events = out / "events.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if events.exists() and len(events.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == code, stderr[-2000:]
+    assert summary["end_reason"] == reason
+    assert 0 < summary["frames"] < 795
+    assert len(events.read_text().splitlines()) == summary["answers"] >= 3
+    assert video_frames(out / "annotated.mp4") == summary["frames"]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_run_when_soaked_with_20000_frames_of_short_tracks_then_memory_stays_bounded(
+        tmp_path, tiny_vlm):
+    frames = 20_000
+    video = write_video(tmp_path / "long.avi", frames=frames, size=(160, 120), fps=30)
+    tracker = ScriptedTracker(every=5, life=12)  # 4,000 people, each seen for 12 frames
+    pipeline = make_pipeline(tmp_path, video, tiny_vlm, tracker, "sinks.video=true",
+                             "vlm.adaptive.profile_tracks=10")
+    rss: dict[int, int] = {}
+    process = psutil.Process()
+
+    def sampled(results):
+        for result in results:
+            if result.frame.index % 2000 == 0:
+                rss[result.frame.index] = process.memory_info().rss
+            yield result
+            assert len(pipeline.policy.tracks) <= 3 + pipeline.cfg.roi.max_age // 5 + 1
+            assert len(pipeline.board.latest) <= 3 + pipeline.cfg.roi.max_age // 5 + 1
+
+    pipeline.tracker = lambda frames_in: sampled(tracker(frames_in))
+
+    summary = pipeline.run()
+
+    assert summary["frames"] == frames
+    assert summary["tracks"] == frames // 5
+    warm = rss[4000]  # after start-up allocations, profiling and planning
+    growth_mb = (max(rss.values()) - warm) / 2**20
+    print(f"soak: RSS at frame 4000 {warm / 2**20:.0f} MiB, max {max(rss.values()) / 2**20:.0f} "
+          f"MiB, growth {growth_mb:.1f} MiB over {frames - 4000} frames")
+    assert growth_mb < 64, rss

@@ -1,0 +1,54 @@
+"""Video sources: a file, a MOT16/17 sequence, a webcam or an RTSP/HTTP stream, as `VideoFrame`s.
+
+Use a source as a context manager and iterate it once::
+
+    with open_source(cfg.source, path) as source:
+        for frame in source:
+            ...
+    source.stats()  # frames read/dropped, reconnects, end_reason, ... for the run summary
+
+Files and MOT sequences are read in order and never drop a frame; ``timestamp = index / fps``.
+Live sources (webcam, stream) run a reader thread that keeps only the newest frame, so the
+consumer never falls behind the camera: frames it could not take are dropped and counted.
+Their timestamps are wall-clock seconds since the source opened, so an outage shows downstream
+as a gap in timestamps (the tracker resets on a long gap) and needs no extra field.
+
+Every source releases what it holds in ``try/finally``: on ``close()``, on leaving the ``with``
+block, and when the consumer stops iterating early (the generator is closed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidqa.config import SourceConfig
+from vidqa.errors import SourceError
+from vidqa.sources.base import Source, to_bgr
+from vidqa.sources.files import FileSource, MotSource, read_seqinfo
+from vidqa.sources.live import LiveSource, StreamOpener, WebcamOpener, redact_url
+
+__all__ = ["FileSource", "LiveSource", "MotSource", "Source", "open_source", "read_seqinfo",
+           "redact_url", "to_bgr"]
+
+
+def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
+    """Open the source ``cfg`` describes; ``path`` is the resolved file or MOT folder.
+
+    Raises :class:`SourceError` at once for what can be checked up front: a missing or empty
+    file, a folder that is not a MOT sequence, a malformed URL, a missing webcam.
+    """
+    if cfg.kind in ("file", "mot"):
+        if path is None:
+            if cfg.path == "auto":
+                raise SourceError("source.path is 'auto' but no video was resolved: set "
+                                  "source.path to a video file or MOT sequence folder")
+            path = Path(cfg.path)
+        source: Source = FileSource(Path(path)) if cfg.kind == "file" else MotSource(Path(path))
+    elif cfg.kind == "webcam":
+        source = LiveSource(cfg, WebcamOpener(cfg.device))
+    elif cfg.kind == "stream":
+        source = LiveSource(cfg, StreamOpener(cfg.url, cfg.open_timeout_s, cfg.stall_timeout_s))
+    else:
+        raise SourceError(f"source.kind = {cfg.kind!r}: expected file, mot, webcam or stream")
+    source.open()
+    return source
