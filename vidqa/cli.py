@@ -49,6 +49,41 @@ def cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from vidqa.config import load_config
+    from vidqa.validate import format_summary, run_validation
+
+    cfg = load_config(args.config, args.set or [])
+    results = run_validation(
+        args.source, args.query or [q.question for q in cfg.vlm.queries], args.out,
+        n_rois=args.rois, model=args.model or cfg.vlm.model, task_impact=not args.no_task_impact,
+        device=args.device, batch_size=args.batch_size, seed=args.seed,
+        primary_metric=args.metric, max_frames=args.max_frames, config=cfg)
+    print(format_summary(results))
+    return 0
+
+
+def cmd_compress_report(args: argparse.Namespace) -> int:
+    from vidqa.config import load_config
+    from vidqa.pipeline import collect_rois, load_vlm
+    from vidqa.report import ReportConfig, compression_report, format_report
+
+    overrides = list(args.set or [])
+    if args.source:
+        overrides.append(f"source.path={args.source}")
+    if args.model:
+        overrides.append(f"vlm.model={args.model}")
+    cfg = load_config(args.config, overrides + [f"vlm.device={args.device}"])
+    report_cfg = ReportConfig(
+        question=args.question or cfg.vlm.queries[0].question, fractions=tuple(args.fractions),
+        operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
+        batch_size=args.batch_size, profile_rois=args.profile)
+    rois = collect_rois(cfg, args.rois)
+    results = compression_report(load_vlm(cfg.vlm), rois, args.out, report_cfg, args.labels)
+    print(format_report(results))
+    return 0
+
+
 def _print_run(summary: dict, run_dir: Path) -> None:
     print(f"\nvidqa run {summary['end_reason']}: {summary['frames']} frames, "
           f"{summary['tracks']} tracks, {summary['answers']} answers "
@@ -63,6 +98,9 @@ def _print_run(summary: dict, run_dir: Path) -> None:
 def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # FFmpeg's own lines ("Connection refused", "Stream timeout") duplicate vidqa's reconnect log.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else "INFO",
                format="<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}")
@@ -88,7 +126,55 @@ def _parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("assets", help="fetch or build the sample video, detector and "
                                                "VLM (offline stand-in when the hub is out of reach)")
     fetch.set_defaults(handler=cmd_assets)
+
+    validate = commands.add_parser(
+        "validate", help="Experiment 1: is per-layer importance stable across people?",
+        description="Profile per-layer importance of the VLM on crops of distinct tracks and "
+                    "test its stability (Pearson, Spearman, bottom-k Jaccard, null baselines). "
+                    "Writes validation_results.json and layer_importance.png.")
+    _experiment_args(validate, default_out="runs/validate", default_rois=8)
+    validate.add_argument("--query", action="append", metavar="QUESTION",
+                          help="question to profile (repeatable; default: the config's queries)")
+    validate.add_argument("--metric", default="block_influence",
+                          help="metric the verdict is based on (default: block_influence)")
+    validate.add_argument("--no-task-impact", action="store_true",
+                          help="skip the task-impact metrics (one extra pass per layer each)")
+    validate.add_argument("--max-frames", type=int, default=0,
+                          help="read at most this many frames looking for tracks (0 = no limit)")
+    validate.add_argument("--seed", type=int, default=0, help="seed of the null baselines")
+    validate.set_defaults(handler=cmd_validate)
+
+    report = commands.add_parser(
+        "compress-report", help="Experiment 2: speed, memory and agreement of compressed layers",
+        description="Compress 0-75%% of the layers (int8, skip, both) in importance, random and "
+                    "reverse order; measure latency, memory and agreement with the full model. "
+                    "Writes compression_results.json and compression_impact.png.")
+    _experiment_args(report, default_out="runs/compress-report", default_rois=16)
+    report.add_argument("--question", help="question (default: the config's first query)")
+    report.add_argument("--profile", type=int, default=8, help="ROIs profiled for the ranking")
+    report.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    report.add_argument("--operators", nargs="+", default=["int8", "skip", "int8+skip"])
+    report.add_argument("--metrics", nargs="+", default=["block_influence", "activation"],
+                        help="importance metrics whose order is tried")
+    report.add_argument("--repeats", type=int, default=3, help="timed passes per configuration")
+    report.add_argument("--labels", type=Path,
+                        help="ground truth: JSON {track_id: yes|no} or CSV track_id,answer")
+    report.set_defaults(handler=cmd_compress_report)
     return parser
+
+
+def _experiment_args(parser: argparse.ArgumentParser, default_out: str, default_rois: int
+                     ) -> None:
+    parser.add_argument("--source", help="video file or MOT sequence (default: the sample video)")
+    parser.add_argument("--rois", type=int, default=default_rois,
+                        help=f"person crops of distinct tracks (default {default_rois})")
+    parser.add_argument("--model", help="VLM hub id or folder (default: the config's vlm.model)")
+    parser.add_argument("--config", help="pipeline YAML whose tracker/roi/vlm settings to use")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
 
 
 if __name__ == "__main__":

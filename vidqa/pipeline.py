@@ -22,7 +22,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from vidqa import assets
-from vidqa.config import PipelineConfig
+from vidqa.config import PipelineConfig, VlmConfig
 from vidqa.errors import OutputError, VidqaError
 from vidqa.messages import FrameResult, Roi
 from vidqa.roi import QueryPolicy
@@ -30,7 +30,7 @@ from vidqa.sinks import AnswerBoard, EventsSink, SinkSet, StopRequested, VideoSi
 from vidqa.sinks import write_json
 from vidqa.sources import Source, open_source
 from vidqa.tracking import PersonTracker
-from vidqa.vlm.model import VisionLanguageModel
+from vidqa.vlm.model import ModelInfo, VisionLanguageModel
 from vidqa.vlm.stage import VlmStage
 
 EXIT_CODES = {"completed": 0, "max_frames": 0, "stopped": 0, "interrupted": 130,
@@ -122,17 +122,13 @@ class Pipeline:
         try:
             info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
             tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
-            if info.standin:
-                _warn_standin(info.resolved)
-            vlm = VisionLanguageModel.load(info, cfg.vlm.device, cfg.vlm.dtype,
-                                           cfg.vlm.image_splitting,
-                                           local_files_only=not assets.hub_reachable())
+            vlm = load_vlm(cfg.vlm, info)
             source = source or open_source(cfg.source)
         except BaseException:
             if source is not None:
                 source.close()
             raise
-        models = {"detector": tracker.detector, "vlm": info}
+        models = {"detector": tracker.detector, "vlm": vlm.info}
         return cls(cfg, run_dir, source, tracker, QueryPolicy(cfg.roi), VlmStage(vlm, cfg.vlm),
                    models)
 
@@ -228,6 +224,15 @@ class Pipeline:
                         ("annotated.mp4", "events.jsonl", "summary.json", "vidqa.log")},
             "config": self.cfg.to_dict(),
         }
+
+
+def load_vlm(cfg: VlmConfig, info: ModelInfo | None = None) -> VisionLanguageModel:
+    """Resolve (unless given) and load the configured VLM, warning loudly about a stand-in."""
+    info = info or assets.resolve_vlm(cfg.model, cfg.revision)
+    if info.standin:
+        _warn_standin(info.resolved)
+    return VisionLanguageModel.load(info, cfg.device, cfg.dtype, cfg.image_splitting,
+                                    local_files_only=not assets.hub_reachable())
 
 
 def collect_rois(cfg: PipelineConfig, count: int) -> list[Roi]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -46,6 +47,8 @@ class PersonTracker:
         self.device = None if cfg.device == "auto" else cfg.device
         self._threads_set = False
         self._last_time: float | None = None
+        self._id_offset = 0  # added to ultralytics' ids, which restart at 1 after a reset
+        self._max_id = 0
         self.resets = 0
         logger.info("tracker {} with {} on classes {}", self.detector.name, cfg.tracker,
                     {c: names[c] for c in self.classes})
@@ -57,13 +60,19 @@ class PersonTracker:
                                   conf=self.cfg.conf, iou=self.cfg.iou, imgsz=self.cfg.imgsz,
                                   classes=self.classes, device=self.device, verbose=False)[0]
         self._use_all_threads()
-        return _to_detections(result.boxes)
+        detections = _to_detections(result.boxes)
+        if len(detections):
+            detections = dataclasses.replace(detections,
+                                             track_id=detections.track_id + self._id_offset)
+            self._max_id = max(self._max_id, int(detections.track_id.max()))
+        return detections
 
     def reset(self) -> None:
-        """Forget every track (ids keep counting up, so old and new ids never collide)."""
+        """Forget every track. Ids keep counting up, so old and new ids never collide."""
         predictor = self.model.predictor
         for tracker in getattr(predictor, "trackers", None) or []:
-            tracker.reset()
+            tracker.reset()  # restarts ultralytics' id counter at 1 ...
+        self._id_offset = self._max_id  # ... so later ids are shifted past every id handed out
         self.resets += 1
 
     def __call__(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
