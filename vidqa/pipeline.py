@@ -7,6 +7,7 @@ is playable and every event is on disk — and ``summary.json`` records why and 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import sys
@@ -23,9 +24,9 @@ from tqdm import tqdm
 
 from vidqa import assets
 from vidqa.config import PipelineConfig, VlmConfig
-from vidqa.errors import OutputError, VidqaError
+from vidqa.errors import OutputError, SourceError, VidqaError
 from vidqa.messages import FrameResult, Roi
-from vidqa.roi import QueryPolicy
+from vidqa.roi import QueryPolicy, distinct_tracks
 from vidqa.sinks import AnswerBoard, EventsSink, SinkSet, StopRequested, VideoSink, WindowSink
 from vidqa.sinks import write_json
 from vidqa.sources import Source, open_source
@@ -235,25 +236,31 @@ def load_vlm(cfg: VlmConfig, info: ModelInfo | None = None) -> VisionLanguageMod
                                     local_files_only=not assets.hub_reachable())
 
 
-def collect_rois(cfg: PipelineConfig, count: int) -> list[Roi]:
-    """The first ``count`` person crops the pipeline's own source, tracker and cropper produce.
-
-    The query policy asks once per track, so every crop is a different track (a different
-    person, as far as the tracker can tell). Used by the experiments (validate,
+def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
+                 ) -> tuple[list[Roi], dict[str, Any]]:
+    """The first crop of each of the first ``count`` tracks, from the pipeline's own source,
+    tracker and cropper, and the source's stats. Used by the experiments (validate,
     compress-report) so they see exactly the crops a run would send to the VLM.
+
+    Stops reading as soon as ``count`` distinct tracks have a crop (or after ``max_frames``).
+    A tracker can give one person a new id after losing them; taking the first tracks of a
+    clip makes that unlikely.
     """
     tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
-    policy = QueryPolicy(cfg.roi)
-    rois: list[Roi] = []
+    policy = QueryPolicy(dataclasses.replace(cfg.roi, reask_every=0, reask_growth=0.0))
     with open_source(cfg.source, None if _live(cfg) else _source_path(cfg)) as source:
-        for result in policy(tracker(source)):
-            rois += result.rois
-            if len(rois) >= count:
-                break
-    if len(rois) < count:
-        logger.warning("the source gave only {} person crops of the {} asked for", len(rois),
-                       count)
-    return rois[:count]
+        frames = _take(source, max_frames) if max_frames else source
+        crops = (roi for result in policy(tracker(frames)) for roi in result.rois)
+        chosen = distinct_tracks(crops, count)
+        stats = source.stats()
+    if not chosen:
+        raise SourceError(f"no person crop found in {stats['source_id']} (frames read: "
+                          f"{stats.get('frames_read')}): check the video, tracker.conf or "
+                          f"roi.min_width/min_height")
+    if len(chosen) < count:
+        logger.warning("only {} distinct tracks found in {} (asked for {})", len(chosen),
+                       stats["source_id"], count)
+    return chosen, stats
 
 
 STANDIN_WARNING = ("The VLM is vidqa's offline stand-in: real SmolLM2 text weights with a "
@@ -313,8 +320,6 @@ def _take(items: Iterable[Any], count: int) -> Iterator[Any]:
 
 
 def _asdict(info: Any) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
 
 

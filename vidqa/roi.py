@@ -38,6 +38,16 @@ def box_area(box: Box) -> int:
     return max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
 
 
+def distinct_tracks(rois: Iterable[Roi], count: int) -> list[Roi]:
+    """The first ROI of each track, for the first ``count`` tracks (stops consuming there)."""
+    chosen: dict[int, Roi] = {}
+    for roi in rois:
+        chosen.setdefault(roi.track_id, roi)
+        if len(chosen) >= count:
+            break
+    return list(chosen.values())
+
+
 @dataclass
 class _Track:
     hits: int = 0
