@@ -6,12 +6,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from factories import build_tiny_vlm  # noqa: E402
 
 from vidqa.vlm.model import ModelInfo, VisionLanguageModel  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (150x).
+    The real tracker takes every core back when it starts (vidqa.tracking)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

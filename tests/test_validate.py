@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from factories import person_crops
 
 from vidqa import validate
@@ -17,15 +16,6 @@ from vidqa.vlm.stability import DECISION_TABLE
 
 QUESTIONS = ["Is this person carrying a backpack?", "Is this worker wearing a hard hat?"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_rois(track_ids: list[int]) -> list[Roi]:

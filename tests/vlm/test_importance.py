@@ -15,15 +15,6 @@ ALL = {"metrics": TRACE_METRICS, "task_impact": True}
 RESIDUAL_WRITERS = ("out_proj", "fc2", "o_proj", "down_proj")  # Linears that feed the residual
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (150x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_identity(layer: torch.nn.Module) -> None:
     """Zero what a block adds to its residual stream: the block becomes output = input."""
     with torch.no_grad():

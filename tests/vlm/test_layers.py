@@ -11,15 +11,6 @@ VISION = "model.vision_model.encoder.layers"
 TEXT = "model.text_model.layers"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (150x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Wrapper(nn.Module):
     """Stands in for another engineer's skip/int8 swap."""
 
