@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_compress_report(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
     from vidqa.pipeline import collect_rois, load_vlm
-    from vidqa.report import ReportConfig, compression_report, format_report
+    from vidqa.report import ReportConfig, compression_report
 
     overrides = list(args.set or [])
     if args.source:
@@ -78,9 +78,9 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
         question=args.question or cfg.vlm.queries[0].question, fractions=tuple(args.fractions),
         operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
         batch_size=args.batch_size, profile_rois=args.profile)
-    rois = collect_rois(cfg, args.rois)
+    rois, _ = collect_rois(cfg, args.rois)
     results = compression_report(load_vlm(cfg.vlm), rois, args.out, report_cfg, args.labels)
-    print(format_report(results))
+    _print_report(results, args.out)
     return 0
 
 
@@ -93,6 +93,22 @@ def _print_run(summary: dict, run_dir: Path) -> None:
     if summary.get("warning"):
         print(f"  WARNING: {summary['warning']}")
     print(f"  outputs in {run_dir}/: annotated.mp4, events.jsonl, summary.json")
+
+
+def _print_report(results: dict, out: Path) -> None:
+    base = results["baseline"]
+    print(f"\n{results['model']} on {results['device']}, {results['n_rois']} ROIs; full model "
+          f"{base['latency_ms_mean']:.1f} ms/ROI (drift over the run {base['drift']:+.1%})")
+    print(f"{'order':30} {'operator':10} {'frac':>5} {'speedup':>8} {'weights':>8} "
+          f"{'agree':>7} {'|dp|':>7}")
+    for row in results["rows"]:
+        print(f"{row['order']:30} {row['operator']:10} {row['fraction']:5.2f} "
+              f"{row['speedup']:7.2f}x {row['weight_ratio']:7.2f}x {row['agreement']:7.1%} "
+              f"{row['mean_dp_yes']:7.3f}")
+    if results.get("standin"):
+        print("WARNING: offline stand-in VLM (random vision encoder): agreement is measured "
+              "against a model whose answers carry no visual meaning")
+    print(f"outputs in {out}/: compression_results.json, compression_impact.png")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -1,0 +1,282 @@
+"""Benchmark: the VLM uncompressed vs the ``auto`` compression plan on the same ROIs, one run.
+
+What runs is what the stream runs: the first ``--profile`` ROIs are profiled and the auto plan
+is searched on them (eager, timed as overhead); then every ROI is answered with the full model
+and with the plan, alternating passes so drift hits both alike, and the median pass is kept.
+``--plans`` adds fixed plans (e.g. ``skip:0.5``) measured in the same run, to see what the
+device rewards. Agreement is over all ROIs and over the ones the planner never saw.
+
+CPU here (the offline stand-in, SmolVLM-256M shape, crops of the sample video):
+
+    .venv/bin/python tools/bench_vlm.py --rois 24 --profile 8 --batch-size 8
+
+GPU (random-init SmolVLM-256M shape: nothing can be downloaded there):
+
+    python tools/bench_vlm.py --model random-256m --source synthetic --device cuda \
+        --rois 512 --profile 32 --batch-size 32 --compile --plans skip:0.25,skip:0.5,int8:1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from loguru import logger
+
+from vidqa.report import peak_memory, peak_memory_reset
+from vidqa.vlm.compress import Compressor, Plan, compressor_for, module_bytes
+from vidqa.vlm.importance import Profile, profile_rois
+from vidqa.vlm.model import ModelInfo, VisionLanguageModel
+from vidqa.vlm.planner import (ForwardEvaluator, auto_plan, compare, importance_order,
+                               operator_orders, operator_plan)
+
+QUESTION = "Is this person carrying a backpack?"
+
+
+# --------------------------------------------------------------------------------------------
+# Model and ROIs
+
+
+def random_256m(directory: Path) -> Path:
+    """A random-init model of SmolVLM-256M's shape, saved with its processor (no downloads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
+
+    from vidqa.vlm.build import image_seq_len, make_processor, smolvlm_config
+    from vidqa.vlm.standin import IMAGE_SIZE, SCALE_FACTOR, TEXT_SHAPE, VISION
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.train_from_iterator([f"User: {QUESTION} Assistant: Yes. No. yes no"] * 20, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    processor = make_processor(tokenizer, IMAGE_SIZE, 1)
+    config = smolvlm_config(processor.tokenizer, vision=VISION, scale_factor=SCALE_FACTOR,
+                            text={**TEXT_SHAPE, "vocab_size": 49152, "head_dim": 64})
+    processor = make_processor(processor.tokenizer, IMAGE_SIZE, image_seq_len(config))
+    torch.manual_seed(0)
+    Idefics3ForConditionalGeneration(config).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def load_model(spec: str, device: str, dtype: str) -> VisionLanguageModel:
+    from vidqa import assets
+
+    if spec == "random-256m":
+        path = random_256m(Path(tempfile.mkdtemp(prefix="vidqa-bench-")) / "random-256m")
+        info = ModelInfo(requested=spec, resolved=str(path), note="random init, 256M shape")
+        return VisionLanguageModel.load(info, device, dtype, local_files_only=True)
+    info = assets.resolve_vlm(spec)
+    return VisionLanguageModel.load(info, device, dtype,
+                                    local_files_only=not assets.hub_reachable())
+
+
+def video_crops(count: int, max_frames: int = 400) -> list[np.ndarray]:
+    """Person crops of the sample video: each new track, then each track every 10 frames."""
+    from vidqa import assets
+    from vidqa.config import RoiConfig, SourceConfig, TrackerConfig
+    from vidqa.messages import FrameResult
+    from vidqa.roi import QueryPolicy
+    from vidqa.sources import open_source
+    from vidqa.tracking import PersonTracker
+
+    tracker, policy = PersonTracker(TrackerConfig()), QueryPolicy(RoiConfig(reask_every=10))
+    crops: list[np.ndarray] = []
+    with open_source(SourceConfig(kind="file"), assets.sample_video()) as source:
+        for index, frame in enumerate(source):
+            result = policy.update(FrameResult(frame=frame, detections=tracker.update(frame)))
+            crops += [roi.image for roi in result.rois]
+            if len(crops) >= count or index >= max_frames:
+                break
+    return crops[:count]
+
+
+def synthetic_crops(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(rng.integers(120, 300)), int(rng.integers(50, 120)), 3),
+                         dtype=np.uint8) for _ in range(count)]
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def timed_pass(vlm: VisionLanguageModel, batches: list) -> tuple[float, np.ndarray]:
+    sync = torch.cuda.synchronize if vlm.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    margins = [vlm.margins(batch) for batch in batches]
+    sync()
+    return time.perf_counter() - start, torch.cat(margins).float().cpu().numpy()
+
+
+def measure(vlm: VisionLanguageModel, compressor: Compressor, batches: list,
+            plans: dict[str, Plan], repeats: int) -> dict[str, dict[str, Any]]:
+    """Median pass seconds, margins, weights and peak memory of every plan, interleaved."""
+    out: dict[str, dict[str, Any]] = {name: {"times": []} for name in plans}
+    for name, plan in plans.items():  # warm-up (and compile) each state once, untimed
+        compressor.prepare(plan)
+        with compressor.using(plan):
+            peak_memory_reset(vlm.device)
+            timed_pass(vlm, batches[:1])
+            out[name]["weight_bytes"] = module_bytes(vlm.model)
+    for _ in range(repeats):
+        for name, plan in plans.items():
+            with compressor.using(plan):
+                peak_memory_reset(vlm.device)
+                seconds, margins = timed_pass(vlm, batches)
+                out[name]["times"].append(seconds)
+                out[name]["margins"] = margins
+                out[name]["peak_memory_bytes"] = peak_memory(vlm.device)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def main(model: str = "auto", device: str = "auto", dtype: str = "auto", rois: int = 24,
+         profile: int = 8, batch_size: int = 8, repeats: int = 3, source: str = "video",
+         metric: str = "block_influence", compile: bool = False, int8: str = "auto",
+         plans: tuple[str, ...] = (), target_agreement: float = 0.98, max_dp_yes: float = 0.05,
+         task_impact: tuple[str, ...] = (), profile_json: Path | None = None,
+         out: Path | None = None) -> dict[str, Any]:
+    vlm = load_model(model, device, dtype)
+    crops = video_crops(rois) if source == "video" else synthetic_crops(rois)
+    start = time.perf_counter()
+    batches = [vlm.encode(crops[i:i + batch_size], QUESTION)
+               for i in range(0, len(crops), batch_size)]
+    encode_s = time.perf_counter() - start
+    compressor = compressor_for(vlm.model, int8=int8)
+
+    start = time.perf_counter()
+    if profile_json is not None:  # a stored profile of the same first crops (a cache hit)
+        prof = Profile.from_dict(json.loads(profile_json.read_text()))
+        if len(prof.roi_ids) != profile:
+            raise SystemExit(f"{profile_json} profiles {len(prof.roi_ids)} ROIs, not {profile}")
+    else:
+        task = tuple(dict.fromkeys(list(task_impact) + ([metric] if metric.startswith("task_")
+                                                        else [])))
+        prof = profile_rois(vlm, crops[:profile], QUESTION, list(range(profile)),
+                            task_impact=task, batch_size=batch_size)
+        if out is not None:
+            out.with_suffix(".profile.json").write_text(json.dumps(prof.to_dict()))
+    profile_s = time.perf_counter() - start
+    order = importance_order(prof, metric)
+    start = time.perf_counter()
+    evaluate = ForwardEvaluator(vlm, compressor, vlm.encode(crops[:profile], QUESTION))
+    search = auto_plan(evaluate, order, orders=operator_orders(prof, metric),
+                       target_agreement=target_agreement,
+                       max_dp_yes=max_dp_yes, int8=compressor.supports("int8"))
+    plan_s = time.perf_counter() - start
+
+    candidates = {"full": Plan.keep_all(compressor.paths), "auto": search.plan}
+    for spec in plans:  # "skip:0.5", "int8:1.0", "int8+skip:0.5"
+        operator, fraction = spec.split(":")
+        candidates[spec] = operator_plan(order, operator, float(fraction))
+    if compile:
+        vlm.model.model.compile(dynamic=False)  # in place: module paths and swaps still work
+    results = measure(vlm, compressor, batches, candidates, repeats)
+    summary = _summary(vlm, results, candidates, search, len(crops), profile,
+                       {"encode_s": encode_s, "profile_s": profile_s, "plan_s": plan_s},
+                       {"model": model, "source": source, "batch_size": batch_size,
+                        "compile": compile, "metric": metric, "repeats": repeats})
+    _print(summary)
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _summary(vlm: VisionLanguageModel, results: dict, candidates: dict[str, Plan], search: Any,
+             count: int, profile: int, overhead: dict[str, float], settings: dict
+             ) -> dict[str, Any]:
+    full = results["full"]
+    full_s = statistics.median(full["times"])
+    rows = {}
+    for name, res in results.items():
+        seconds = statistics.median(res["times"])
+        agreement, dp = compare(res["margins"], full["margins"])
+        held_out = compare(res["margins"][profile:], full["margins"][profile:])[0] \
+            if count > profile else None
+        rows[name] = {"plan": candidates[name].summary(), "roi_per_s": round(count / seconds, 3),
+                      "speedup": round(full_s / seconds, 3), "agreement": round(agreement, 4),
+                      "held_out_agreement": None if held_out is None else round(held_out, 4),
+                      "mean_dp_yes": round(dp, 5), "weight_bytes": res["weight_bytes"],
+                      "weight_ratio": round(full["weight_bytes"] / res["weight_bytes"], 3),
+                      "peak_memory_bytes": res["peak_memory_bytes"],
+                      "times_s": [round(t, 4) for t in res["times"]]}
+    return {"model": vlm.info.name, "device": _device(vlm), "dtype": str(vlm.dtype),
+            "rois": count, "profiled": profile, "settings": settings,
+            "overhead_s": {k: round(v, 2) for k, v in overhead.items()},
+            "search": search.to_dict(), "results": rows}
+
+
+def _device(vlm: VisionLanguageModel) -> str:
+    if vlm.device.type == "cuda":
+        return torch.cuda.get_device_name(vlm.device)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(f"model {summary['model']} on {summary['device']} ({summary['dtype']}), "
+          f"{summary['rois']} ROIs, {summary['profiled']} profiled, {summary['settings']}")
+    print(f"overhead: {summary['overhead_s']}   auto: {summary['search']['reason']}")
+    print("auto search on the profiled ROIs (baseline "
+          f"{summary['search']['baseline_seconds']:.2f} s):")
+    for trial in summary["search"]["trials"]:
+        print(f"  {trial['label']:<48} agree {trial['agreement']:>6.1%}  |dp| "
+              f"{trial['mean_dp_yes']:.3f}  saving {trial['saving']:>6.1%}  "
+              f"{'accepted' if trial['accepted'] else 'rejected'}")
+    print(f"{'plan':<16}{'ROI/s':>9}{'ratio':>8}{'agree':>8}{'held-out':>10}{'|dp|':>8}"
+          f"{'weights MiB':>13}{'peak MiB':>10}  counts")
+    for name, row in summary["results"].items():
+        held = row["held_out_agreement"]
+        print(f"{name:<16}{row['roi_per_s']:>9.2f}{row['speedup']:>7.2f}x{row['agreement']:>8.1%}"
+              f"{'' if held is None else f'{held:.1%}':>10}{row['mean_dp_yes']:>8.3f}"
+              f"{row['weight_bytes'] / 2**20:>13.1f}"
+              f"{(row['peak_memory_bytes'] or 0) / 2**20:>10.0f}  {row['plan']['towers']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="auto", help="auto (hub or offline stand-in), "
+                        "random-256m, a local directory or a hub id")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--rois", type=int, default=24)
+    parser.add_argument("--profile", type=int, default=8, help="ROIs profiled and planned on")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--source", choices=["video", "synthetic"], default="video")
+    parser.add_argument("--metric", default="block_influence")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--int8", default="auto", choices=["auto", "ao_dynamic", "int_mm", "none"])
+    parser.add_argument("--plans", default="", help="extra fixed plans, e.g. skip:0.5,int8:1.0")
+    parser.add_argument("--target-agreement", type=float, default=0.98)
+    parser.add_argument("--max-dp-yes", type=float, default=0.05)
+    parser.add_argument("--task-impact", default="", help="also profile task_skip and/or "
+                        "task_int8 (one pass per layer): auto then orders each operator by its "
+                        "own impact")
+    parser.add_argument("--profile-json", type=Path, help="reuse a stored profile of the same "
+                        "first --profile crops (written next to --out as *.profile.json)")
+    parser.add_argument("--out", type=Path, help="write the summary JSON here")
+    args = parser.parse_args()
+    logger.remove()
+    logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
+    main(args.model, args.device, args.dtype, args.rois, args.profile, args.batch_size,
+         args.repeats, args.source, args.metric, args.compile, args.int8,
+         tuple(p for p in args.plans.split(",") if p), args.target_agreement, args.max_dp_yes,
+         tuple(t for t in args.task_impact.split(",") if t), args.profile_json, args.out)
