@@ -43,7 +43,7 @@ class SourceConfig:
     reconnect_max_s: float = 10.0  # live: cap on the reconnect delay
     max_reconnects: int = -1  # live: give up after this many failed attempts in a row (-1 = never)
     open_timeout_s: float = 10.0  # live: how long one open attempt may take
-    reset_tracks_after_s: float = 2.0  # live: a gap longer than this restarts the tracker
+    reset_tracks_after_s: float = 2.0  # live: a camera outage longer than this restarts tracks
 
     def __post_init__(self) -> None:
         _require(self.max_fps >= 0, "source.max_fps", self.max_fps, ">= 0")

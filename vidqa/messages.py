@@ -28,6 +28,7 @@ class VideoFrame:
     source_id: str
     fps: float
     is_live: bool = False
+    gap_s: float = 0.0  # live: the camera's longest silence since the previous frame (an outage)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:

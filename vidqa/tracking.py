@@ -46,7 +46,6 @@ class PersonTracker:
             raise ConfigError(f"tracker.classes {unknown} not in the detector's classes {names}")
         self.device = None if cfg.device == "auto" else cfg.device
         self._threads_set = False
-        self._last_time: float | None = None
         self._id_offset = 0  # added to ultralytics' ids, which restart at 1 after a reset
         self._max_id = 0
         self.resets = 0
@@ -80,13 +79,10 @@ class PersonTracker:
             yield FrameResult(frame=frame, detections=self.update(frame))
 
     def _gap_too_long(self, frame: VideoFrame) -> bool:
-        previous, self._last_time = self._last_time, frame.timestamp
-        if previous is None or not frame.is_live:
-            return False
-        gap = frame.timestamp - previous
-        if gap > self.reset_after_s:
-            logger.warning("{:.1f} s gap in the live stream at frame {}: restarting tracks",
-                           gap, frame.index)
+        # The source measures outages itself: a slow consumer skipping frames is not a gap.
+        if frame.gap_s > self.reset_after_s:
+            logger.warning("{:.1f} s outage of the live stream before frame {}: restarting "
+                           "tracks", frame.gap_s, frame.index)
             return True
         return False
 

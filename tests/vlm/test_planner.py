@@ -106,8 +106,8 @@ def test_auto_plan_when_damage_grows_with_fraction_stops_at_the_threshold():
 
     search = auto_plan(evaluator(damage, {"int8": 0.5, "skip": 0.0}), PATHS, int8=False)
 
-    assert search.plan.counts()["skip"] == 3
-    assert len(search.trials) <= 3  # binary search over 6 fractions
+    assert search.plan.counts()["skip"] == 3  # one tower's 3 layers; both towers' 6 fail
+    assert len(search.trials) == 5  # per tower: smallest, top; then the merge
 
 
 def test_auto_plan_when_int8_hurts_only_text_quantizes_the_vision_tower():
@@ -122,8 +122,8 @@ def test_auto_plan_when_int8_hurts_only_text_quantizes_the_vision_tower():
     assert not search.plan.paths("skip")
 
 
-def test_auto_plan_when_a_family_saves_too_little_tries_it_once():
-    # Skipping text layers is free of damage but saves nothing: one trial, then dropped.
+def test_auto_plan_when_a_family_saves_too_little_drops_it():
+    # Skipping text layers is free of damage but saves nothing: smallest and top tried, dropped.
     costs = {p: (1.0 if "vision" in p else 0.001) for p in PATHS}
 
     def evaluate(plan: Plan):
@@ -132,8 +132,18 @@ def test_auto_plan_when_a_family_saves_too_little_tries_it_once():
     search = auto_plan(evaluate, PATHS, int8=False)
 
     text_trials = [t for t in search.trials if t.label.startswith("skip") and "text" in t.label]
-    assert len(text_trials) == 1 and not search.plan.paths("int8")
-    assert all("vision" in p for p in search.plan.paths("skip"))
+    assert len(text_trials) == 2
+    assert search.plan.paths("skip") and all("vision" in p for p in search.plan.paths("skip"))
+
+
+def test_auto_plan_when_smallest_skip_hurts_drops_skip_after_one_trial():
+    def damage(plan: Plan):
+        return -2 * REFERENCE if plan.paths("skip") else 0.0
+
+    search = auto_plan(evaluator(damage, {"int8": 0.5, "skip": 0.0}), PATHS)
+
+    assert len([t for t in search.trials if t.label.startswith("skip")]) == 2  # one per tower
+    assert not search.plan.paths("skip")
 
 
 def test_auto_plan_when_orders_per_operator_given_uses_each():

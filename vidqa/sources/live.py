@@ -150,11 +150,14 @@ class _Latest:
         self.image: np.ndarray | None = None
         self.seq = 0  # frames published so far
         self.time_s = 0.0  # when the newest frame was read, seconds since open
+        self.gap_s = 0.0  # longest pause between reads since the consumer last took a frame
         self.done = False
         self.error: SourceError | None = None
 
     def publish(self, image: np.ndarray, time_s: float) -> None:
         with self._cond:
+            if self.seq:
+                self.gap_s = max(self.gap_s, time_s - self.time_s)
             self.image, self.time_s = image, time_s
             self.seq += 1
             self._cond.notify_all()
@@ -165,15 +168,20 @@ class _Latest:
             self._cond.notify_all()
 
     def newer_than(self, seq: int, stop: threading.Event
-                   ) -> tuple[np.ndarray, int, float] | None:
-        """Block until a frame after ``seq`` exists; None once the reader is done or stopped."""
+                   ) -> tuple[np.ndarray, int, float, float] | None:
+        """Block until a frame after ``seq`` exists; None once the reader is done or stopped.
+
+        Returns (image, seq, time_s, gap_s): ``gap_s`` is the camera's longest silence since
+        the last call — an outage, not the consumer's own slowness.
+        """
         with self._cond:
             while self.seq <= seq and not self.done and not stop.is_set():
                 self._cond.wait(timeout=0.2)
             if self.seq <= seq or stop.is_set():
                 return None
             assert self.image is not None
-            return self.image, self.seq, self.time_s
+            gap_s, self.gap_s = self.gap_s, 0.0
+            return self.image, self.seq, self.time_s, gap_s
 
 
 class LiveSource(Source):
@@ -228,10 +236,11 @@ class LiveSource(Source):
             newest = self._latest.newer_than(taken, self._stop)
             if newest is None:
                 break
-            image, taken, time_s = newest
+            image, taken, time_s, gap_s = newest
             last_yield = time.monotonic()
             yield VideoFrame(image=image, index=taken - 1, timestamp=time_s,
-                             source_id=self.source_id, fps=self._fps(), is_live=True)
+                             source_id=self.source_id, fps=self._fps(), is_live=True,
+                             gap_s=gap_s)
         if self._latest.error is not None:
             raise self._latest.error
 

@@ -24,6 +24,7 @@ the full model, so several queries (each with its own plan) share one model safe
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections import deque
@@ -102,15 +103,16 @@ class AdaptiveQuery:
         answers = build_answers(rois, self.query, results, seconds, self.vlm.info.name,
                                 compressed=True, plan_id=applied.id,
                                 extra={"phase": "compressed"})
-        audited = [i for i in range(len(rois)) if self._due_for_audit()]
+        audited = self._audit_indices(len(rois))
         if audited:
             answers = self._audit(rois, answers, audited)
         return answers
 
-    def _due_for_audit(self) -> bool:
-        self._stats.compressed_rois += 1
-        every = self.cfg.audit_every
-        return every > 0 and self._stats.compressed_rois % every == 0
+    def _audit_indices(self, count: int) -> list[int]:
+        """Which of the next ``count`` compressed ROIs are every ``audit_every``-th."""
+        done, every = self._stats.compressed_rois, self.cfg.audit_every
+        self._stats.compressed_rois += count
+        return [i for i in range(count) if every and (done + i + 1) % every == 0]
 
     def _audit(self, rois: list[Roi], answers: list[Answer], indices: list[int]) -> list[Answer]:
         """Answer ``indices`` with the full model too; emit the full answers; maybe re-plan."""
@@ -127,10 +129,9 @@ class AdaptiveQuery:
             self._stats.audit_agree.append(agree)
             if not agree:
                 missed.append(rois[i])
-            reference.extra.update({"phase": "audit", "audit_agree": agree,
-                                    "compressed_answer": compressed.answer,
-                                    "compressed_p_yes": compressed.p_yes})
-            answers[i] = reference
+            answers[i] = dataclasses.replace(reference, extra={
+                "phase": "audit", "audit_agree": agree, "compressed_answer": compressed.answer,
+                "compressed_p_yes": compressed.p_yes})
         self._check_agreement(missed)
         return answers
 
@@ -249,9 +250,13 @@ class AdaptiveQuery:
         stats = self._stats
         full_bytes = module_bytes(self.vlm.model)  # outside `using`: the full model
         compressed_bytes = stats.compressed_bytes or full_bytes
+        reason = self.reason
+        if self.phase == "profile":
+            reason = (f"still profiling: {len(self._pending)} of {self.cfg.profile_tracks} "
+                      f"tracks collected")
         return {
             "question": self.query.question, "mode": f"adaptive/{self.cfg.mode}",
-            "phase": self.phase, "reason": self.reason, "replans": self.replans,
+            "phase": self.phase, "reason": reason, "replans": self.replans,
             "answers": stats.counts(),
             "vlm_calls": sum(stats.counts().values()), "vlm_seconds": round(stats.seconds(), 3),
             "profiling": stats.overhead(),

@@ -207,10 +207,11 @@ class Int8Linear(nn.Module):
         if count <= 16:
             quantized = torch.nn.functional.pad(quantized, (0, 0, 0, 17 - count))  # (17, K)
         acc = torch._int_mm(quantized, self.weight_int8.t())[:count]  # (M, N) int32
-        out = acc.to(x.dtype) * row_scale.to(x.dtype) * self.weight_scale
+        # Rescale in float32: int32 sums reach ~127 * 127 * K, past bf16's 8-bit mantissa.
+        out = acc.float() * row_scale.float() * self.weight_scale.float()
         if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)  # (..., N)
+            out = out + self.bias.float()
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (..., N)
 
 
 def int8_backend(device: torch.device, requested: Int8Backend = "auto") -> tuple[str, str]:

@@ -6,10 +6,10 @@ that order with one operator — the seed's experiment. ``auto_plan`` searches a
 that saves the most *measured* time while its answers on the profiled ROIs still agree with the
 full model:
 
-- every family (int8 or skip, on the vision or the text tower) is searched on its own: its
-  most aggressive fraction first (accepted: done; saves too little: the family is dropped),
-  then a binary search below it. This assumes damage grows with the fraction — true on
-  average, not step by step, which is one reason audits check the plan in the stream;
+- every family (int8 or skip, on the vision or the text tower) is searched on its own, int8
+  from its most aggressive fraction down, skip from its smallest up (see
+  :func:`_search_family`), by binary search. This assumes damage grows with the fraction —
+  true on average, not step by step, which is one reason audits check the plan in the stream;
 - the best plans of the families are merged and checked once more;
 - each candidate costs one timed forward of the profiled batch; the full model's forward in the
   same search is both the reference answers and the baseline time.
@@ -174,14 +174,20 @@ def compare(margins: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 class ForwardEvaluator:
     """Runs the profiled ROIs' prepared inputs through the model under a plan, timed."""
 
-    def __init__(self, vlm: Any, compressor: Compressor, inputs: Any) -> None:
+    def __init__(self, vlm: Any, compressor: Compressor, inputs: Any,
+                 warmup: bool | None = None) -> None:
         self.vlm = vlm
         self.compressor = compressor
         self.inputs = inputs
+        # On CUDA a plan's first forward pays kernel selection (and compilation, if any); on
+        # CPU it pays nothing worth a second pass of the profiled batch.
+        self.warmup = vlm.device.type == "cuda" if warmup is None else warmup
 
     def __call__(self, plan: Plan) -> tuple[np.ndarray, float]:
         self.compressor.prepare(plan)  # int8 copies are built outside the timed forward
         with self.compressor.using(plan):
+            if self.warmup:
+                self.vlm.margins(self.inputs)
             _synchronize(self.vlm.device)
             start = time.perf_counter()
             margins = self.vlm.margins(self.inputs)
@@ -256,31 +262,41 @@ def auto_plan(evaluate: Evaluate, order: Sequence[str], *,
 
 def _search_family(judge: _Judge, op: str, tower: str, layers: Sequence[str],
                    grid: Sequence[float], min_saving: float) -> Trial | None:
-    """The largest accepted fraction of one family: its top first, then binary search.
+    """The largest accepted fraction of one family, or None.
 
-    A family whose top saves less than ``min_saving`` is dropped after that one trial, and the
-    search stops at a candidate that saves less: smaller fractions save even less.
+    int8 usually keeps the answers, so the search opens at the top fraction (accepted: done);
+    skip usually does not (every skipped layer moves p_yes), so it opens at the smallest
+    fraction (rejected: the family is dropped). Then a binary search between what passed and
+    what failed. A family whose top saves less than ``min_saving`` is not worth searching.
     """
     def trial(index: int) -> Trial | None:
-        fraction = grid[index]
-        chosen = bottom(layers, fraction)
+        chosen = bottom(layers, grid[index])
         if not chosen:  # a fraction too small for this tower's layer count
             return None
-        return judge(f"{op} {fraction:g} of {tower}", {path: op for path in chosen})
+        return judge(f"{op} {grid[index]:g} of {tower}", {path: op for path in chosen})
 
+    smallest = next((i for i in range(len(grid)) if bottom(layers, grid[i])), None)
+    if smallest is None:
+        return None
+    low, high, found = -1, len(grid), None  # grid[low] passed (or -1), grid[high] failed
+    if op == "skip":
+        first = trial(smallest)
+        if not first.accepted:
+            return None
+        low, found = smallest, first
     top = trial(len(grid) - 1)
-    if top is None or top.saving < min_saving:  # even the most aggressive one barely pays
+    if top.saving < min_saving:  # even the most aggressive candidate barely pays
         return None
     if top.accepted:
         return top
-    low, high, found = -1, len(grid) - 1, None
+    high = len(grid) - 1
     while high - low > 1:
-        mid = (low + high) // 2
+        mid = max((low + high) // 2, smallest)
         candidate = trial(mid)
-        if candidate is None or (not candidate.accepted and candidate.saving < min_saving):
-            break  # every smaller fraction compresses nothing, or saves even less
         if candidate.accepted:
             low, found = mid, candidate
+        elif candidate.saving < min_saving or mid == smallest:
+            break  # smaller fractions save even less, or there are none
         else:
             high = mid
     return found if found is not None and found.saving >= min_saving else None
