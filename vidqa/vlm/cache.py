@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ CACHE_VERSION = 1  # bump when the stored format or the planning recipe changes
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vidqa" / "profiles"
+    from vidqa.assets import cache_dir
+
+    return cache_dir() / "profiles"
 
 
 def model_fingerprint(resolved: str, revision: str | None) -> dict[str, Any]:
