@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -134,3 +135,36 @@ class ScriptedTracker:
         for frame in frames:
             width, height = frame.size
             yield FrameResult(frame=frame, detections=self.boxes(frame.index, width, height))
+
+
+@dataclass
+class FakeProfile:
+    """A profile whose ranking is the layer order, or its reverse for the metrics in
+    ``reverse_for`` (planning and reporting are tested apart from the profiler)."""
+
+    layers: list
+    reverse_for: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, paths: list[str], reverse_for: tuple[str, ...] = ()) -> FakeProfile:
+        from vidqa.vlm.layers import LayerRef
+
+        refs = [LayerRef(p, "vision" if "vision" in p else "text", i) for i, p in enumerate(paths)]
+        return cls(refs, reverse_for)
+
+    def ranking(self, metric: str) -> list[int]:
+        order = list(range(len(self.layers)))
+        return order[::-1] if metric in self.reverse_for else order
+
+    def to_dict(self) -> dict:
+        return {"layers": [r.path for r in self.layers]}
+
+
+def make_rois(track_ids: list[int], frame: int = 0) -> list:
+    """One synthetic person ROI per track id, all from ``frame``."""
+    from vidqa.messages import Roi
+
+    crops = person_crops(len(track_ids), seed=frame)
+    return [Roi(track_id=t, frame_index=frame, time_s=frame / 10, bbox=(0, 0, 10, 20),
+                crop_box=(0, 0, 10, 20), image=crop, reason="new")
+            for t, crop in zip(track_ids, crops, strict=True)]

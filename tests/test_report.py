@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pytest
-from factories import person_crops
+from factories import FakeProfile, person_crops
 
 from vidqa.errors import ConfigError
 from vidqa.messages import Roi
 from vidqa.report import (IMPACT_PNG, RESULTS_JSON, ReportConfig, compression_report,
                           load_labels)
 from vidqa.vlm.compress import layer_paths
-
-
-@dataclass
-class Ref:
-    path: str
-    tower: str
-    index: int
-
-
-@dataclass
-class FakeProfile:
-    layers: list
-
-    def ranking(self, metric: str) -> list[int]:
-        order = list(range(len(self.layers)))
-        return order[::-1] if metric == "activation" else order
 
 
 def rois(count: int) -> list[Roi]:
@@ -39,8 +22,7 @@ def rois(count: int) -> list[Roi]:
 
 def test_compression_report_when_run_writes_json_and_png(tiny_vlm, tmp_path):
     paths = layer_paths(tiny_vlm.model)
-    profile = FakeProfile([Ref(p, "vision" if "vision" in p else "text", i)
-                           for i, p in enumerate(paths)])
+    profile = FakeProfile.of(paths, reverse_for=("activation",))
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"10": "yes", "11": "no", "99": "yes"}))
     cfg = ReportConfig(fractions=(0.0, 0.5), metrics=("block_influence", "activation"),

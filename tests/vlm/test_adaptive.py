@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import pytest
-from factories import make_identity_layer, person_crops
+from factories import FakeProfile, make_identity_layer, make_rois
 
 import vidqa.vlm.adaptive as adaptive
 from vidqa.config import AdaptiveConfig, QueryConfig
-from vidqa.messages import Roi
 from vidqa.vlm.adaptive import AdaptiveQuery
 from vidqa.vlm.cache import ProfileCache
 from vidqa.vlm.compress import Compressor, Plan, layer_paths
@@ -20,44 +18,18 @@ from vidqa.vlm.model import YesNo
 QUERY = QueryConfig(question="Is this person carrying a backpack?")
 
 
-@dataclass
-class Ref:
-    path: str
-    tower: str
-    index: int
-
-
-@dataclass
-class FakeProfile:
-    """A profile whose ranking is the layer order (the profiler is tested on its own)."""
-
-    layers: list
-
-    def ranking(self, metric: str) -> list[int]:
-        return list(range(len(self.layers)))
-
-    def to_dict(self) -> dict:
-        return {"layers": [r.path for r in self.layers]}
-
-
 @pytest.fixture()
 def fake_profiler(monkeypatch):
     calls = []
 
     def profile(self, images, track_ids):
         calls.append(list(track_ids))
-        paths = layer_paths(self.vlm.model)
-        return FakeProfile([Ref(p, "vision" if "vision" in p else "text", i)
-                            for i, p in enumerate(paths)])
+        return FakeProfile.of(layer_paths(self.vlm.model))
     monkeypatch.setattr(AdaptiveQuery, "_profile", profile)
     return calls
 
 
-def rois(track_ids, frame: int = 0) -> list[Roi]:
-    crops = person_crops(len(track_ids), seed=frame)
-    return [Roi(track_id=t, frame_index=frame, time_s=frame / 10, bbox=(0, 0, 10, 20),
-                crop_box=(0, 0, 10, 20), image=crop, reason="new")
-            for t, crop in zip(track_ids, crops, strict=True)]
+rois = make_rois
 
 
 def config(tmp_path, **overrides) -> AdaptiveConfig:

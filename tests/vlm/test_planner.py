@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from factories import FakeProfile
 
 from vidqa.vlm.compress import Plan
 from vidqa.vlm.planner import (auto_plan, bottom, bottom_fraction, compare, operator_plan,
@@ -17,26 +17,9 @@ PATHS = VISION + TEXT
 REFERENCE = np.array([2.0, -1.5, 0.7, -3.0, 1.2])
 
 
-@dataclass
-class Ref:
-    path: str
-    tower: str
-    index: int
-
-
-@dataclass
-class FakeProfile:
-    """Importance = position in PATHS (layer 0 of vision is least important)."""
-
-    layers: list
-
-    def ranking(self, metric: str) -> list[int]:
-        return list(range(len(self.layers)))
-
-
 def profile() -> FakeProfile:
-    return FakeProfile([Ref(p, "vision" if "vision" in p else "text", i)
-                        for i, p in enumerate(PATHS)])
+    """Importance = position in PATHS (layer 0 of vision is least important)."""
+    return FakeProfile.of(PATHS)
 
 
 def evaluator(damage, seconds_per_layer: dict[str, float]):
