@@ -104,7 +104,8 @@ def make_identity_layer(model: torch.nn.Module, path: str) -> None:
     becomes x -> x (and still fills its KV cache, unlike a skipped layer)."""
     layer = model.get_submodule(path)
     attn, mlp = layer.self_attn, layer.mlp
-    writers = [attn.o_proj, mlp.down_proj] if hasattr(attn, "o_proj") else [attn.out_proj, mlp.fc2]
+    is_decoder = hasattr(attn, "o_proj")
+    writers = [attn.o_proj, mlp.down_proj] if is_decoder else [attn.out_proj, mlp.fc2]
     with torch.no_grad():
         for linear in writers:
             linear.weight.zero_()

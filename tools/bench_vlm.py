@@ -8,12 +8,17 @@ device rewards. Agreement is over all ROIs and over the ones the planner never s
 
 CPU here (the offline stand-in, SmolVLM-256M shape, crops of the sample video):
 
-    .venv/bin/python tools/bench_vlm.py --rois 24 --profile 8 --batch-size 8
+    .venv/bin/python tools/bench_vlm.py --rois 24 --profile 8 --batch-size 8 --repeats 3
 
-GPU (random-init SmolVLM-256M shape: nothing can be downloaded there):
+GPU (random-init SmolVLM-256M shape: nothing can be downloaded there; the image's python3 has
+torch but transformers 5.17 and no loguru, so carry the wheels in .whl/):
 
-    python tools/bench_vlm.py --model random-256m --source synthetic --device cuda \
-        --rois 512 --profile 32 --batch-size 32 --compile --plans skip:0.25,skip:0.5,int8:1.0
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+    PYTHONPATH=/tmp/site:$PWD python3 tools/bench_vlm.py --model random-256m --source synthetic \
+        --device cuda --rois 512 --profile 32 --batch-size 32 --repeats 5 --int8 int_mm \
+        --task-impact task_skip --plans skip:0.25,skip:0.5,int8:1.0 --out $OUT/bench_gpu.json
+
+Add ``--compile`` for torch.compile (each plan compiles once, in the untimed warm-up).
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def random_256m(directory: Path) -> Path:
                                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
     processor = make_processor(tokenizer, IMAGE_SIZE, 1)
     config = smolvlm_config(processor.tokenizer, vision=VISION, scale_factor=SCALE_FACTOR,
-                            text={**TEXT_SHAPE, "vocab_size": 49152, "head_dim": 64})
+                            text={**TEXT_SHAPE, "vocab_size": 49152, "head_dim": 64,
+                                  "tie_word_embeddings": True})
     processor = make_processor(processor.tokenizer, IMAGE_SIZE, image_seq_len(config))
     torch.manual_seed(0)
     Idefics3ForConditionalGeneration(config).save_pretrained(directory)

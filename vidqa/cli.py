@@ -77,7 +77,8 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
     report_cfg = ReportConfig(
         question=args.question or cfg.vlm.queries[0].question, fractions=tuple(args.fractions),
         operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
-        batch_size=args.batch_size, profile_rois=args.profile)
+        batch_size=args.batch_size, profile_rois=args.profile, controls=tuple(args.controls),
+        scope=args.scope, seed=args.seed)
     rois, _ = collect_rois(cfg, args.rois)
     results = compression_report(load_vlm(cfg.vlm), rois, args.out, report_cfg, args.labels)
     _print_report(results, args.out)
@@ -172,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--operators", nargs="+", default=["int8", "skip", "int8+skip"])
     report.add_argument("--metrics", nargs="+", default=["block_influence", "activation"],
                         help="importance metrics whose order is tried")
+    report.add_argument("--controls", nargs="*", default=["random", "reverse"],
+                        help="control orders: random and/or reverse (of the first metric)")
+    report.add_argument("--scope", choices=["global", "per_tower"], default="global",
+                        help="fraction of all layers, or of each tower")
+    report.add_argument("--seed", type=int, default=0, help="seed of the random order")
     report.add_argument("--repeats", type=int, default=3, help="timed passes per configuration")
     report.add_argument("--labels", type=Path,
                         help="ground truth: JSON {track_id: yes|no} or CSV track_id,answer")

@@ -179,7 +179,7 @@ class Bench:
 
     def run(self, plan: Plan, repeats: int) -> tuple[np.ndarray, float, int, int | None]:
         """(margins (N,), median ms per ROI, weight bytes, peak memory) under ``plan``."""
-        self.compressor.drop_cache()  # this plan's int8 copies only, for a fair memory peak
+        self.compressor.prune()  # this plan's int8 copies only, for a fair memory peak
         peak_memory_reset(self.vlm.device)
         self.compressor.prepare(plan)
         times, margins = [], None

@@ -168,3 +168,21 @@ def test_answer_when_profiled_for_real_stores_profile_and_plan_in_cache(tiny_vlm
     assert profile.roi_ids == [1, 2, 3] and "block_influence" in profile.scores
     assert Plan.from_dict(entry["plan"]) == query.plan
     assert entry["key"]["question"] == QUERY.question
+
+
+def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_path,
+                                                                fake_profiler):
+    compressor = Compressor(tiny_vlm.model)
+    skip = AdaptiveQuery(tiny_vlm, QUERY, config(tmp_path), compressor=compressor)
+    int8 = AdaptiveQuery(tiny_vlm, QueryConfig(question="Is this person running?"),
+                         config(tmp_path, operator="int8"), compressor=compressor)
+    for query in (skip, int8):
+        query.answer(rois([1, 2]))
+
+    first = int8.answer(rois([3], frame=1))
+    second = skip.answer(rois([3], frame=1))
+
+    assert first[0].plan_id == int8.plan.id != second[0].plan_id == skip.plan.id
+    assert int8.plan.paths("int8") and skip.plan.paths("skip")
+    assert compressor.cached_bytes() > 0  # int8's copies survived the other query's prune
+    assert compressor.current.id == "full"

@@ -183,3 +183,23 @@ def test_compressor_for_when_model_is_dropped_lets_it_be_collected(tiny_vlm_dir)
     gc.collect()
 
     assert ref() is None
+
+
+def test_prune_when_plans_are_pinned_keeps_only_their_int8_copies(tiny_vlm):
+    compressor = Compressor(tiny_vlm.model)
+    kept, other = Plan({VISION_0: "int8"}), Plan({TEXT.format(0): "int8"})
+    compressor.prepare(kept)
+    compressor.prepare(other)
+    compressor.pin("query-a", kept)
+
+    compressor.prune()
+    with compressor.using(kept):
+        quantized = get_module(tiny_vlm.model, VISION_0)
+    compressor.prune()
+
+    assert {path for path, _ in compressor._variants} == {VISION_0}
+    with compressor.using(kept):
+        assert get_module(tiny_vlm.model, VISION_0) is quantized  # not rebuilt
+    compressor.pin("query-a", None)
+    compressor.prune()
+    assert compressor.cached_bytes() == 0

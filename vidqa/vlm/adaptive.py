@@ -70,6 +70,7 @@ class AdaptiveQuery:
         self._audits: deque[bool] = deque(maxlen=cfg.audit_window)
         self._stats = _Stats()
         self.replans = 0
+        self._owner = f"{query.label}@{id(self):x}"  # this query's pin on the shared compressor
         self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), query.question,
                                      query.answer, cfg,
                                      {"int8_backend": self.compressor.int8_backend})
@@ -150,6 +151,7 @@ class AdaptiveQuery:
                        self.replans, self.max_replans)
         self.phase = "profile"
         self.plan = Plan.keep_all(self.compressor.paths)
+        self.compressor.pin(self._owner, None)
         self._audits.clear()
         # The crops the plan got wrong are the most informative ones to profile next.
         self._pending = {roi.track_id: roi.image for roi in missed[:self.cfg.profile_tracks]}
@@ -159,6 +161,8 @@ class AdaptiveQuery:
                        self.query.label, reason)
         self.phase, self.reason = "full", reason
         self.plan = Plan.keep_all(self.compressor.paths)
+        self.compressor.pin(self._owner, None)
+        self.compressor.prune()
 
     # ----------------------------------------------------------------------------- profiling
 
@@ -222,6 +226,8 @@ class AdaptiveQuery:
         self.compressor.prepare(effective)
         self._stats.build_seconds += time.perf_counter() - start
         self.plan, self.phase, self.reason = effective, "compressed", source
+        self.compressor.pin(self._owner, effective)
+        self.compressor.prune()  # the search's rejected int8 copies
         self._audits.clear()
         with self.compressor.using(effective):
             self._stats.compressed_bytes = module_bytes(self.vlm.model)
@@ -316,10 +322,10 @@ class _Stats:
                       [1000 * s / n for s, n in batches]
             out[f"{kind}_mean"] = round(statistics.fmean(per_roi), 2) if per_roi else None
             out[f"{kind}_median"] = round(statistics.median(per_roi), 2) if per_roi else None
-        if out["full_mean"] and out["compressed_mean"]:
-            out["speedup"] = round(out["full_mean"] / out["compressed_mean"], 3)
-        else:
-            out["speedup"] = None
+        for name in ("mean", "median"):  # the median resists batches slowed by a busy host
+            full, compressed = out[f"full_{name}"], out[f"compressed_{name}"]
+            key = "speedup" if name == "mean" else "speedup_median"
+            out[key] = round(full / compressed, 3) if full and compressed else None
         return out
 
     def audit_agreement(self) -> float | None:

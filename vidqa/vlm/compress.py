@@ -297,6 +297,7 @@ class Compressor:
         device = next(model.parameters()).device
         self.int8_backend, self.int8_reason = int8_backend(device, int8)
         self._variants: dict[tuple[str, str], nn.Module] = {}  # (path, op) -> built module
+        self._pins: dict[str, Plan] = {}  # owner -> plan whose built layers prune() keeps
         self.current = Plan.keep_all(paths)
         self.build_seconds = 0.0
         if self.int8_backend == "none":
@@ -360,10 +361,22 @@ class Compressor:
         """Bytes held by built int8 copies, on top of the original model."""
         return sum(module_bytes(m) for (path, op), m in self._variants.items() if op == "int8")
 
-    def drop_cache(self) -> None:
-        """Forget built copies not in use (they are rebuilt on demand)."""
-        in_use = {(p, op) for p, op in self.current.ops.items()}
-        self._variants = {k: m for k, m in self._variants.items() if k in in_use}
+    def pin(self, owner: str, plan: Plan | None) -> None:
+        """Keep ``plan``'s built layers through :meth:`prune` (None releases ``owner``'s pin).
+
+        Each query pins its own plan, so pruning after one query's search does not throw away
+        the int8 copies another query is using."""
+        if plan is None:
+            self._pins.pop(owner, None)
+        else:
+            self._pins[owner] = plan
+
+    def prune(self) -> None:
+        """Forget built copies that neither the active plan nor a pinned one uses: a plan
+        search builds int8 copies of layers it then rejects (they are rebuilt on demand)."""
+        plans = [self.current, *self._pins.values()]
+        keep = {(path, op) for plan in plans for path, op in plan.ops.items()}
+        self._variants = {k: m for k, m in self._variants.items() if k in keep}
 
     def _module(self, path: str, op: str) -> nn.Module:
         if op == "keep":

@@ -169,12 +169,6 @@ class VisionLanguageModel:
 
     def weight_bytes(self) -> int:
         """Bytes held by parameters and buffers (quantized modules count their packed weights)."""
-        total = sum(t.numel() * t.element_size() for t in self.model.parameters())
-        total += sum(t.numel() * t.element_size() for t in self.model.buffers())
-        for module in self.model.modules():
-            packed = getattr(module, "_packed_params", None)
-            if packed is not None:
-                weight, bias = module._weight_bias()
-                total += weight.numel() * weight.element_size()
-                total += 0 if bias is None else bias.numel() * bias.element_size()
-        return total
+        from vidqa.vlm.compress import module_bytes  # compression knows its packed formats
+
+        return module_bytes(self.model)
