@@ -1,5 +1,6 @@
 # vidqa: `make run` runs the default pipeline on the sample video, `make test` runs the tests.
-# Both create .venv and install everything they need on a fresh machine.
+# Both create .venv and install everything they need on a fresh machine. `make check` is the
+# fast lane of the edit-test loop (lint + every test that needs no real assets, < 2 minutes).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 VIDQA := $(VENV)/bin/vidqa
 STAMP := $(VENV)/.installed
 
-.PHONY: run test assets setup system-deps bench clean
+.PHONY: run test check assets setup system-deps bench clean
 
 run: $(STAMP)
 	$(VIDQA) assets
@@ -15,6 +16,10 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest tests -q
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check vidqa tests tools
+	$(PY) -m pytest tests -q -m "not slow" -x
 
 assets: $(STAMP)
 	$(VIDQA) assets

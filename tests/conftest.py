@@ -1,7 +1,9 @@
-"""Shared fixtures: tests/ on sys.path for `factories`, a tiny random VLM saved and reloaded."""
+"""Shared fixtures: tests/ on sys.path for `factories`, isolation of caches and run folders,
+a tiny random VLM saved and reloaded."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +14,50 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from factories import build_tiny_vlm  # noqa: E402
 
-from vidqa.vlm.model import ModelInfo, VisionLanguageModel  # noqa: E402
+from vidqa.assets import ModelInfo, cache_dir  # noqa: E402
+from vidqa.vlm.model import VisionLanguageModel  # noqa: E402
+
+# Fetched assets are shared by every test (content-checked and written atomically); plans,
+# profiles and anything else a test writes under the cache are not.
+SHARED_ASSETS = ("video", "detectors", "vlm", "ultralytics")
+_ASSETS = cache_dir()  # the user's or CI's asset cache, read before any test isolates it
+
+
+def isolated_cache(root: Path) -> Path:
+    """A fresh cache folder whose asset subfolders link to the shared asset cache."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_ASSETS:
+        (_ASSETS / name).mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(_ASSETS / name, target_is_directory=True)
+    return root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One rule for the lanes: a test that starts an RTSP server is slow too."""
+    for item in items:
+        if item.get_closest_marker("rtsp") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """For module- and session-scoped fixtures (and the subprocesses they start)."""
+    previous = os.environ.get("VIDQA_CACHE")
+    os.environ["VIDQA_CACHE"] = str(isolated_cache(tmp_path_factory.mktemp("cache")))
+    yield
+    if previous is None:
+        os.environ.pop("VIDQA_CACHE", None)
+    else:
+        os.environ["VIDQA_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True)
+def isolated_run(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own cache (no plan of another test, nothing in ~/.cache/vidqa) and
+    runs in its own folder, so a default `runs/` lands in tmp_path."""
+    monkeypatch.setenv("VIDQA_CACHE", str(isolated_cache(tmp_path_factory.mktemp("cache"))))
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -8,50 +8,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
 
+from vidqa.assets.smolvlm import TINY_TEXT, TINY_VISION, build_random_smolvlm
 from vidqa.messages import Detections
-from vidqa.vlm.build import image_seq_len, make_processor, smolvlm_config
-
-_CORPUS = [
-    "User: Is this person carrying a backpack? Assistant: Yes. No. yes no",
-    "Is this worker wearing a hard hat? Describe the person. What colour is the shirt?",
-]
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in a fraction of a second, with SmolLM2's special tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400,
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS * 10, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def build_tiny_vlm(directory: Path, seed: int = 0, text_layers: int = 4,
                    vision_layers: int = 2) -> Path:
     """Save a random-weight Idefics3 (64 px tiles, 4 image tokens) and its processor."""
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    config = smolvlm_config(
-        make_processor(tokenizer, 64, 4).tokenizer,
-        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": vision_layers,
-                "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
-        text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": text_layers,
-              "num_attention_heads": 2, "num_key_value_heads": 1,
-              "max_position_embeddings": 512},
-        scale_factor=2,
-    )
-    processor = make_processor(tokenizer, config.vision_config.image_size, image_seq_len(config))
-    model = Idefics3ForConditionalGeneration(config)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return build_random_smolvlm(directory, seed=seed,
+                                vision={**TINY_VISION, "num_hidden_layers": vision_layers},
+                                text={**TINY_TEXT, "num_hidden_layers": text_layers})
 
 
 def person_crops(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -70,7 +37,7 @@ def detections(boxes: list[tuple[float, float, float, float]], track_ids: list[i
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (160, 120), fps: float = 10.0,
                 codec: str = "MJPG") -> Path:
-    """A synthetic clip: a bright rectangle moving over a gradient, frame index in the red channel."""
+    """A synthetic clip: a bright rectangle moving over a gradient."""
     width, height = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
     assert writer.isOpened(), f"cannot write {path}"
@@ -135,7 +102,7 @@ class ScriptedTracker:
 
         for frame in frames:
             width, height = frame.size
-            yield FrameResult(frame=frame, detections=self.boxes(frame.index, width, height))
+            yield FrameResult(frame=frame, detections=self.boxes(frame.frame_index, width, height))
 
 
 @dataclass
@@ -148,7 +115,7 @@ class FakeProfile:
 
     @classmethod
     def of(cls, paths: list[str], reverse_for: tuple[str, ...] = ()) -> FakeProfile:
-        from vidqa.vlm.layers import LayerRef
+        from vidqa.vlm.compression.layers import LayerRef
 
         refs = [LayerRef(p, "vision" if "vision" in p else "text", i) for i, p in enumerate(paths)]
         return cls(refs, reverse_for)

@@ -11,7 +11,7 @@ REPO = Path(__file__).parent.parent
 def test_load_config_when_shipped_yaml_then_every_key_is_valid():
     cfg = load_config(REPO / "pipeline.yaml")
 
-    assert cfg.vlm.queries[0].answer == "yesno"
+    assert cfg.vlm.questions[0].answer == "yesno"
     assert cfg.source.path == "auto"
 
 
@@ -33,14 +33,15 @@ def test_load_config_when_override_then_value_is_typed(override, key, expected):
 
 
 def test_load_config_when_query_is_a_plain_string_then_it_becomes_a_yesno_query():
-    cfg = load_config(None, ["vlm.queries=Is this person running?"])
+    cfg = load_config(None, ["vlm.questions=Is this person running?"])
 
-    assert cfg.vlm.queries[0].question == "Is this person running?"
-    assert cfg.vlm.queries[0].answer == "yesno"
+    assert cfg.vlm.questions[0].question == "Is this person running?"
+    assert cfg.vlm.questions[0].answer == "yesno"
 
 
 @pytest.mark.parametrize("override, message", [
-    ("vlm.bath_size=3", "unknown key vlm.bath_size; valid keys in vlm: model, queries, batch_size"),
+    ("vlm.bath_size=3",
+     "unknown key vlm.bath_size; valid keys in vlm: model, questions, batch_size"),
     ("nope.x=1", "unknown key nope; valid keys in the top level: run, source"),
     ("vlm.batch_size=four", "vlm.batch_size must be an integer, got 'four'"),
     ("vlm.batch_size=0", "vlm.batch_size = 0 is out of range: expected >= 1"),
@@ -48,9 +49,10 @@ def test_load_config_when_query_is_a_plain_string_then_it_becomes_a_yesno_query(
     ("sinks.video=maybe", "sinks.video must be true or false"),
     ("source.kind=camera", "source.kind = 'camera' is not allowed: choose one of 'file'"),
     ("source.kind=stream", "source.url is empty"),
-    ("vlm.queries=[]", "vlm.queries is empty"),
-    ("vlm.queries=[{question: ''}]", "empty question"),
-    ("vlm.queries=[{question: q, answer: essay}]", "vlm.queries[0].answer = 'essay'"),
+    ("vlm.questions=[]", "vlm.questions is empty"),
+    ("vlm.queries=[backpack]", "vlm.queries was renamed to vlm.questions"),
+    ("vlm.questions=[{question: ''}]", "question is empty"),
+    ("vlm.questions=[{question: q, answer: essay}]", "vlm.questions[0].answer = 'essay'"),
     ("vlm.adaptive.metrc=x", "valid keys in vlm.adaptive: enabled, profile_tracks"),
     ("tracker.imgsz=100", "a multiple of 32"),
     ("roi=3", "roi must be a mapping"),

@@ -27,7 +27,8 @@ from rtsp_server import RtspServer, server_available
 from vidqa import assets
 from vidqa.config import load_config
 from vidqa.messages import FrameResult, VideoFrame
-from vidqa.pipeline import Pipeline, prepare_run_dir
+from vidqa.pipeline import Pipeline
+from vidqa.run import prepare_run_dir
 from vidqa.sources import LiveSource
 
 pytestmark = pytest.mark.rtsp
@@ -184,11 +185,12 @@ class Runner:
             self.error = err
 
     def _on_taken(self, frame: VideoFrame) -> None:
-        self._taken = {frame.index: self.now()}  # one frame in flight at a time
+        self._taken = {frame.frame_index: self.now()}  # one frame in flight at a time
 
     def _on_done(self, result: FrameResult) -> None:
         frame = result.frame
-        self.seen.append(Seen(frame.index, frame.timestamp, self._taken[frame.index], self.now(),
+        self.seen.append(Seen(frame.frame_index, frame.timestamp,
+                              self._taken[frame.frame_index], self.now(),
                               frozenset(result.detections.track_id.tolist()),
                               len(result.answers), self._process.memory_info().rss))
 

@@ -15,8 +15,9 @@ import pytest
 from factories import ScriptedTracker, write_video
 
 from vidqa.config import load_config
-from vidqa.pipeline import Pipeline, prepare_run_dir
-from vidqa.roi import QueryPolicy
+from vidqa.pipeline import Pipeline
+from vidqa.roi import RoiPolicy
+from vidqa.run import prepare_run_dir
 from vidqa.sources import open_source
 from vidqa.vlm.stage import VlmStage
 
@@ -27,7 +28,7 @@ def make_pipeline(tmp_path: Path, video: Path, vlm, tracker, *overrides: str) ->
     cfg = load_config(None, ["roi.min_hits=1", *overrides])
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
     models = {"detector": {"name": "scripted"}, "vlm": vlm.info}
-    return Pipeline(cfg, run_dir, open_source(cfg.source, video), tracker, QueryPolicy(cfg.roi),
+    return Pipeline(cfg, run_dir, open_source(cfg.source, video), tracker, RoiPolicy(cfg.roi),
                     VlmStage(vlm, cfg.vlm), models)
 
 
@@ -111,8 +112,8 @@ def test_run_when_soaked_with_20000_frames_of_short_tracks_then_memory_stays_bou
 
     def sampled(results):
         for result in results:
-            if result.frame.index % 2000 == 0:
-                rss[result.frame.index] = process.memory_info().rss
+            if result.frame.frame_index % 2000 == 0:
+                rss[result.frame.frame_index] = process.memory_info().rss
             yield result
             assert len(pipeline.policy.tracks) <= 3 + pipeline.cfg.roi.max_age // 5 + 1
             assert len(pipeline.board.latest) <= 3 + pipeline.cfg.roi.max_age // 5 + 1

@@ -4,13 +4,14 @@ from factories import detections
 
 from vidqa.config import RoiConfig
 from vidqa.messages import Detections, FrameResult, VideoFrame
-from vidqa.roi import QueryPolicy, clip_box, pad_box
+from vidqa.roi import RoiPolicy, clip_box, pad_box
 
 
 def frame_result(index: int, boxes, track_ids, size=(200, 100)) -> FrameResult:
     width, height = size
     image = np.zeros((height, width, 3), np.uint8)
-    frame = VideoFrame(image=image, index=index, timestamp=index / 10, source_id="t", fps=10.0)
+    frame = VideoFrame(image=image, frame_index=index, timestamp=index / 10, source_id="t",
+                       fps=10.0)
     dets = detections(boxes, track_ids) if boxes else Detections.empty()
     return FrameResult(frame=frame, detections=dets)
 
@@ -36,7 +37,7 @@ def test_pad_box_when_padded_then_grows_and_clips(box, padding, expected):
 
 
 def run_policy(cfg: RoiConfig, frames) -> list[FrameResult]:
-    policy = QueryPolicy(cfg)
+    policy = RoiPolicy(cfg)
     return [policy.update(frame_result(i, *boxes)) for i, boxes in enumerate(frames)]
 
 
@@ -66,7 +67,7 @@ SMALL = (10, 10, 15, 20)
 def test_query_policy_when_tracks_seen_then_asks_per_policy(cfg, frames, asked):
     results = run_policy(cfg, frames)
 
-    got = [(r.frame.index, roi.track_id, roi.reason) for r in results for roi in r.rois]
+    got = [(r.frame.frame_index, roi.track_id, roi.reason) for r in results for roi in r.rois]
     assert got == asked
 
 
@@ -81,7 +82,7 @@ def test_query_policy_when_roi_cropped_then_image_matches_padded_box():
 
 def test_query_policy_when_track_unseen_for_max_age_then_evicted_and_reported():
     frames = [([BIG], [1])] + [([], [])] * 4
-    policy = QueryPolicy(RoiConfig(min_hits=1, max_age=3))
+    policy = RoiPolicy(RoiConfig(min_hits=1, max_age=3))
 
     ended = [policy.update(frame_result(i, *f)).ended_tracks for i, f in enumerate(frames)]
 
@@ -90,7 +91,7 @@ def test_query_policy_when_track_unseen_for_max_age_then_evicted_and_reported():
 
 
 def test_query_policy_when_many_short_tracks_then_state_stays_bounded():
-    policy = QueryPolicy(RoiConfig(min_hits=1, max_age=5))
+    policy = RoiPolicy(RoiConfig(min_hits=1, max_age=5))
     for i in range(2000):  # a new person every frame, each seen once
         policy.update(frame_result(i, [BIG], [i]))
 

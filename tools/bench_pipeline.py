@@ -17,39 +17,30 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers.image_processing_utils import SizeDict
 
 from vidqa import assets
-from vidqa.config import QueryConfig, RoiConfig, SourceConfig, TrackerConfig
-from vidqa.messages import FrameResult
-from vidqa.roi import QueryPolicy, clip_box, pad_box
-from vidqa.sources import open_source
-from vidqa.tracking import PersonTracker
-from vidqa.vlm.answer import FullAnswerer
+from vidqa.clock import StageClock
+from vidqa.config import PipelineConfig, QuestionConfig, VlmConfig
+from vidqa.experiments.common import tracked
+from vidqa.roi import clip_box, pad_box
+from vidqa.sources import open_source, source_path
+from vidqa.vlm.answerers import FullAnswerer
 from vidqa.vlm.model import VisionLanguageModel
 
 QUESTION = "Is this person carrying a backpack?"
 
 
-def track_slice(video: Path, frames: int) -> tuple[list, float, float]:
-    """Decode and track ``frames`` frames; returns the results and decode / track seconds."""
-    tracker = PersonTracker(TrackerConfig())
-    results, decode_s, track_s = [], 0.0, 0.0
-    with open_source(SourceConfig(kind="file"), video) as source:
-        iterator = iter(source)
-        for _ in range(frames):
-            start = time.perf_counter()
-            frame = next(iterator, None)
-            decode_s += time.perf_counter() - start
-            if frame is None:
-                break
-            start = time.perf_counter()
-            results.append(FrameResult(frame=frame, detections=tracker.update(frame)))
-            track_s += time.perf_counter() - start
-    return results, decode_s, track_s
+def track_slice(frames: int) -> tuple[list, float, float]:
+    """Decode, track and crop ``frames`` frames of the sample clip as a run would; returns the
+    results and the decode / track seconds."""
+    cfg, clock = PipelineConfig(), StageClock()
+    with open_source(cfg.source, source_path(cfg.source)) as source:
+        results = list(tracked(cfg, source, frames, clock))
+    own = clock.own_seconds()
+    return results, own["source"], own["tracker"]
 
 
 def every_box(results: list, padding: float = 0.1) -> list:
@@ -85,20 +76,19 @@ def seed_seconds_per_roi(vlm: VisionLanguageModel, crops: list, sample: int) -> 
 
 
 def vidqa_seconds(vlm: VisionLanguageModel, results: list, batch_size: int) -> tuple[float, int]:
-    """Once per track, one forward, one tile, batched: total VLM seconds and calls."""
-    policy = QueryPolicy(RoiConfig())
-    answerer = FullAnswerer(vlm, QueryConfig(question=QUESTION))
+    """Once per track, one forward, one tile, batched: total VLM seconds and ROIs answered."""
+    answerer = FullAnswerer(vlm, QuestionConfig(question=QUESTION))
     for result in results:
-        rois = list(policy.update(result).rois)
+        rois = list(result.rois)
         for start in range(0, len(rois), batch_size):
             answerer.answer(rois[start:start + batch_size])
-    return answerer.seconds, answerer.calls
+    return answerer.seconds, answerer.rois
 
 
 def main(frames: int = 60, seed_sample: int = 4, batch_size: int = 8, model: str = "auto") -> None:
-    results, decode_s, track_s = track_slice(assets.sample_video(), frames)
-    info = assets.resolve_vlm(model)
-    vlm = VisionLanguageModel.load(info, local_files_only=not assets.hub_reachable())
+    results, decode_s, track_s = track_slice(frames)
+    vlm = assets.load_vlm(VlmConfig(model=model))
+    info = vlm.info
     crops = every_box(results)
     vidqa_s, vidqa_calls = vidqa_seconds(vlm, results, batch_size)
     per_roi, tiles = seed_seconds_per_roi(vlm, crops, seed_sample)

@@ -36,12 +36,24 @@ import numpy as np
 import torch
 from loguru import logger
 
-from vidqa.report import peak_memory, peak_memory_reset
-from vidqa.vlm.compress import Compressor, Plan, compressor_for, module_bytes
-from vidqa.vlm.importance import Profile, profile_rois
-from vidqa.vlm.model import ModelInfo, VisionLanguageModel
-from vidqa.vlm.planner import (ForwardEvaluator, auto_plan, compare, importance_order,
-                               operator_orders, operator_plan)
+from vidqa import assets
+from vidqa.assets.smolvlm import SCALE_FACTOR, TEXT_256M, VISION_256M, build_random_smolvlm
+from vidqa.config import PipelineConfig, RoiConfig, VlmConfig
+from vidqa.experiments.common import peak_memory, peak_memory_reset, tracked
+from vidqa.sources import open_source, source_path
+from vidqa.vlm.compression.compressor import Compressor, compressor_for
+from vidqa.vlm.compression.operators import module_bytes
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.compression.planner import (
+    ForwardEvaluator,
+    auto_plan,
+    compare,
+    importance_order,
+    operator_orders,
+    operator_plan,
+)
+from vidqa.vlm.model import VisionLanguageModel, timed_margins
+from vidqa.vlm.profiling.importance import Profile, profile_rois
 
 QUESTION = "Is this person carrying a backpack?"
 
@@ -50,62 +62,28 @@ QUESTION = "Is this person carrying a backpack?"
 # Model and ROIs
 
 
-def random_256m(directory: Path) -> Path:
-    """A random-init model of SmolVLM-256M's shape, saved with its processor (no downloads)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
-
-    from vidqa.vlm.build import image_seq_len, make_processor, smolvlm_config
-    from vidqa.vlm.standin import IMAGE_SIZE, SCALE_FACTOR, TEXT_SHAPE, VISION
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tok.train_from_iterator([f"User: {QUESTION} Assistant: Yes. No. yes no"] * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                        eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    processor = make_processor(tokenizer, IMAGE_SIZE, 1)
-    config = smolvlm_config(processor.tokenizer, vision=VISION, scale_factor=SCALE_FACTOR,
-                            text={**TEXT_SHAPE, "vocab_size": 49152, "head_dim": 64,
-                                  "tie_word_embeddings": True})
-    processor = make_processor(processor.tokenizer, IMAGE_SIZE, image_seq_len(config))
-    torch.manual_seed(0)
-    Idefics3ForConditionalGeneration(config).save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
-
-
 def load_model(spec: str, device: str, dtype: str) -> VisionLanguageModel:
-    from vidqa import assets
-
+    """``random-256m``: a random-weight model of SmolVLM-256M's shape (nothing to download);
+    anything else is resolved as ``vlm.model`` is."""
     if spec == "random-256m":
-        path = random_256m(Path(tempfile.mkdtemp(prefix="vidqa-bench-")) / "random-256m")
-        info = ModelInfo(requested=spec, resolved=str(path), note="random init, 256M shape")
+        path = build_random_smolvlm(Path(tempfile.mkdtemp(prefix="vidqa-bench-")) / spec,
+                                    vision=VISION_256M, scale_factor=SCALE_FACTOR,
+                                    text={**TEXT_256M, "vocab_size": 49152, "head_dim": 64,
+                                          "tie_word_embeddings": True})
+        info = assets.ModelInfo(requested=spec, resolved=str(path), note="random init, 256M shape")
         return VisionLanguageModel.load(info, device, dtype, local_files_only=True)
-    info = assets.resolve_vlm(spec)
-    return VisionLanguageModel.load(info, device, dtype,
-                                    local_files_only=not assets.hub_reachable())
+    return assets.load_vlm(VlmConfig(model=spec, device=device, dtype=dtype))
 
 
 def video_crops(count: int, max_frames: int = 400) -> list[np.ndarray]:
-    """Person crops of the sample video: each new track, then each track every 10 frames."""
-    from vidqa import assets
-    from vidqa.config import RoiConfig, SourceConfig, TrackerConfig
-    from vidqa.messages import FrameResult
-    from vidqa.roi import QueryPolicy
-    from vidqa.sources import open_source
-    from vidqa.tracking import PersonTracker
-
-    tracker, policy = PersonTracker(TrackerConfig()), QueryPolicy(RoiConfig(reask_every=10))
+    """Person crops of the sample video as a run asks them: each new track, then each track
+    every 10 frames."""
+    cfg = PipelineConfig(roi=RoiConfig(reask_every=10))
     crops: list[np.ndarray] = []
-    with open_source(SourceConfig(kind="file"), assets.sample_video()) as source:
-        for index, frame in enumerate(source):
-            result = policy.update(FrameResult(frame=frame, detections=tracker.update(frame)))
+    with open_source(cfg.source, source_path(cfg.source)) as source:
+        for result in tracked(cfg, source, max_frames):
             crops += [roi.image for roi in result.rois]
-            if len(crops) >= count or index >= max_frames:
+            if len(crops) >= count:
                 break
     return crops[:count]
 
@@ -120,15 +98,6 @@ def synthetic_crops(count: int, seed: int = 0) -> list[np.ndarray]:
 # Timing
 
 
-def timed_pass(vlm: VisionLanguageModel, batches: list) -> tuple[float, np.ndarray]:
-    sync = torch.cuda.synchronize if vlm.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    margins = [vlm.margins(batch) for batch in batches]
-    sync()
-    return time.perf_counter() - start, torch.cat(margins).float().cpu().numpy()
-
-
 def measure(vlm: VisionLanguageModel, compressor: Compressor, batches: list,
             plans: dict[str, Plan], repeats: int) -> dict[str, dict[str, Any]]:
     """Median pass seconds, margins, weights and peak memory of every plan, interleaved."""
@@ -137,13 +106,13 @@ def measure(vlm: VisionLanguageModel, compressor: Compressor, batches: list,
         compressor.prepare(plan)
         with compressor.using(plan):
             peak_memory_reset(vlm.device)
-            timed_pass(vlm, batches[:1])
+            timed_margins(vlm, batches[:1])
             out[name]["weight_bytes"] = module_bytes(vlm.model)
     for _ in range(repeats):
         for name, plan in plans.items():
             with compressor.using(plan):
                 peak_memory_reset(vlm.device)
-                seconds, margins = timed_pass(vlm, batches)
+                margins, seconds = timed_margins(vlm, batches)
                 out[name]["times"].append(seconds)
                 out[name]["margins"] = margins
                 out[name]["peak_memory_bytes"] = peak_memory(vlm.device)

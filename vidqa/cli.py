@@ -29,14 +29,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
-    from vidqa.pipeline import Pipeline, prepare_run_dir
+    from vidqa.pipeline import run_pipeline
+    from vidqa.run import prepare_run_dir
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     overrides = list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
     cfg = load_config(config, overrides)
-    logger.info("config: {}", config or "built-in defaults")
     run_dir = prepare_run_dir(cfg, args.out)
-    summary = Pipeline.from_config(cfg, run_dir).run()
+    summary = run_pipeline(cfg, run_dir, config_name=str(config or ""))
     _print_run(summary, run_dir)
     return summary["exit_code"]
 
@@ -51,11 +51,11 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
-    from vidqa.validate import format_summary, run_validation
+    from vidqa.experiments.layer_stability import format_summary, run_validation
 
     cfg = load_config(args.config, args.set or [])
     results = run_validation(
-        args.source, args.query or [q.question for q in cfg.vlm.queries], args.out,
+        args.source, args.question or [q.question for q in cfg.vlm.questions], args.out,
         n_rois=args.rois, model=args.model or cfg.vlm.model, task_impact=not args.no_task_impact,
         device=args.device, batch_size=args.batch_size, seed=args.seed,
         primary_metric=args.metric, max_frames=args.max_frames, config=cfg)
@@ -64,9 +64,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compress_report(args: argparse.Namespace) -> int:
+    from vidqa.assets import load_vlm
     from vidqa.config import load_config
-    from vidqa.pipeline import collect_rois, load_vlm
-    from vidqa.report import ReportConfig, compression_report
+    from vidqa.experiments.common import collect_rois
+    from vidqa.experiments.compression_sweep import ReportConfig, compression_report
 
     overrides = list(args.set or [])
     if args.source:
@@ -75,7 +76,7 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
         overrides.append(f"vlm.model={args.model}")
     cfg = load_config(args.config, overrides + [f"vlm.device={args.device}"])
     report_cfg = ReportConfig(
-        question=args.question or cfg.vlm.queries[0].question, fractions=tuple(args.fractions),
+        question=args.question or cfg.vlm.questions[0].question, fractions=tuple(args.fractions),
         operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
         batch_size=args.batch_size, profile_rois=args.profile, controls=tuple(args.controls),
         scope=args.scope, seed=args.seed)
@@ -141,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     fetch = commands.add_parser("assets", help="fetch or build the sample video, detector and "
-                                               "VLM (offline stand-in when the hub is out of reach)")
+                                               "VLM (offline stand-in when the hub is out of "
+                                               "reach)")
     fetch.set_defaults(handler=cmd_assets)
 
     validate = commands.add_parser(
@@ -150,8 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                     "test its stability (Pearson, Spearman, bottom-k Jaccard, null baselines). "
                     "Writes validation_results.json and layer_importance.png.")
     _experiment_args(validate, default_out="runs/validate", default_rois=8)
-    validate.add_argument("--query", action="append", metavar="QUESTION",
-                          help="question to profile (repeatable; default: the config's queries)")
+    validate.add_argument("--question", "--query", action="append", metavar="QUESTION",
+                          help="question to profile (repeatable; default: the config's "
+                               "vlm.questions)")
     validate.add_argument("--metric", default="block_influence",
                           help="metric the verdict is based on (default: block_influence)")
     validate.add_argument("--no-task-impact", action="store_true",

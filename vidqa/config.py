@@ -97,14 +97,14 @@ class RoiConfig:
 
 
 @dataclass(frozen=True)
-class QueryConfig:
+class QuestionConfig:
     question: str  # asked about every person crop
     answer: Literal["yesno", "text"] = "yesno"  # yesno: one forward pass; text: generate()
     name: str = ""  # short label for the overlay and plots; defaults to the question
 
     def __post_init__(self) -> None:
         if not self.question.strip():
-            raise ConfigError("vlm.queries: a query has an empty question")
+            raise ConfigError("vlm.questions: a question is empty: write the question to ask")
 
     @property
     def label(self) -> str:
@@ -141,13 +141,13 @@ class AdaptiveConfig:
 @dataclass(frozen=True)
 class VlmConfig:
     model: str = "auto"  # hub id or local dir; "auto" = SmolVLM-500M online, stand-in offline
-    queries: tuple[QueryConfig, ...] = (
-        QueryConfig(question="Is this person carrying a backpack?", name="backpack"),
+    questions: tuple[QuestionConfig, ...] = (
+        QuestionConfig(question="Is this person carrying a backpack?", name="backpack"),
     )
     batch_size: int = 8  # ROIs of one frame answered in one forward pass
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
-    image_splitting: bool = False  # True = the processor's tile grid (16x slower on CPU)
+    image_splitting: bool = False  # True = the processor's tile grid (up to 17 tiles per crop)
     max_new_tokens: int = 16  # token budget of text answers
     revision: str = "main"  # hub revision of the model
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
@@ -155,8 +155,8 @@ class VlmConfig:
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "vlm.batch_size", self.batch_size, ">= 1")
         _require(self.max_new_tokens >= 1, "vlm.max_new_tokens", self.max_new_tokens, ">= 1")
-        if not self.queries:
-            raise ConfigError("vlm.queries is empty: give at least one question")
+        if not self.questions:
+            raise ConfigError("vlm.questions is empty: give at least one question")
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,10 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Keys that were renamed: the old name gets a one-line error naming the new one.
+RENAMED_KEYS = {"vlm.queries": "vlm.questions"}
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -235,6 +239,11 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
                           f"{data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    for key in unknown:
+        old = _join(where, key)
+        if old in RENAMED_KEYS:
+            raise ConfigError(f"{old} was renamed to {RENAMED_KEYS[old]}: rename the key "
+                              f"(same value)")
     if unknown:
         raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(_join(where, k) for k in unknown)}; valid keys in "
@@ -260,7 +269,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        if isinstance(value, str) and hint is QueryConfig:
+        if isinstance(value, str) and hint is QuestionConfig:
             value = {"question": value}
         return from_dict(hint, value, where)
     if origin in (typing.Union, types.UnionType):

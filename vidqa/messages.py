@@ -18,12 +18,12 @@ import numpy as np
 class VideoFrame:
     """One decoded frame and where it came from.
 
-    ``timestamp`` is ``index / fps`` for files and MOT sequences, and seconds of wall clock since
-    the source opened for live sources (webcam, stream).
+    ``timestamp`` is ``frame_index / fps`` for files and MOT sequences, and seconds of wall clock
+    since the source opened for live sources (webcam, stream).
     """
 
     image: np.ndarray  # (H, W, 3) uint8, BGR as OpenCV decodes it
-    index: int
+    frame_index: int  # 0-based position in the source (live: counts frames the camera sent)
     timestamp: float
     source_id: str
     fps: float
@@ -95,7 +95,7 @@ class Roi:
 class Answer:
     """The VLM's answer to one question about one track. One line of ``events.jsonl``."""
 
-    frame: int
+    frame_index: int  # the frame the crop was taken from
     time_s: float
     track_id: int
     question: str
@@ -112,7 +112,7 @@ class Answer:
     def to_event(self) -> dict[str, Any]:
         """The JSON-ready event, with stage-specific extras merged in."""
         event = {
-            "frame": self.frame,
+            "frame": self.frame_index,
             "time_s": round(self.time_s, 4),
             "track_id": self.track_id,
             "question": self.question,

@@ -1,4 +1,4 @@
-"""ROI cropper and the per-track query policy: which person crops go to the VLM, and when.
+"""ROI cropper and the per-track policy: which person crops go to the VLM, and when.
 
 A track is asked once, when it is confirmed (seen in ``min_hits`` frames) and its box is big
 enough; optionally again every ``reask_every`` frames or when its crop grows by
@@ -51,12 +51,12 @@ def distinct_tracks(rois: Iterable[Roi], count: int) -> list[Roi]:
 @dataclass
 class _Track:
     hits: int = 0
-    last_seen: int = 0  # the policy's own frame counter, immune to gaps in frame.index
+    last_seen: int = 0  # the policy's own frame counter, immune to gaps in frame.frame_index
     asked_at: int | None = None
     asked_area: int = 0
 
 
-class QueryPolicy:
+class RoiPolicy:
     """Turns tracked boxes into the crops worth asking about; ``update`` handles one frame."""
 
     def __init__(self, cfg: RoiConfig) -> None:
@@ -65,7 +65,6 @@ class QueryPolicy:
         self.tick = 0
         self.tracks_seen = 0
         self.rois_emitted = 0
-        self.skipped_small = 0
 
     def update(self, result: FrameResult) -> FrameResult:
         self.tick += 1
@@ -79,9 +78,6 @@ class QueryPolicy:
         self.rois_emitted += len(rois)
         return dataclasses.replace(result, rois=result.rois + tuple(rois),
                                    ended_tracks=self._evict())
-
-    def reset(self) -> None:
-        self.tracks.clear()
 
     def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
         for result in results:
@@ -99,7 +95,6 @@ class QueryPolicy:
         if track.hits < self.cfg.min_hits:
             return None
         if not big_enough:
-            self.skipped_small += track.asked_at is None
             return None
         reason = self._reason(track, box_area(box))
         if reason is None:
@@ -122,11 +117,13 @@ class QueryPolicy:
         crop_box = pad_box(box, self.cfg.padding, width, height)
         x1, y1, x2, y2 = crop_box
         image = frame.image[y1:y2, x1:x2].copy()  # a copy: the frame buffer may be reused
-        return Roi(track_id=track_id, frame_index=frame.index, time_s=frame.timestamp, bbox=box,
+        return Roi(track_id=track_id, frame_index=frame.frame_index, time_s=frame.timestamp,
+                   bbox=box,
                    crop_box=crop_box, image=image, reason=reason)
 
     def _evict(self) -> tuple[int, ...]:
-        dead = [tid for tid, t in self.tracks.items() if self.tick - t.last_seen >= self.cfg.max_age]
+        dead = [tid for tid, t in self.tracks.items()
+                if self.tick - t.last_seen >= self.cfg.max_age]
         for track_id in dead:
             del self.tracks[track_id]
         return tuple(dead)

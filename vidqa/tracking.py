@@ -27,7 +27,9 @@ class PersonTracker:
 
     def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0) -> None:
         assets.configure_offline_ultralytics()
-        from ultralytics import YOLO  # imported late: the offline settings must come first
+        import ultralytics  # imported late: the offline settings must come first
+        from ultralytics import YOLO
+        from ultralytics.utils import SETTINGS
 
         self.cfg = cfg
         self.reset_after_s = reset_after_s
@@ -46,11 +48,12 @@ class PersonTracker:
             raise ConfigError(f"tracker.classes {unknown} not in the detector's classes {names}")
         self.device = None if cfg.device == "auto" else cfg.device
         self._threads_set = False
-        self._id_offset = 0  # added to ultralytics' ids, which restart at 1 after a reset
-        self._max_id = 0
+        self.ids = TrackIds()
         self.resets = 0
-        logger.info("tracker {} with {} on classes {}", self.detector.name, cfg.tracker,
-                    {c: names[c] for c in self.classes})
+        logger.info("tracker {} ({}) with {} on classes {}; ultralytics {} (settings {}, sync {})",
+                    self.detector.name, self.detector.note or self.detector.path, cfg.tracker,
+                    {c: names[c] for c in self.classes}, ultralytics.__version__,
+                    SETTINGS.file, SETTINGS.get("sync"))
 
     def update(self, frame: VideoFrame) -> Detections:
         if self._gap_too_long(frame):
@@ -60,18 +63,14 @@ class PersonTracker:
                                   classes=self.classes, device=self.device, verbose=False)[0]
         self._use_all_threads()
         detections = _to_detections(result.boxes)
-        if len(detections):
-            detections = dataclasses.replace(detections,
-                                             track_id=detections.track_id + self._id_offset)
-            self._max_id = max(self._max_id, int(detections.track_id.max()))
-        return detections
+        return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
 
     def reset(self) -> None:
         """Forget every track. Ids keep counting up, so old and new ids never collide."""
         predictor = self.model.predictor
         for tracker in getattr(predictor, "trackers", None) or []:
             tracker.reset()  # restarts ultralytics' id counter at 1 ...
-        self._id_offset = self._max_id  # ... so later ids are shifted past every id handed out
+        self.ids.restart()  # ... so later ids are shifted past every id handed out
         self.resets += 1
 
     def __call__(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
@@ -82,7 +81,7 @@ class PersonTracker:
         # The source measures outages itself: a slow consumer skipping frames is not a gap.
         if frame.gap_s > self.reset_after_s:
             logger.warning("{:.1f} s outage of the live stream before frame {}: restarting "
-                           "tracks", frame.gap_s, frame.index)
+                           "tracks", frame.gap_s, frame.frame_index)
             return True
         return False
 
@@ -91,6 +90,24 @@ class PersonTracker:
         if not self._threads_set:
             torch.set_num_threads(os.cpu_count() or 1)
             self._threads_set = True
+
+
+class TrackIds:
+    """Ids that never repeat within a run: ultralytics' counter restarts at 1 after a tracker
+    reset, so ids handed out after one are shifted past every id handed out before it."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.max_id = 0
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        shifted = ids + self.offset
+        if len(shifted):
+            self.max_id = max(self.max_id, int(shifted.max()))
+        return shifted
+
+    def restart(self) -> None:
+        self.offset = self.max_id
 
 
 def _tracker_yaml(name: str) -> str:

@@ -8,14 +8,15 @@ import pytest
 from factories import FakeProfile, make_identity_layer, make_rois
 
 import vidqa.vlm.adaptive as adaptive
-from vidqa.config import AdaptiveConfig, QueryConfig
-from vidqa.vlm.adaptive import AdaptiveQuery
-from vidqa.vlm.cache import ProfileCache
-from vidqa.vlm.compress import Compressor, Plan, layer_paths
-from vidqa.vlm.importance import Profile
+from vidqa.config import AdaptiveConfig, QuestionConfig
+from vidqa.vlm.adaptive import AdaptiveAnswerer
+from vidqa.vlm.compression.compressor import Compressor, layer_paths
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.compression.plan_cache import PlanCache
 from vidqa.vlm.model import YesNo
+from vidqa.vlm.profiling.importance import Profile
 
-QUERY = QueryConfig(question="Is this person carrying a backpack?")
+QUERY = QuestionConfig(question="Is this person carrying a backpack?")
 
 
 @pytest.fixture()
@@ -25,7 +26,7 @@ def fake_profiler(monkeypatch):
     def profile(self, images, track_ids):
         calls.append(list(track_ids))
         return FakeProfile.of(layer_paths(self.vlm.model))
-    monkeypatch.setattr(AdaptiveQuery, "_profile", profile)
+    monkeypatch.setattr(AdaptiveAnswerer, "_profile", profile)
     return calls
 
 
@@ -38,8 +39,8 @@ def config(tmp_path, **overrides) -> AdaptiveConfig:
     return AdaptiveConfig(**{**base, **overrides})
 
 
-def make(tiny_vlm, cfg, **kwargs) -> AdaptiveQuery:
-    return AdaptiveQuery(tiny_vlm, QUERY, cfg, compressor=Compressor(tiny_vlm.model), **kwargs)
+def make(tiny_vlm, cfg, **kwargs) -> AdaptiveAnswerer:
+    return AdaptiveAnswerer(tiny_vlm, QUERY, cfg, compressor=Compressor(tiny_vlm.model), **kwargs)
 
 
 def test_answer_when_k_tracks_profiled_compresses_later_tracks(tiny_vlm, tmp_path,
@@ -105,7 +106,7 @@ def test_cache_when_second_run_starts_skips_profiling(tiny_vlm, tmp_path, fake_p
     first = make(tiny_vlm, cfg)
     first.answer(rois([1, 2]))
 
-    second = make(tiny_vlm, cfg, cache=ProfileCache(tmp_path / "cache"))
+    second = make(tiny_vlm, cfg, cache=PlanCache(tmp_path / "cache"))
     answers = second.answer(rois([8, 9]))
 
     assert len(fake_profiler) == 1  # only the first run profiled
@@ -123,7 +124,8 @@ def test_cache_when_settings_differ_misses(tiny_vlm, tmp_path, fake_profiler):
 
 
 def test_answer_when_question_is_text_uses_full_model(tiny_vlm, tmp_path, fake_profiler):
-    query = AdaptiveQuery(tiny_vlm, QueryConfig(question="Describe the person.", answer="text"),
+    query = AdaptiveAnswerer(tiny_vlm,
+                             QuestionConfig(question="Describe the person.", answer="text"),
                           config(tmp_path), max_new_tokens=3,
                           compressor=Compressor(tiny_vlm.model))
     answers = query.answer(rois([1, 2, 3]))
@@ -173,8 +175,8 @@ def test_answer_when_profiled_for_real_stores_profile_and_plan_in_cache(tiny_vlm
 def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_path,
                                                                 fake_profiler):
     compressor = Compressor(tiny_vlm.model)
-    skip = AdaptiveQuery(tiny_vlm, QUERY, config(tmp_path), compressor=compressor)
-    int8 = AdaptiveQuery(tiny_vlm, QueryConfig(question="Is this person running?"),
+    skip = AdaptiveAnswerer(tiny_vlm, QUERY, config(tmp_path), compressor=compressor)
+    int8 = AdaptiveAnswerer(tiny_vlm, QuestionConfig(question="Is this person running?"),
                          config(tmp_path, operator="int8"), compressor=compressor)
     for query in (skip, int8):
         query.answer(rois([1, 2]))

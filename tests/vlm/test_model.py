@@ -3,8 +3,9 @@ import pytest
 import torch
 from factories import person_crops
 
+from vidqa.assets.types import ModelInfo
 from vidqa.errors import ModelError
-from vidqa.vlm.model import ModelInfo, VisionLanguageModel
+from vidqa.vlm.model import VisionLanguageModel
 
 QUESTION = "Is this person carrying a backpack?"
 
@@ -23,7 +24,8 @@ def test_margins_when_computed_then_match_softmax_over_yes_and_no_words(tiny_vlm
 
     logits = tiny_vlm.model(**inputs).logits[:, -1].float()  # (B, V) full forward, last position
     probs = logits.softmax(dim=-1)
-    p_yes = probs[:, tiny_vlm.yes_ids].sum(1) / (probs[:, tiny_vlm.yes_ids + tiny_vlm.no_ids].sum(1))
+    both = tiny_vlm.yes_ids + tiny_vlm.no_ids
+    p_yes = probs[:, tiny_vlm.yes_ids].sum(1) / probs[:, both].sum(1)
     margins = tiny_vlm.margins(inputs)
     torch.testing.assert_close(torch.sigmoid(margins), p_yes, atol=1e-5, rtol=1e-4)
 

@@ -10,8 +10,9 @@ Use a source as a context manager and iterate it once::
 Files and MOT sequences are read in order and never drop a frame; ``timestamp = index / fps``.
 Live sources (webcam, stream) run a reader thread that keeps only the newest frame, so the
 consumer never falls behind the camera: frames it could not take are dropped and counted.
-Their timestamps are wall-clock seconds since the source opened, so an outage shows downstream
-as a gap in timestamps (the tracker resets on a long gap) and needs no extra field.
+Their timestamps are wall-clock seconds since the source opened; the reader measures camera
+outages itself and reports the longest silence before each frame in ``VideoFrame.gap_s`` (the
+tracker restarts its tracks after a long one).
 
 Every source releases what it holds in ``try/finally``: on ``close()``, on leaving the ``with``
 block, and when the consumer stops iterating early (the generator is closed).
@@ -27,8 +28,8 @@ from vidqa.sources.base import Source, to_bgr
 from vidqa.sources.files import FileSource, MotSource, read_seqinfo
 from vidqa.sources.live import LiveSource, StreamOpener, WebcamOpener, redact_url
 
-__all__ = ["FileSource", "LiveSource", "MotSource", "Source", "open_source", "read_seqinfo",
-           "redact_url", "to_bgr"]
+__all__ = ["FileSource", "LiveSource", "MotSource", "Source", "is_live", "open_source",
+           "read_seqinfo", "redact_url", "source_path", "to_bgr"]
 
 
 def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
@@ -52,3 +53,19 @@ def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
         raise SourceError(f"source.kind = {cfg.kind!r}: expected file, mot, webcam or stream")
     source.open()
     return source
+
+
+def is_live(cfg: SourceConfig) -> bool:
+    """Webcams and streams are live: wall-clock time, newest frame wins, drops counted."""
+    return cfg.kind in ("webcam", "stream")
+
+
+def source_path(cfg: SourceConfig) -> Path | None:
+    """The file or MOT folder to read (``auto`` = the sample video); None for live sources."""
+    if is_live(cfg):
+        return None
+    if cfg.path == "auto":
+        from vidqa.assets import sample_video  # fetched on first use
+
+        return sample_video()
+    return Path(cfg.path).expanduser()

@@ -65,7 +65,7 @@ class FileSource(Source):
         while image is not None:
             self._stats.frames_read += 1
             self._stats.last_good_frame = index
-            yield VideoFrame(image=image, index=index, timestamp=index / self._stats.fps,
+            yield VideoFrame(image=image, frame_index=index, timestamp=index / self._stats.fps,
                              source_id=self.source_id, fps=self._stats.fps)
             ok, raw = self._read()
             image = self._bgr(raw) if ok and raw is not None else None
@@ -170,7 +170,7 @@ class MotSource(Source):
             index = _frame_number(image_path, position)
             self._stats.frames_read += 1
             self._stats.last_good_frame = index
-            yield VideoFrame(image=image, index=index, timestamp=index / self._info.fps,
+            yield VideoFrame(image=image, frame_index=index, timestamp=index / self._info.fps,
                              source_id=self.source_id, fps=self._info.fps)
         self._stats.end_reason = "end of sequence"
 

@@ -1,8 +1,10 @@
 """Live sources: a webcam or an RTSP/HTTP stream, read by a thread that keeps the newest frame.
 
 The consumer never runs behind the camera: frames it could not take are dropped and counted,
-never queued. Timestamps are wall-clock seconds since the source opened, so an outage reaches
-the tracker only as a gap in timestamps. The thread reconnects with exponential backoff.
+never queued. Timestamps are wall-clock seconds since the source opened; the reader measures
+the camera's silences itself and hands the longest one before each frame to the tracker as
+``VideoFrame.gap_s`` (a slow consumer is not an outage). The thread reconnects with exponential
+backoff.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ class LiveSource(Source):
                 break
             image, taken, time_s, gap_s = newest
             last_yield = time.monotonic()
-            yield VideoFrame(image=image, index=taken - 1, timestamp=time_s,
+            yield VideoFrame(image=image, frame_index=taken - 1, timestamp=time_s,
                              source_id=self.source_id, fps=self._fps(), is_live=True,
                              gap_s=gap_s)
         if self._latest.error is not None:

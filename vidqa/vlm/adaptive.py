@@ -1,17 +1,17 @@
-"""The per-query controller inside the stream: profile, plan, compress, audit.
+"""The per-question controller inside the stream: profile, plan, compress, audit.
 
-Phases of one :class:`AdaptiveQuery`:
+Phases of one :class:`AdaptiveAnswerer`:
 
 1. ``profile`` — the first K distinct tracks (``profile_tracks``) are answered by the full
    model; their first crops are kept. Once K are in, they are profiled (layer importance) and a
    plan is chosen (``mode``: ``auto`` searches, ``bottom_fraction`` is the seed's rule).
 2. ``compressed`` — later ROIs are answered under the plan. Every ``audit_every``-th compressed
    ROI is answered by the full model too and the full answer is the one emitted. When the
-   rolling agreement over the last ``audit_window`` audits drops below the target, the query
+   rolling agreement over the last ``audit_window`` audits drops below the target, the question
    re-profiles (seeded with the crops it got wrong) and re-plans; after ``max_replans`` it gives
    up and answers with the full model for good. Every such decision is logged with its reason.
 3. ``full`` — the plan compresses nothing (nothing passed, or compression did not pay), or
-   the query gave up: full model, no audits.
+   the question gave up: full model, no audits.
 
 Text questions (``answer: text``) are never compressed: the guard compares yes/no answers and
 p_yes, and free text has no such cheap, reliable agreement measure — exact string matches fail
@@ -19,7 +19,7 @@ on harmless rewording and ``generate`` spends its time decoding one token at a t
 smaller prefill buys little. They run on the full model (phase ``text``).
 
 The model is only ever compressed inside ``Compressor.using``; outside an ``answer`` call it is
-the full model, so several queries (each with its own plan) share one model safely.
+the full model, so several questions (each with its own plan) share one model safely.
 """
 
 from __future__ import annotations
@@ -34,45 +34,53 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from vidqa.config import AdaptiveConfig, QueryConfig
+from vidqa.config import AdaptiveConfig, QuestionConfig
 from vidqa.messages import Answer, Roi
-from vidqa.vlm.answer import ask, build_answers
-from vidqa.vlm.cache import ProfileCache, cache_key_fields
-from vidqa.vlm.compress import Compressor, Plan, compressor_for, module_bytes
-from vidqa.vlm.importance import profile_rois
+from vidqa.vlm.answerers import ask, build_answers
+from vidqa.vlm.compression.compressor import Compressor, compressor_for
+from vidqa.vlm.compression.operators import module_bytes
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
+from vidqa.vlm.compression.planner import (
+    ForwardEvaluator,
+    Search,
+    auto_plan,
+    bottom_fraction,
+    importance_order,
+    operator_orders,
+)
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.planner import (ForwardEvaluator, Search, auto_plan, bottom_fraction,
-                               importance_order, operator_orders)
+from vidqa.vlm.profiling.importance import profile_rois
 
 PROFILE_METRICS = ("activation", "block_influence")
 
 
-class AdaptiveQuery:
-    """Answers one query: full model while profiling, then the query's own compressed plan."""
+class AdaptiveAnswerer:
+    """Answers one question: full model while profiling, then the question's own compressed plan."""
 
-    def __init__(self, vlm: VisionLanguageModel, query: QueryConfig, cfg: AdaptiveConfig,
-                 cache: ProfileCache | None = None, max_new_tokens: int = 16,
+    def __init__(self, vlm: VisionLanguageModel, question: QuestionConfig, cfg: AdaptiveConfig,
+                 cache: PlanCache | None = None, max_new_tokens: int = 16,
                  compressor: Compressor | None = None, max_replans: int = 2,
                  profile_batch_size: int = 8) -> None:
         self.vlm = vlm
-        self.query = query
+        self.question = question
         self.cfg = cfg
-        self.cache = cache if cache is not None else ProfileCache.from_setting(cfg.cache_dir)
+        self.cache = cache if cache is not None else PlanCache.from_setting(cfg.cache_dir)
         self.max_new_tokens = max_new_tokens
         self.compressor = compressor or compressor_for(vlm.model)
         self.max_replans = max_replans
         self.profile_batch_size = profile_batch_size
         self.plan = Plan.keep_all(self.compressor.paths)
         self.search: dict[str, Any] | None = None
-        self.phase = "text" if query.answer == "text" else "profile"
+        self.phase = "text" if question.answer == "text" else "profile"
         self.reason = "free-text answers are not compressed" if self.phase == "text" else ""
         self._pending: dict[int, np.ndarray] = {}  # track id -> crop waiting to be profiled
         self._audits: deque[bool] = deque(maxlen=cfg.audit_window)
         self._stats = _Stats()
         self.replans = 0
-        self._owner = f"{query.label}@{id(self):x}"  # this query's pin on the shared compressor
-        self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), query.question,
-                                     query.answer, cfg,
+        self._owner = f"{question.label}@{id(self):x}"  # its pin on the shared compressor
+        self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), question.question,
+                                     question.answer, cfg,
                                      {"int8_backend": self.compressor.int8_backend})
         if self.phase == "profile":
             self._load_cached()
@@ -80,7 +88,7 @@ class AdaptiveQuery:
     # ----------------------------------------------------------------------------- answering
 
     def answer(self, rois: Sequence[Roi]) -> list[Answer]:
-        """Answers for one batch of ROIs, by the phase this query is in."""
+        """Answers for one batch of ROIs, by the phase this question is in."""
         rois = list(rois)
         if not rois:
             return []
@@ -92,16 +100,16 @@ class AdaptiveQuery:
         return answers
 
     def _answer_full(self, rois: list[Roi], phase: str) -> list[Answer]:
-        results, seconds = ask(self.vlm, self.query, rois, self.max_new_tokens)
+        results, seconds = ask(self.vlm, self.question, rois, self.max_new_tokens)
         self._stats.add("full", seconds, len(rois))
-        return build_answers(rois, self.query, results, seconds, self.vlm.info.name,
+        return build_answers(rois, self.question, results, seconds, self.vlm.info.name,
                              extra={"phase": phase})
 
     def _answer_compressed(self, rois: list[Roi]) -> list[Answer]:
         with self.compressor.using(self.plan) as applied:
-            results, seconds = ask(self.vlm, self.query, rois, self.max_new_tokens)
+            results, seconds = ask(self.vlm, self.question, rois, self.max_new_tokens)
         self._stats.add("compressed", seconds, len(rois))
-        answers = build_answers(rois, self.query, results, seconds, self.vlm.info.name,
+        answers = build_answers(rois, self.question, results, seconds, self.vlm.info.name,
                                 compressed=True, plan_id=applied.id,
                                 extra={"phase": "compressed"})
         audited = self._audit_indices(len(rois))
@@ -118,9 +126,9 @@ class AdaptiveQuery:
     def _audit(self, rois: list[Roi], answers: list[Answer], indices: list[int]) -> list[Answer]:
         """Answer ``indices`` with the full model too; emit the full answers; maybe re-plan."""
         picked = [rois[i] for i in indices]
-        results, seconds = ask(self.vlm, self.query, picked, self.max_new_tokens)
+        results, seconds = ask(self.vlm, self.question, picked, self.max_new_tokens)
         self._stats.add("audit", seconds, len(picked))
-        full = build_answers(picked, self.query, results, seconds, self.vlm.info.name,
+        full = build_answers(picked, self.question, results, seconds, self.vlm.info.name,
                              plan_id=self.plan.id)
         missed = []
         for i, reference in zip(indices, full, strict=True):
@@ -147,7 +155,7 @@ class AdaptiveQuery:
             self._become_full(f"{why}; gave up after {self.replans} re-plans")
             return
         self.replans += 1
-        logger.warning("query {!r}: {}: re-profiling ({}/{})", self.query.label, why,
+        logger.warning("question {!r}: {}: re-profiling ({}/{})", self.question.label, why,
                        self.replans, self.max_replans)
         self.phase = "profile"
         self.plan = Plan.keep_all(self.compressor.paths)
@@ -157,8 +165,8 @@ class AdaptiveQuery:
         self._pending = {roi.track_id: roi.image for roi in missed[:self.cfg.profile_tracks]}
 
     def _become_full(self, reason: str) -> None:
-        logger.warning("query {!r}: answering with the full model from now on: {}",
-                       self.query.label, reason)
+        logger.warning("question {!r}: answering with the full model from now on: {}",
+                       self.question.label, reason)
         self.phase, self.reason = "full", reason
         self.plan = Plan.keep_all(self.compressor.paths)
         self.compressor.pin(self._owner, None)
@@ -197,7 +205,7 @@ class AdaptiveQuery:
             wanted.insert(0, self.cfg.metric)
         task = tuple(m for m in dict.fromkeys(wanted)
                      if m != "task_int8" or self.compressor.supports("int8"))
-        return profile_rois(self.vlm, images, self.query.question, track_ids,
+        return profile_rois(self.vlm, images, self.question.question, track_ids,
                             metrics=PROFILE_METRICS, task_impact=task,
                             batch_size=self.profile_batch_size)
 
@@ -206,14 +214,15 @@ class AdaptiveQuery:
         if cfg.mode == "bottom_fraction":
             plan = bottom_fraction(profile, cfg.metric, cfg.fraction, cfg.operator)
             return plan, {"mode": "bottom_fraction", "plan": plan.to_dict()}
-        inputs = self.vlm.encode(images, self.query.question)
+        inputs = self.vlm.encode(images, self.question.question)
         evaluate = ForwardEvaluator(self.vlm, self.compressor, inputs)
         search: Search = auto_plan(evaluate, importance_order(profile, cfg.metric),
                                    orders=operator_orders(profile, cfg.metric),
                                    target_agreement=cfg.target_agreement,
                                    max_dp_yes=cfg.max_dp_yes,
                                    int8=self.compressor.supports("int8"))
-        logger.info("query {!r}: plan {} — {}", self.query.label, search.plan.id, search.reason)
+        logger.info("question {!r}: plan {} — {}", self.question.label, search.plan.id,
+                    search.reason)
         return search.plan, {"mode": "auto", **search.to_dict()}
 
     def _adopt(self, plan: Plan, source: str) -> None:
@@ -231,7 +240,7 @@ class AdaptiveQuery:
         self._audits.clear()
         with self.compressor.using(effective):
             self._stats.compressed_bytes = module_bytes(self.vlm.model)
-        logger.info("query {!r}: compressing with plan {} {} ({})", self.query.label,
+        logger.info("question {!r}: compressing with plan {} {} ({})", self.question.label,
                     effective.id, effective.counts(), source)
 
     def _load_cached(self) -> None:
@@ -242,8 +251,8 @@ class AdaptiveQuery:
             plan = Plan.from_dict(entry["plan"])
             self.compressor.effective(plan)  # raises if the layers do not match this model
         except (KeyError, ValueError, LookupError) as err:
-            logger.warning("query {!r}: cached plan unusable ({}): profiling again",
-                           self.query.label, err)
+            logger.warning("question {!r}: cached plan unusable ({}): profiling again",
+                           self.question.label, err)
             return
         self.search = entry.get("search")
         self._stats.from_cache = True
@@ -261,10 +270,10 @@ class AdaptiveQuery:
             reason = (f"still profiling: {len(self._pending)} of {self.cfg.profile_tracks} "
                       f"tracks collected")
         return {
-            "question": self.query.question, "mode": f"adaptive/{self.cfg.mode}",
+            "question": self.question.question, "mode": f"adaptive/{self.cfg.mode}",
             "phase": self.phase, "reason": reason, "replans": self.replans,
             "answers": stats.counts(),
-            "vlm_calls": sum(stats.counts().values()), "vlm_seconds": round(stats.seconds(), 3),
+            "vlm_rois": sum(stats.counts().values()), "vlm_seconds": round(stats.seconds(), 3),
             "profiling": stats.overhead(),
             "plan": self.plan.summary(), "search": _search_brief(self.search),
             "weight_bytes": {"full": full_bytes, "compressed": compressed_bytes,
@@ -280,7 +289,7 @@ class AdaptiveQuery:
 
 
 class _Stats:
-    """Counters and latencies of one query (per-ROI latency of each batch, by kind)."""
+    """Counters and latencies of one question (per-ROI latency of each batch, by kind)."""
 
     def __init__(self) -> None:
         self.batches: dict[str, list[tuple[float, int]]] = {"full": [], "compressed": [],

@@ -9,6 +9,7 @@ maps prepared inputs to that number.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +19,12 @@ import torch
 from loguru import logger
 from transformers import AutoProcessor, BatchFeature, Idefics3ForConditionalGeneration
 
+from vidqa.assets.types import ModelInfo
+from vidqa.clock import synchronize
 from vidqa.errors import ModelError
 
 YES_WORDS = ("Yes", " Yes", "yes", " yes")
 NO_WORDS = ("No", " No", "no", " no")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Which model actually runs, and why."""
-
-    requested: str  # what the config asked for ("auto", a hub id or a path)
-    resolved: str  # the hub id or directory passed to from_pretrained
-    standin: bool = False  # True for the offline stand-in: answers carry no visual meaning
-    revision: str | None = None
-    note: str = ""  # how it was resolved, for the log and summary
-
-    @property
-    def name(self) -> str:
-        return f"{self.resolved} (offline stand-in)" if self.standin else self.resolved
 
 
 @dataclass(frozen=True)
@@ -129,7 +117,8 @@ class VisionLanguageModel:
         """Processor inputs for BGR crops, one prompt per crop, on the model's device."""
         rgb = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
         self.processor.tokenizer.padding_side = padding_side
-        inputs = self.processor(text=[self.prompt(question)] * len(rgb), images=[[im] for im in rgb],
+        inputs = self.processor(text=[self.prompt(question)] * len(rgb),
+                                images=[[im] for im in rgb],
                                 return_tensors="pt", padding=True,
                                 do_image_splitting=self.image_splitting)
         inputs = inputs.to(self.device)
@@ -169,6 +158,21 @@ class VisionLanguageModel:
 
     def weight_bytes(self) -> int:
         """Bytes held by parameters and buffers (quantized modules count their packed weights)."""
-        from vidqa.vlm.compress import module_bytes  # compression knows its packed formats
+        from vidqa.vlm.compression.operators import module_bytes  # knows the packed formats
 
         return module_bytes(self.model)
+
+
+def timed_margins(vlm: VisionLanguageModel, batches: Sequence[BatchFeature]
+                  ) -> tuple[np.ndarray, float]:
+    """Margins of every prepared batch, (N,), and the wall seconds of the whole pass.
+
+    The one timed forward pass that the planner, the experiments and the benchmarks share: the
+    device is synchronised on both sides, so GPU time is counted, not the launch queue.
+    """
+    synchronize(vlm.device)
+    start = time.perf_counter()
+    margins = [vlm.margins(inputs) for inputs in batches]
+    synchronize(vlm.device)
+    seconds = time.perf_counter() - start
+    return torch.cat(margins).float().cpu().numpy(), seconds

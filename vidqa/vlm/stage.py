@@ -1,8 +1,8 @@
-"""The VLM stage: batches the ROIs of each frame and hands them to one answerer per query.
+"""The VLM stage: batches the ROIs of each frame and hands them to one answerer per question.
 
-The answerer is the seam for the research idea: :class:`~vidqa.vlm.answer.FullAnswerer` runs
-the whole model, :class:`~vidqa.vlm.adaptive.AdaptiveQuery` profiles the first tracks of its
-query, then compresses and audits. Both have ``answer(rois) -> list[Answer]`` and ``summary()``.
+The answerer is the seam for the research idea: :class:`~vidqa.vlm.answerers.FullAnswerer` runs
+the whole model, :class:`~vidqa.vlm.adaptive.AdaptiveAnswerer` profiles the first tracks of its
+question, then compresses and audits. Both have ``answer(rois) -> list[Answer]`` and ``summary()``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from vidqa.config import QueryConfig, VlmConfig
+from vidqa.config import QuestionConfig, VlmConfig
 from vidqa.messages import Answer, FrameResult, Roi
-from vidqa.vlm.answer import FullAnswerer
+from vidqa.vlm.answerers import FullAnswerer
 from vidqa.vlm.model import VisionLanguageModel
 
 
@@ -24,14 +24,14 @@ class Answerer(Protocol):
 
 
 class VlmStage:
-    """Answers every query about every ROI, ``batch_size`` crops per forward pass."""
+    """Answers every question about every ROI, ``batch_size`` crops per forward pass."""
 
     def __init__(self, vlm: VisionLanguageModel, cfg: VlmConfig,
                  answerers: list[Answerer] | None = None) -> None:
         self.vlm = vlm
         self.cfg = cfg
         self.answerers = answerers if answerers is not None else \
-            [make_answerer(vlm, query, cfg) for query in cfg.queries]
+            [make_answerer(vlm, question, cfg) for question in cfg.questions]
 
     def update(self, result: FrameResult) -> FrameResult:
         if not result.rois:
@@ -50,14 +50,14 @@ class VlmStage:
     def summary(self) -> dict[str, Any]:
         return {"model": self.vlm.info.name, "standin": self.vlm.info.standin,
                 "weight_bytes": self.vlm.weight_bytes(),
-                "queries": [answerer.summary() for answerer in self.answerers]}
+                "questions": [answerer.summary() for answerer in self.answerers]}
 
 
-def make_answerer(vlm: VisionLanguageModel, query: QueryConfig, cfg: VlmConfig) -> Answerer:
+def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig) -> Answerer:
     """The adaptive answerer when ``vlm.adaptive`` is on, else the full model."""
     adaptive = cfg.adaptive
     if adaptive.enabled and adaptive.mode != "off":
-        from vidqa.vlm.adaptive import AdaptiveQuery  # the compression machinery loads lazily
+        from vidqa.vlm.adaptive import AdaptiveAnswerer  # the compression machinery loads lazily
 
-        return AdaptiveQuery(vlm, query, adaptive, max_new_tokens=cfg.max_new_tokens)
-    return FullAnswerer(vlm, query, cfg.max_new_tokens)
+        return AdaptiveAnswerer(vlm, question, adaptive, max_new_tokens=cfg.max_new_tokens)
+    return FullAnswerer(vlm, question, cfg.max_new_tokens)

@@ -1,0 +1,145 @@
+"""What both experiments share: the crops a run would send to the VLM, labels, memory peaks."""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import dataclasses
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from loguru import logger
+
+from vidqa.clock import StageClock
+from vidqa.config import PipelineConfig
+from vidqa.errors import ConfigError, OutputError, SourceError
+from vidqa.messages import FrameResult, Roi
+from vidqa.roi import RoiPolicy, distinct_tracks
+from vidqa.sources import Source, open_source, source_path
+from vidqa.tracking import PersonTracker
+
+
+def tracked(cfg: PipelineConfig, source: Source, max_frames: int = 0,
+            clock: StageClock | None = None) -> Iterator[FrameResult]:
+    """The pipeline's front half on an open ``source``: frames, tracked people and the crops
+    the ROI policy (``cfg.roi``) asks about — what a run would send to the VLM. ``clock``
+    times the source, tracker and roi stages."""
+    clock = clock or StageClock()
+    tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
+    policy = RoiPolicy(cfg.roi)
+    frames = clock.wrap("source", itertools.islice(source, max_frames or None))
+    return clock.wrap("roi", policy(clock.wrap("tracker", tracker(frames))))
+
+
+def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
+                 ) -> tuple[list[Roi], dict[str, Any]]:
+    """The first crop of each of the first ``count`` tracks, from the pipeline's own source,
+    tracker and cropper, and the source's stats. Used by the experiments (validate,
+    compress-report) so they see exactly the crops a run would send to the VLM.
+
+    Stops reading as soon as ``count`` distinct tracks have a crop (or after ``max_frames``).
+    A tracker can give one person a new id after losing them; taking the first tracks of a
+    clip makes that unlikely.
+    """
+    once = dataclasses.replace(cfg, roi=dataclasses.replace(cfg.roi, reask_every=0,
+                                                             reask_growth=0.0))
+    with open_source(cfg.source, source_path(cfg.source)) as source:
+        results = tracked(once, source, max_frames)
+        chosen = distinct_tracks((roi for result in results for roi in result.rois), count)
+        stats = source.stats()
+    if not chosen:
+        raise SourceError(f"no person crop found in {stats['source_id']} (frames read: "
+                          f"{stats.get('frames_read')}): check the video, tracker.conf or "
+                          f"roi.min_width/min_height")
+    if len(chosen) < count:
+        logger.warning("only {} distinct tracks found in {} (asked for {})", len(chosen),
+                       stats["source_id"], count)
+    return chosen, stats
+
+
+def load_labels(path: str | Path) -> dict[str, str]:
+    """Track id (as a string) -> "yes"/"no", from JSON ``{"12": "yes"}`` or CSV with a header
+    ``track_id,answer``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"labels file {path} not found")
+    if path.suffix.lower() == ".json":
+        raw = json.loads(path.read_text())
+        pairs = raw.items() if isinstance(raw, dict) else []
+    else:
+        with path.open(newline="") as handle:
+            pairs = [(row.get("track_id"), row.get("answer")) for row in csv.DictReader(handle)]
+    labels = {str(k).strip(): str(v).strip().lower() for k, v in pairs if k is not None}
+    bad = {k: v for k, v in labels.items() if v not in ("yes", "no")}
+    if not labels or bad:
+        got = dict(list(bad.items())[:3]) or "nothing"
+        raise ConfigError(f"labels file {path}: expected track_id -> yes/no pairs "
+                          f"(JSON object or CSV 'track_id,answer'), got {got}")
+    return labels
+
+
+def crops_and_ids(rois: Iterable[Roi | np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """BGR crops and their ids: the track id of a Roi, the position of a bare crop."""
+    crops, ids = [], []
+    for i, roi in enumerate(rois):
+        if isinstance(roi, Roi):
+            crops.append(roi.image)
+            ids.append(str(roi.track_id))
+        else:
+            crops.append(roi)
+            ids.append(str(i))
+    if not crops:
+        raise ConfigError("compress-report got no ROIs: is the source empty or too short?")
+    return crops, ids
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create an experiment's output folder, or say why it cannot be."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create output directory {out_dir}: {err.strerror} — choose "
+                          f"another with --out DIR") from None
+    return out_dir
+
+
+def peak_memory_reset(device: torch.device) -> None:
+    """Start a fresh peak: CUDA's allocator peak, or Linux's VmHWM (via clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    _malloc_trim()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux or not permitted: the peak is then the process's lifetime peak
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak bytes since :func:`peak_memory_reset` (GPU allocator, or process RSS on CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS, so a configuration's peak is not its predecessor's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

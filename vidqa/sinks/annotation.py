@@ -1,0 +1,62 @@
+"""Drawing answers on frames: the latest answer per track, and boxes coloured by it."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vidqa.messages import Answer, FrameResult
+
+YES_COLOUR = (80, 200, 60)  # BGR green
+NO_COLOUR = (60, 60, 230)  # BGR red
+TEXT_COLOUR = (230, 160, 40)  # BGR blue: free-form answers
+PENDING_COLOUR = (170, 170, 170)  # not answered yet
+
+
+class AnswerBoard:
+    """The latest answer per track and question, forgotten when the cropper ends the track."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dict[str, Answer]] = {}
+
+    def update(self, result: FrameResult) -> None:
+        for answer in result.answers:
+            self.latest.setdefault(answer.track_id, {})[answer.question] = answer
+        for track_id in result.ended_tracks:
+            self.latest.pop(track_id, None)
+
+
+def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:
+    """Boxes coloured by answer, with track id, answer and confidence; returns a new image."""
+    image = result.frame.image.copy()
+    detections = result.detections
+    for row, track_id in enumerate(detections.track_id.tolist()):
+        x1, y1, x2, y2 = (int(v) for v in detections.xyxy[row])
+        answers = list(board.latest.get(track_id, {}).values())
+        colour = _colour(answers[0]) if answers else PENDING_COLOUR
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
+        lines = [f"#{track_id}"] + [_label(a) for a in answers]
+        for i, line in enumerate(lines):
+            _put_label(image, line, (x1, y1 - 4 - 14 * (len(lines) - 1 - i)), colour)
+    return image
+
+
+def _colour(answer: Answer) -> tuple[int, int, int]:
+    if answer.p_yes is None:
+        return TEXT_COLOUR
+    return YES_COLOUR if answer.answer == "yes" else NO_COLOUR
+
+
+def _label(answer: Answer) -> str:
+    if answer.p_yes is None:
+        return answer.answer[:32]
+    confidence = answer.p_yes if answer.answer == "yes" else 1 - answer.p_yes
+    return f"{answer.answer} {confidence:.2f}"
+
+
+def _put_label(image: np.ndarray, text: str, origin: tuple[int, int], colour) -> None:
+    x, y = origin[0], max(origin[1], 12)
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    cv2.rectangle(image, (x, y - h - 2), (x + w + 2, y + 2), colour, -1)
+    cv2.putText(image, text, (x + 1, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                cv2.LINE_AA)

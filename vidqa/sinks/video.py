@@ -1,0 +1,42 @@
+"""The annotated video, written as frames arrive and finalised into a playable file on close."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+
+from vidqa.errors import OutputError
+from vidqa.messages import FrameResult
+from vidqa.sinks.annotation import AnswerBoard, annotate
+
+
+class VideoSink:
+    """Annotated video; the writer is created on the first frame so it has the real size."""
+
+    def __init__(self, path: Path, board: AnswerBoard, codec: str = "mp4v") -> None:
+        self.path = path
+        self.board = board
+        self.codec = codec
+        self.writer: cv2.VideoWriter | None = None
+        self.frames = 0
+
+    def write(self, result: FrameResult) -> None:
+        image = annotate(result, self.board)
+        if self.writer is None:
+            self.writer = self._open(result.frame.fps, result.frame.size)
+        self.writer.write(image)
+        self.frames += 1
+
+    def _open(self, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec),
+                                 fps if fps > 0 else 25.0, size)
+        if not writer.isOpened():
+            raise OutputError(f"cannot open a {self.codec} video writer for {self.path}: "
+                              f"try sinks.codec: MJPG with an .avi name")
+        return writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
