@@ -52,7 +52,7 @@ def test_detections_when_empty_then_zero_rows_of_every_array():
 
 def test_answer_when_event_then_frame_key_and_extras_merged():
     answer = Answer(frame_index=12, time_s=1.23456, track_id=3, question="q?", answer="yes",
-                    p_yes=0.812345, margin=1.46789, bbox=(1, 2, 3, 4), latency_ms=10.123,
+                    p_yes=0.812345, margin=1.46789, bbox=(1, 2, 3, 4), vlm_ms=10.123,
                     model="m", extra={"phase": "audit"})
 
     event = answer.to_event()

@@ -8,6 +8,7 @@ validation, so an override is held to the same rules as the file.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ class RunConfig:
     name: str = "vidqa"  # folder under out_dir; the CLI's --out replaces out_dir/name
     out_dir: str = "runs"
     overwrite: bool = False  # replace an existing run directory instead of refusing
-    max_frames: int = 0  # stop after this many frames (0 = until the source ends)
+    max_frames: int = 0  # stop after this many frames per stream (0 = until the source ends)
     log_every_s: float = 5.0  # progress line interval in seconds
+    engine: Literal["local", "ray"] = "local"  # local: threads in this process; ray: actors
+    ray_address: str = ""  # engine ray: a cluster to join ("auto", "ray://h:10001"); "" = start one
 
     def __post_init__(self) -> None:
         _require(self.max_frames >= 0, "run.max_frames", self.max_frames, ">= 0")
@@ -144,7 +147,9 @@ class VlmConfig:
     questions: tuple[QuestionConfig, ...] = (
         QuestionConfig(question="Is this person carrying a backpack?", name="backpack"),
     )
-    batch_size: int = 8  # ROIs of one frame answered in one forward pass
+    batch_size: int = 8  # most crops answered in one forward pass (from any frame or stream)
+    max_wait_ms: float = 20.0  # a crop waits at most this long for others to fill its batch
+    queue_size: int = 64  # crops waiting for the VLM; when full, files wait, live tracks defer
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
     image_splitting: bool = False  # True = the processor's tile grid (up to 17 tiles per crop)
@@ -154,6 +159,8 @@ class VlmConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "vlm.batch_size", self.batch_size, ">= 1")
+        _require(self.max_wait_ms >= 0, "vlm.max_wait_ms", self.max_wait_ms, ">= 0")
+        _require(self.queue_size >= 1, "vlm.queue_size", self.queue_size, ">= 1")
         _require(self.max_new_tokens >= 1, "vlm.max_new_tokens", self.max_new_tokens, ">= 1")
         if not self.questions:
             raise ConfigError("vlm.questions is empty: give at least one question")
@@ -168,6 +175,23 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """One camera of a multi-stream run. In YAML its ``source``, ``tracker`` and ``roi`` are
+    merged over the run's sections, so a stream states only what differs."""
+
+    id: str  # names the stream's output folder and tags its events
+    source: SourceConfig = field(default_factory=SourceConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    questions: tuple[QuestionConfig, ...] = ()  # empty = the run's vlm.questions
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.id):
+            raise ConfigError(f"streams: id {self.id!r} must be 1-64 letters, digits, '_', '.' "
+                              f"or '-' (it names a folder), e.g. id: entrance")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: one section per stage, as in pipeline.yaml."""
 
@@ -177,6 +201,22 @@ class PipelineConfig:
     roi: RoiConfig = field(default_factory=RoiConfig)
     vlm: VlmConfig = field(default_factory=VlmConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
+    streams: tuple[StreamConfig, ...] = ()  # several cameras; empty = one stream, `source`
+
+    def __post_init__(self) -> None:
+        ids = [stream.id for stream in self.streams]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            raise ConfigError(f"streams: ids must be unique, {', '.join(duplicated)} repeats")
+
+    def stream_configs(self) -> list[StreamConfig]:
+        """The streams of the run, each with its questions resolved."""
+        if not self.streams:
+            return [StreamConfig(id="0", source=self.source, tracker=self.tracker, roi=self.roi,
+                                 questions=self.vlm.questions)]
+        return [stream if stream.questions else
+                dataclasses.replace(stream, questions=self.vlm.questions)
+                for stream in self.streams]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,7 +249,31 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                               f"{type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
-    return from_dict(PipelineConfig, data, "")
+    return from_dict(PipelineConfig, _merge_streams(data), "")
+
+
+def _merge_streams(data: dict[str, Any]) -> dict[str, Any]:
+    """Each stream's ``source``, ``tracker`` and ``roi`` merged over the run's sections."""
+    streams = data.get("streams")
+    if not streams:
+        return data
+    if not isinstance(streams, list):
+        raise ConfigError(f"streams must be a list of {{id, source, ...}} mappings, got "
+                          f"{type(streams).__name__}")
+    merged = []
+    for item in streams:
+        if not isinstance(item, dict):
+            raise ConfigError(f"streams: each stream must be a mapping with an id, got {item!r}")
+        merged.append({**item, **{section: {**_section(data, section), **_section(item, section)}
+                                  for section in ("source", "tracker", "roi")}})
+    return {**data, "streams": merged}
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping, got {type(value).__name__} {value!r}")
+    return value
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

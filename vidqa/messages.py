@@ -29,6 +29,7 @@ class VideoFrame:
     fps: float
     is_live: bool = False
     gap_s: float = 0.0  # live: the camera's longest silence since the previous frame (an outage)
+    stream_id: str = "0"  # the stream of a multi-stream run (its id in the config)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -89,6 +90,12 @@ class Roi:
     crop_box: tuple[int, int, int, int]  # bbox plus padding, clipped: the pixels in `image`
     image: np.ndarray  # (h, w, 3) uint8 BGR crop
     reason: str  # why it is asked now: "new", "periodic" or "larger"
+    stream_id: str = "0"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Track ids are per stream; (stream, track) names one person across the run."""
+        return self.stream_id, self.track_id
 
 
 @dataclass(frozen=True)
@@ -103,15 +110,21 @@ class Answer:
     p_yes: float | None  # None for free-form (text) questions
     margin: float | None  # logit(yes) - logit(no); None for text questions
     bbox: tuple[int, int, int, int]
-    latency_ms: float  # wall time of the VLM batch this answer came from, per ROI
+    vlm_ms: float  # the crop's share of the model time of the batch it was answered in
     model: str
     compressed: bool = False
     plan_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific fields (audit, ...)
+    stream_id: str = "0"
+    queue_ms: float | None = None  # waiting for a batch (asynchronous service)
+    latency_ms: float | None = None  # crop submitted -> answer back at its stream
+    answered_frame_index: int | None = None  # the stream's frame when the answer arrived
+    answered_time_s: float | None = None
 
     def to_event(self) -> dict[str, Any]:
         """The JSON-ready event, with stage-specific extras merged in."""
         event = {
+            "stream_id": self.stream_id,
             "frame": self.frame_index,
             "time_s": round(self.time_s, 4),
             "track_id": self.track_id,
@@ -120,13 +133,21 @@ class Answer:
             "p_yes": None if self.p_yes is None else round(self.p_yes, 5),
             "margin": None if self.margin is None else round(self.margin, 4),
             "bbox": list(self.bbox),
-            "latency_ms": round(self.latency_ms, 2),
+            "vlm_ms": round(self.vlm_ms, 2),
+            "queue_ms": _rounded(self.queue_ms, 2),
+            "latency_ms": _rounded(self.latency_ms, 2),
+            "answered_frame": self.answered_frame_index,
+            "answered_time_s": _rounded(self.answered_time_s, 4),
             "model": self.model,
             "compressed": self.compressed,
             "plan_id": self.plan_id,
         }
         event.update(self.extra)
         return event
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 @dataclass(frozen=True)

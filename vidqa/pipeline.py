@@ -1,16 +1,21 @@
-"""The pipeline: source → person tracker → ROI cropper → VLM → sinks, composed as generators.
+"""The pipeline: per stream, source → person tracker → ROI cropper → VLM → sinks, composed as
+generators; one VLM service answers every stream of the run.
 
 :func:`run_pipeline` is what ``vidqa run`` calls: the run folder owns the log from the first
-line, then the stages are built and driven. :meth:`Pipeline.run` is the one place that catches
-everything: whatever stops the run (the source ends, Ctrl-C, SIGTERM, an exception in any
-stage), the sinks are closed — the video is playable and every event is on disk — and
-``summary.json`` records why and where it ended.
+line, then the run is built and driven. A :class:`Pipeline` is one stream's front half and its
+outputs; :meth:`Pipeline.run` is the one place that catches everything for its stream: whatever
+stops it (the source ends, Ctrl-C, SIGTERM, an exception in any stage), the sinks are closed —
+the video is playable and every event is on disk — and ``summary.json`` records why and where
+it ended. A :class:`Run` owns the model and the service, runs its streams (several on threads),
+and one bad stream never stops the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,7 +27,7 @@ from tqdm import tqdm
 
 from vidqa import assets
 from vidqa.clock import StageClock
-from vidqa.config import PipelineConfig
+from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig
 from vidqa.errors import VidqaError
 from vidqa.messages import FrameResult
 from vidqa.roi import RoiPolicy
@@ -35,26 +40,45 @@ from vidqa.run import (
     run_log,
     sigterm_raises,
 )
-from vidqa.sinks import AnswerBoard, EventsSink, SinkSet, StopRequested, VideoSink, WindowSink
+from vidqa.sinks import (
+    AnswerBoard,
+    EventsSink,
+    SharedSink,
+    SinkSet,
+    StopRequested,
+    VideoSink,
+    WindowSink,
+)
 from vidqa.sources import Source, is_live, open_source, source_path
 from vidqa.storage import write_json
 from vidqa.tracking import PersonTracker
-from vidqa.vlm.stage import VlmStage
+from vidqa.vlm.service import VlmService
+from vidqa.vlm.stage import ServiceStage, VlmStage
+
+# How long a stream waits, after its last frame, for answers still with the VLM.
+FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
+                   "terminated": 5.0, "error": 5.0}
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "") -> dict[str, Any]:
-    """Build the stages and run them, logging into ``run_dir/vidqa.log`` from the first line."""
+    """Build the run and drive it, logging into ``run_dir/vidqa.log`` from the first line."""
     with run_log(run_dir):
         logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
-        return Pipeline.from_config(cfg, run_dir).run()
+        if cfg.run.engine == "ray":
+            from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
+
+            return run_on_ray(cfg, run_dir)
+        return Run.from_config(cfg, run_dir).run()
 
 
 class Pipeline:
-    """Built stages plus the run directory; :meth:`run` drives them and writes the summary."""
+    """One stream's stages plus its output folder; :meth:`run` drives them and writes the
+    stream's ``summary.json``."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, source: Source,
                  tracker: Callable[[Iterable], Iterator[FrameResult]], policy: RoiPolicy,
-                 vlm_stage: VlmStage, models: dict[str, Any]) -> None:
+                 vlm_stage: VlmStage | ServiceStage, models: dict[str, Any],
+                 stream_id: str = "0", extra_sinks: tuple = ()) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.source = source
@@ -62,31 +86,23 @@ class Pipeline:
         self.policy = policy
         self.vlm_stage = vlm_stage
         self.models = models
-        self.board = AnswerBoard()
+        self.stream_id = stream_id
+        self.extra_sinks = extra_sinks  # e.g. the merged events.jsonl of a multi-stream run
+        self.board = AnswerBoard(asking=lambda: getattr(vlm_stage, "pending", ()))
+        self.stop_reason: str | None = None  # set by the run (another thread) to stop here
+        self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, run_dir: Path) -> Pipeline:
-        """Resolve assets, load the detector and the VLM, open the source.
-
-        Checks that fail fast come first (the file or MOT folder, the VLM id); a live source is
-        opened last, so its reader does not start before the models are ready.
-        """
-        source = None if is_live(cfg.source) else open_source(cfg.source, source_path(cfg.source))
-        try:
-            info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
-            tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
-            vlm = assets.load_vlm(cfg.vlm, info)
-            source = source or open_source(cfg.source)
-        except BaseException:
-            if source is not None:
-                source.close()
-            raise
-        models = {"detector": tracker.detector, "vlm": vlm.info}
-        return cls(cfg, run_dir, source, tracker, RoiPolicy(cfg.roi), VlmStage(vlm, cfg.vlm),
-                   models)
+        """A single stream with its own model and service (tests and scripts; ``vidqa run``
+        goes through :class:`Run`). The service is closed when the stream ends."""
+        run = Run.from_config(cfg, run_dir)
+        pipeline = run.pipelines[0]
+        pipeline.on_end.append(run.service.close)
+        return pipeline
 
     def sinks(self) -> SinkSet:
-        sinks: list = []
+        sinks: list = list(self.extra_sinks)
         if self.cfg.sinks.events:
             sinks.append(EventsSink(self.run_dir / "events.jsonl"))
         if self.cfg.sinks.video:
@@ -98,7 +114,7 @@ class Pipeline:
 
     def results(self, clock: StageClock) -> Iterator[FrameResult]:
         """The composed stages, each wrapped by the clock."""
-        frames = clock.wrap("source", self.source)
+        frames = clock.wrap("source", self._tagged(self.source))
         if self.cfg.run.max_frames:
             frames = itertools.islice(frames, self.cfg.run.max_frames)
         tracked = clock.wrap("tracker", self.tracker(frames))
@@ -111,12 +127,16 @@ class Pipeline:
         started, end, error, crash = time.perf_counter(), "completed", None, None
         with sigterm_raises(), self.sinks() as sinks, self.source:
             try:
-                for result in tqdm(self.results(clock), desc="frames", unit="f",
-                                   total=self._expected_frames(), disable=None):
+                for result in tqdm(self.results(clock), desc=f"stream {self.stream_id}",
+                                   unit="f", total=self._expected_frames(), disable=None):
                     counts.add(result)
                     sinks.write(result)
                     counts.log_progress(self.cfg.run.log_every_s, self.policy.tracks_seen)
-                if self.cfg.run.max_frames and counts.frames >= self.cfg.run.max_frames:
+                    if self.stop_reason:
+                        end, error = self.stop_reason, "stopped by the run"
+                        break
+                if end == "completed" and self.cfg.run.max_frames and \
+                        counts.frames >= self.cfg.run.max_frames:
                     end = "max_frames"
             except StopRequested as err:
                 end, error = "stopped", str(err)
@@ -127,16 +147,36 @@ class Pipeline:
             except Exception as err:
                 end, error = "error", f"{type(err).__name__}: {err}"
                 logger.opt(exception=not isinstance(err, VidqaError)).error(
-                    "run failed at frame {}: {}", counts.last_frame, err)
+                    "stream {} failed at frame {}: {}", self.stream_id, counts.last_frame, err)
                 crash = err
+            self._flush(sinks, counts, end)
+            for callback in self.on_end:
+                callback()
             summary = self._summary(clock, counts, sinks, end, error,
                                     time.perf_counter() - started)
         write_json(self.run_dir / "summary.json", summary)
-        logger.info("run ended ({}) after {} frames, {} answers: {}", end, counts.frames,
-                    counts.answers, self.run_dir)
+        logger.info("stream {} ended ({}) after {} frames, {} answers: {}", self.stream_id, end,
+                    counts.frames, counts.answers, self.run_dir)
         if crash is not None:
             raise crash
         return summary
+
+    def _tagged(self, frames: Iterable) -> Iterator:
+        for frame in frames:
+            yield dataclasses.replace(frame, stream_id=self.stream_id)
+
+    def _flush(self, sinks: SinkSet, counts: RunCounts, end: str) -> None:
+        """Answers still with the VLM when the frames ended: waited for, and written as events."""
+        flush = getattr(self.vlm_stage, "flush", None)
+        if flush is None:
+            return
+        try:
+            late = flush(FLUSH_TIMEOUT_S[end])
+        except Exception as err:  # the batch of a late answer failed: the run already ends
+            logger.error("stream {}: answers still in flight were lost: {}", self.stream_id, err)
+            return
+        counts.add_answers(late)
+        sinks.write_answers(late)
 
     def _expected_frames(self) -> int | None:
         total = self.source.stats().get("frame_count") or None
@@ -149,6 +189,7 @@ class Pipeline:
         vlm_info = self.models["vlm"]
         return {
             "schema_version": SCHEMA_VERSION,
+            "stream_id": self.stream_id,
             "end_reason": end,
             "error": error,
             "exit_code": EXIT_CODES[end],
@@ -176,6 +217,200 @@ class Pipeline:
                         ("annotated.mp4", "events.jsonl", "summary.json", LOG_NAME)},
             "config": self.cfg.to_dict(),
         }
+
+
+class Run:
+    """The model, the VLM service and every stream of one run."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, pipelines: list[Pipeline],
+                 failed: dict[str, str], stage: VlmStage, service: VlmService,
+                 models: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.pipelines = pipelines
+        self.failed = failed  # stream id -> why it could not start
+        self.stage = stage
+        self.service = service
+        self.models = models
+        self.merged: EventsSink | None = None
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, run_dir: Path) -> Run:
+        """Open the streams' files, load the model once, then trackers and live sources.
+
+        Checks that fail fast come first (files and MOT folders, the VLM id); live sources are
+        opened last, so their readers do not start before the models are ready. In a
+        multi-stream run a stream that cannot start is reported and the others run.
+        """
+        specs, multi = cfg.stream_configs(), bool(cfg.streams)
+        sources: dict[str, Source] = {}
+        failed: dict[str, str] = {}
+        try:
+            for spec in specs:
+                if not is_live(spec.source):
+                    _open(spec, sources, failed, multi, source_path(spec.source))
+            info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
+            vlm = assets.load_vlm(cfg.vlm, info)
+            stage = VlmStage(vlm, dataclasses.replace(cfg.vlm, questions=_union(specs)))
+            service = VlmService(stage.answer, cfg.vlm.batch_size, cfg.vlm.max_wait_ms,
+                                 cfg.vlm.queue_size).start()
+            trackers = {spec.id: PersonTracker(spec.tracker,
+                                               reset_after_s=spec.source.reset_tracks_after_s)
+                        for spec in specs if spec.id not in failed}
+            for spec in specs:
+                if is_live(spec.source):
+                    _open(spec, sources, failed, multi, None)
+        except BaseException:
+            for source in sources.values():
+                source.close()
+            raise
+        models = {"detector": next(iter(trackers.values())).detector if trackers else {},
+                  "vlm": vlm.info}
+        run = cls(cfg, run_dir, [], failed, stage, service, models)
+        run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
+                         for spec in specs if spec.id in sources]
+        return run
+
+    def _pipeline(self, spec: StreamConfig, source: Source, tracker: PersonTracker,
+                  multi: bool) -> Pipeline:
+        cfg = dataclasses.replace(self.cfg, source=spec.source, tracker=spec.tracker,
+                                  roi=spec.roi, streams=(),
+                                  vlm=dataclasses.replace(self.cfg.vlm, questions=spec.questions))
+        out_dir = self.run_dir / spec.id if multi else self.run_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if multi and self.merged is None:
+            self.merged = EventsSink(self.run_dir / "events.jsonl")
+        stage = ServiceStage(self.service, [q.question for q in spec.questions],
+                             live=is_live(spec.source))
+        extra = (SharedSink(self.merged),) if multi else ()
+        return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi), stage, self.models,
+                        stream_id=spec.id, extra_sinks=extra)
+
+    def run(self) -> dict[str, Any]:
+        """Every stream to its end; the service answers until the last one is done."""
+        started = time.perf_counter()
+        try:
+            if not self.cfg.streams:
+                summaries = {"0": self._run_one(self.pipelines[0])}
+            else:
+                summaries = self._run_all()
+        finally:
+            self.service.close()
+            if self.merged is not None:
+                self.merged.close()
+        summary = self._summary(summaries, time.perf_counter() - started)
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _run_one(self, pipeline: Pipeline) -> dict[str, Any]:
+        try:
+            return pipeline.run()
+        except BaseException:
+            self.service.close()
+            self._write_single(json_of(pipeline.run_dir / "summary.json"))
+            raise
+
+    def _run_all(self) -> dict[str, dict[str, Any]]:
+        """Each stream on its own thread; Ctrl-C or SIGTERM here stops them all cleanly."""
+        summaries: dict[str, dict[str, Any]] = {}
+        threads = [threading.Thread(target=self._run_stream, args=(p, summaries),
+                                    name=f"stream-{p.stream_id}", daemon=True)
+                   for p in self.pipelines]
+        for thread in threads:
+            thread.start()
+        with sigterm_raises():
+            try:
+                while any(thread.is_alive() for thread in threads):
+                    for thread in threads:
+                        thread.join(timeout=0.2)
+            except (KeyboardInterrupt, Terminated) as err:
+                reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+                logger.warning("{}: stopping every stream", reason)
+                for pipeline in self.pipelines:
+                    pipeline.stop_reason = reason
+                for thread in threads:
+                    thread.join()
+        for stream_id, why in self.failed.items():
+            summaries[stream_id] = {"stream_id": stream_id, "end_reason": "error", "error": why,
+                                    "frames": 0, "answers": 0}
+        return summaries
+
+    def _run_stream(self, pipeline: Pipeline, summaries: dict[str, dict[str, Any]]) -> None:
+        try:
+            summaries[pipeline.stream_id] = pipeline.run()
+        except Exception:  # logged and summarised by the pipeline; the other streams go on
+            summaries[pipeline.stream_id] = json_of(pipeline.run_dir / "summary.json")
+
+    def _summary(self, summaries: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+        vlm = {**self.stage.summary(), "service": self.service.summary()}
+        if not self.cfg.streams:
+            return {**summaries["0"], "vlm": {**vlm, "stream": summaries["0"]["vlm"]}}
+        ends = {s["end_reason"] for s in summaries.values()}
+        end = _run_end(ends)
+        frames = sum(s.get("frames", 0) for s in summaries.values())
+        return {
+            "schema_version": SCHEMA_VERSION, "end_reason": end, "exit_code": EXIT_CODES[end],
+            "streams": {sid: _brief(s) for sid, s in sorted(summaries.items())},
+            "failed_streams": dict(self.failed),
+            "frames": frames, "answers": sum(s.get("answers", 0) for s in summaries.values()),
+            "seconds": round(seconds, 3), "fps": round(frames / seconds, 3) if seconds else 0.0,
+            "peak_rss_bytes": psutil.Process().memory_info().rss,
+            "models": next(iter(summaries.values())).get("models") if summaries else None,
+            "vlm": vlm,
+            "outputs": {"events": str(self.run_dir / "events.jsonl"),
+                        "streams": {sid: str(self.run_dir / sid) for sid in summaries}},
+            "config": self.cfg.to_dict(),
+        }
+
+    def _write_single(self, summary: dict[str, Any] | None) -> None:
+        if summary is not None:
+            vlm = {**self.stage.summary(), "service": self.service.summary()}
+            write_json(self.run_dir / "summary.json",
+                       {**summary, "vlm": {**vlm, "stream": summary["vlm"]}})
+
+
+def _open(spec: StreamConfig, sources: dict[str, Source], failed: dict[str, str], multi: bool,
+          path: Path | None) -> None:
+    """Open one stream's source; in a multi-stream run a failure is recorded, not raised."""
+    try:
+        sources[spec.id] = open_source(spec.source, path)
+    except VidqaError as err:
+        if not multi:
+            raise
+        logger.error("stream {} cannot start and is skipped: {}", spec.id, err)
+        failed[spec.id] = str(err)
+
+
+def _union(specs: list[StreamConfig]) -> tuple[QuestionConfig, ...]:
+    """Every question asked by any stream, once, in order of first appearance."""
+    seen: dict[str, QuestionConfig] = {}
+    for spec in specs:
+        for question in spec.questions:
+            seen.setdefault(question.question, question)
+    return tuple(seen.values())
+
+
+def _run_end(ends: set[str]) -> str:
+    for reason in ("terminated", "interrupted"):
+        if reason in ends:
+            return reason
+    if "error" in ends:
+        return "partial" if ends - {"error"} else "error"
+    return "completed" if ends <= {"completed", "max_frames"} else "stopped"
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("end_reason", "error", "frames", "tracks", "rois", "answers", "fps", "source",
+            "vlm", "tracker_resets", "answers_by_question")
+    return {key: summary[key] for key in keys if key in summary}
+
+
+def json_of(path: Path) -> dict[str, Any] | None:
+    """A summary already written, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _asdict(info: Any) -> dict[str, Any]:

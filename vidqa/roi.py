@@ -118,8 +118,8 @@ class RoiPolicy:
         x1, y1, x2, y2 = crop_box
         image = frame.image[y1:y2, x1:x2].copy()  # a copy: the frame buffer may be reused
         return Roi(track_id=track_id, frame_index=frame.frame_index, time_s=frame.timestamp,
-                   bbox=box,
-                   crop_box=crop_box, image=image, reason=reason)
+                   bbox=box, crop_box=crop_box, image=image, reason=reason,
+                   stream_id=frame.stream_id)
 
     def _evict(self) -> tuple[int, ...]:
         dead = [tid for tid, t in self.tracks.items()

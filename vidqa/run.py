@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ from loguru import logger
 
 from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError
-from vidqa.messages import FrameResult
+from vidqa.messages import Answer, FrameResult
 
 SCHEMA_VERSION = 2  # of summary.json and events.jsonl; the README lists what changed
 LOG_NAME = "vidqa.log"
+# "partial": some streams of a multi-stream run failed while others ran to their end.
 EXIT_CODES = {"completed": 0, "max_frames": 0, "stopped": 0, "interrupted": 130,
-              "terminated": 143, "error": 1}
+              "terminated": 143, "error": 1, "partial": 1}
 
 
 class Terminated(Exception):
@@ -91,7 +92,11 @@ class RunCounts:
     def add(self, result: FrameResult) -> None:
         self.frames += 1
         self.last_frame = result.frame.frame_index
-        for answer in result.answers:
+        self.add_answers(result.answers)
+
+    def add_answers(self, answers: Sequence[Answer]) -> None:
+        """Answers that arrived after the last frame (no frame to count)."""
+        for answer in answers:
             self.answers += 1
             tally = self.by_question.setdefault(answer.question, {})
             key = answer.answer if answer.p_yes is not None else "text"

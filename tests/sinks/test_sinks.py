@@ -22,7 +22,7 @@ def answer(index: int, value: str = "yes", p_yes: float | None = 0.9) -> Answer:
     return Answer(frame_index=index, time_s=index / 10, track_id=7, question="Backpack?",
                   answer=value,
                   p_yes=p_yes, margin=2.0 if p_yes else None, bbox=(10, 20, 60, 110),
-                  latency_ms=12.5, model="tiny")
+                  vlm_ms=12.5, model="tiny")
 
 
 def test_events_sink_when_answers_written_then_each_line_on_disk_before_close(tmp_path):
@@ -35,7 +35,7 @@ def test_events_sink_when_answers_written_then_each_line_on_disk_before_close(tm
     sink.close()
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert set(events[0]) >= {"frame", "time_s", "track_id", "question", "answer", "p_yes",
-                              "bbox", "latency_ms", "model"}
+                              "bbox", "vlm_ms", "model"}
     assert [e["frame"] for e in events] == [0, 1]
 
 

@@ -20,7 +20,6 @@ given); answers are "yes" or "no":
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from vidqa.clock import timed
 from vidqa.errors import ConfigError
 from vidqa.experiments.common import (
     crops_and_ids,
@@ -156,16 +156,16 @@ def compression_report(vlm: VisionLanguageModel, rois: Iterable[Roi | np.ndarray
     crops, ids = crops_and_ids(rois)
     truth = load_labels(labels) if labels else None
     compressor = compressor_for(vlm.model)
-    start = time.perf_counter()
-    if profile is None:
-        profile = _profile(vlm, crops[:cfg.profile_rois], ids[:cfg.profile_rois], cfg)
-    profile_s = time.perf_counter() - start
+    seconds: dict[str, float] = {"profile": 0.0}
+    with timed(seconds, "profile", vlm.device):
+        if profile is None:
+            profile = _profile(vlm, crops[:cfg.profile_rois], ids[:cfg.profile_rois], cfg)
     bench = Bench(vlm, compressor, crops, cfg.question, cfg.batch_size)
     full = Plan.keep_all(compressor.paths)
     baseline = [bench.run(full, cfg.repeats)]
     rows = _sweep(bench, orders_for(profile, cfg, compressor.paths), cfg)
     baseline.append(bench.run(full, cfg.repeats))  # drift check: same model, end of the run
-    results = _results(vlm, compressor, cfg, baseline, rows, ids, truth, profile_s)
+    results = _results(vlm, compressor, cfg, baseline, rows, ids, truth, seconds["profile"])
     write_json(out / RESULTS_JSON, results, indent=1)
     plot_impact(results, out / IMPACT_PNG)
     logger.info("compress-report: {} configurations on {} ROIs -> {}", len(rows), len(crops), out)

@@ -13,14 +13,14 @@ from typing import Protocol
 
 from loguru import logger
 
-from vidqa.messages import FrameResult
+from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
-from vidqa.sinks.events import EventsSink
+from vidqa.sinks.events import EventsSink, SharedSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "EventsSink", "Sink", "SinkSet", "StopRequested", "VideoSink",
-           "WindowSink", "annotate"]
+__all__ = ["AnswerBoard", "EventsSink", "SharedSink", "Sink", "SinkSet", "StopRequested",
+           "VideoSink", "WindowSink", "annotate"]
 
 
 class Sink(Protocol):
@@ -51,6 +51,15 @@ class SinkSet:
                 self.failed[name] = str(err)
                 self._close(sink)
                 self.sinks.remove(sink)
+
+    def write_answers(self, answers: Sequence[Answer]) -> None:
+        """Answers that arrived after the last frame: only sinks of events take them."""
+        for sink in list(self.sinks):
+            if hasattr(sink, "write_answers"):
+                try:
+                    sink.write_answers(answers)
+                except Exception as err:
+                    logger.error("{} failed writing late answers: {}", type(sink).__name__, err)
 
     def close(self) -> None:
         for sink in reversed(self.sinks):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 import cv2
 import numpy as np
 
@@ -11,31 +13,42 @@ YES_COLOUR = (80, 200, 60)  # BGR green
 NO_COLOUR = (60, 60, 230)  # BGR red
 TEXT_COLOUR = (230, 160, 40)  # BGR blue: free-form answers
 PENDING_COLOUR = (170, 170, 170)  # not answered yet
+ASKING = "asking..."
 
 
 class AnswerBoard:
-    """The latest answer per track and question, forgotten when the cropper ends the track."""
+    """What the overlay shows per track: its latest answer to each question, or that it is being
+    asked. Forgotten when the cropper ends the track; an answer that arrives after its track
+    ended is not kept (it is still an event), so the board never grows with dead tracks."""
 
-    def __init__(self) -> None:
+    def __init__(self, asking: Callable[[], Collection[int]] = frozenset) -> None:
         self.latest: dict[int, dict[str, Answer]] = {}
+        self.alive: set[int] = set()
+        self.asking = asking  # tracks whose crop is with the VLM now
 
     def update(self, result: FrameResult) -> None:
+        self.alive.update(result.detections.track_id.tolist())
         for answer in result.answers:
-            self.latest.setdefault(answer.track_id, {})[answer.question] = answer
+            if answer.track_id in self.alive:
+                self.latest.setdefault(answer.track_id, {})[answer.question] = answer
         for track_id in result.ended_tracks:
             self.latest.pop(track_id, None)
+            self.alive.discard(track_id)
 
 
 def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:
     """Boxes coloured by answer, with track id, answer and confidence; returns a new image."""
     image = result.frame.image.copy()
     detections = result.detections
+    asking = board.asking()
     for row, track_id in enumerate(detections.track_id.tolist()):
         x1, y1, x2, y2 = (int(v) for v in detections.xyxy[row])
         answers = list(board.latest.get(track_id, {}).values())
         colour = _colour(answers[0]) if answers else PENDING_COLOUR
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
         lines = [f"#{track_id}"] + [_label(a) for a in answers]
+        if not answers and track_id in asking:
+            lines.append(ASKING)
         for i, line in enumerate(lines):
             _put_label(image, line, (x1, y1 - 4 - 14 * (len(lines) - 1 - i)), colour)
     return image

@@ -74,7 +74,7 @@ class AdaptiveAnswerer:
         self.search: dict[str, Any] | None = None
         self.phase = "text" if question.answer == "text" else "profile"
         self.reason = "free-text answers are not compressed" if self.phase == "text" else ""
-        self._pending: dict[int, np.ndarray] = {}  # track id -> crop waiting to be profiled
+        self._pending: dict[tuple[str, int], np.ndarray] = {}  # track -> crop to profile
         self._audits: deque[bool] = deque(maxlen=cfg.audit_window)
         self._stats = _Stats()
         self.replans = 0
@@ -162,7 +162,7 @@ class AdaptiveAnswerer:
         self.compressor.pin(self._owner, None)
         self._audits.clear()
         # The crops the plan got wrong are the most informative ones to profile next.
-        self._pending = {roi.track_id: roi.image for roi in missed[:self.cfg.profile_tracks]}
+        self._pending = {roi.key: roi.image for roi in missed[:self.cfg.profile_tracks]}
 
     def _become_full(self, reason: str) -> None:
         logger.warning("question {!r}: answering with the full model from now on: {}",
@@ -177,13 +177,14 @@ class AdaptiveAnswerer:
     def _collect(self, rois: list[Roi]) -> None:
         for roi in rois:
             if len(self._pending) < self.cfg.profile_tracks:
-                self._pending.setdefault(roi.track_id, roi.image)
+                self._pending.setdefault(roi.key, roi.image)
         if len(self._pending) >= self.cfg.profile_tracks:
             self._profile_and_plan()
 
     def _profile_and_plan(self) -> None:
-        track_ids = list(self._pending)
-        images = [self._pending[t] for t in track_ids]
+        keys = list(self._pending)  # (stream, track): the first K tracks seen in any stream
+        images = [self._pending[key] for key in keys]
+        track_ids = [track_id for _, track_id in keys]
         self._pending = {}
         start = time.perf_counter()
         profile = self._profile(images, track_ids)

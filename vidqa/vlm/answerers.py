@@ -17,7 +17,7 @@ def build_answers(rois: Sequence[Roi], question: QuestionConfig, results: Sequen
                   plan_id: str | None = None, extra: dict[str, Any] | None = None
                   ) -> list[Answer]:
     """One :class:`Answer` per ROI; ``seconds`` is the batch's wall time, split evenly."""
-    latency_ms = 1000 * seconds / max(len(rois), 1)
+    vlm_ms = 1000 * seconds / max(len(rois), 1)
     answers = []
     for roi, result in zip(rois, results, strict=True):
         scored = isinstance(result, YesNo)
@@ -25,8 +25,8 @@ def build_answers(rois: Sequence[Roi], question: QuestionConfig, results: Sequen
             frame_index=roi.frame_index, time_s=roi.time_s, track_id=roi.track_id,
             question=question.question, answer=result.answer if scored else result,
             p_yes=result.p_yes if scored else None, margin=result.margin if scored else None,
-            bbox=roi.bbox, latency_ms=latency_ms, model=model, compressed=compressed,
-            plan_id=plan_id, extra=dict(extra or {}),
+            bbox=roi.bbox, vlm_ms=vlm_ms, model=model, compressed=compressed,
+            plan_id=plan_id, extra=dict(extra or {}), stream_id=roi.stream_id,
         ))
     return answers
 
