@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from factories import detections, make_rois
+
 from vidqa.config import load_config
 from vidqa.messages import Answer, FrameResult, Roi, VideoFrame
 from vidqa.vlm.service import ServiceClosed, VlmService
