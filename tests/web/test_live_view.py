@@ -131,7 +131,8 @@ def test_state_when_many_tracks_then_table_keeps_the_newest(view: LiveView) -> N
 
 
 @pytest.mark.parametrize(("path", "expected"), [
-    ("streams/0/snapshot.jpg", 200), ("streams/nope/snapshot.jpg", 404)])
+    ("streams/0/snapshot.jpg", 200), ("streams/nope/snapshot.jpg", 404),
+    ("streams/nope/video", 404)])
 def test_snapshot_when_requested_then_jpeg_or_404(view: LiveView, path: str,
                                                   expected: int) -> None:
     view.publish_frame("0", moving_box_frame(3))
@@ -139,6 +140,13 @@ def test_snapshot_when_requested_then_jpeg_or_404(view: LiveView, path: str,
     assert response.status_code == expected
     if expected == 200:
         assert response.content[:2] == b"\xff\xd8"  # JPEG start-of-image
+
+
+def test_snapshot_when_polled_then_stream_counts_as_watched(view: LiveView) -> None:
+    view.publish_frame("0", moving_box_frame(3))
+    assert not view.is_watched("0")
+    httpx.get(view.url + "streams/0/snapshot.jpg", timeout=10).raise_for_status()
+    assert view.is_watched("0")
 
 
 def test_video_when_frames_published_then_mjpeg_parts_arrive(view: LiveView) -> None:
@@ -163,3 +171,35 @@ def test_close_when_called_twice_then_second_is_a_no_op() -> None:
     view.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(view.url + "api/state", timeout=2)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("localhost", "127.0.0.1"),
+    pytest.param("::1", "[::1]", marks=pytest.mark.skipif(not _ipv6_loopback(),
+                                                         reason="no IPv6 loopback here")),
+])
+def test_live_view_when_other_loopback_host_then_serves_there(host: str, address: str) -> None:
+    with LiveView(host=host, port=0) as view:
+        response = httpx.get(f"http://{address}:{view.port}/api/state", timeout=10)
+    assert response.status_code == 200
+
+
+def test_live_view_when_restarted_after_close_then_streams_work_again() -> None:
+    view = LiveView(port=0)
+    view.start()
+    view.close()
+    view.port = 0
+    with view:
+        view.publish_frame("0", moving_box_frame(0))
+        with httpx.stream("GET", view.url + "streams/0/video", timeout=10) as response:
+            first = next(response.iter_bytes())
+    assert first.startswith(b"--vidqaframe")

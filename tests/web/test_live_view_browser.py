@@ -65,10 +65,12 @@ def _result(stream_id: str, index: int, offset: int) -> FrameResult:
     return FrameResult(frame, detections([(x, 70, x + 60, 190)], [track_id]), answers=answers)
 
 
-@pytest.fixture()
-def live_view() -> Iterator[LiveView]:
+@pytest.fixture(params=[None, "tok-3141"], ids=["open", "token"])
+def live_view(request: pytest.FixtureRequest) -> Iterator[LiveView]:
+    """A LiveView fed by a fake pipeline; once without and once with a token (every URL the
+    page loads must then carry it)."""
     stop = threading.Event()
-    with LiveView(port=0) as view:
+    with LiveView(port=0, token=request.param) as view:
         publisher = threading.Thread(target=_pipeline, args=(view, stop), daemon=True)
         publisher.start()
         yield view
@@ -111,7 +113,8 @@ def test_page_when_pipeline_publishes_then_video_counters_and_tracks_update(
             page.wait_for_selector("#tracks tbody tr[data-track]", timeout=15_000)
             page.wait_for_selector("#tracks .badge.alert", timeout=15_000)
             page.wait_for_selector("#connection.pill-ok", timeout=15_000)
-            page.screenshot(path=str(artifacts / "web_view.png"), full_page=True)
+            shot = artifacts / ("web_view.png" if live_view.token is None else "web_view_token.png")
+            page.screenshot(path=str(shot), full_page=True)
             rows = page.locator("#tracks tbody tr[data-track]").count()
         finally:
             browser.close()
@@ -119,4 +122,4 @@ def test_page_when_pipeline_publishes_then_video_counters_and_tracks_update(
     assert shots[-1] != first
     assert rows >= 1
     assert errors == []
-    assert (artifacts / "web_view.png").stat().st_size > 0
+    assert shot.stat().st_size > 0

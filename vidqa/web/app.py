@@ -24,8 +24,13 @@ import cv2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.responses import StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -44,6 +49,7 @@ class ViewOptions:
     jpeg_quality: int = 75
     max_width: int = 960  # wider frames are scaled down before encoding
     heartbeat_s: float = 10.0  # SSE comment sent when idle, so dead clients are noticed
+    snapshot_watch_s: float = 2.0  # a snapshot request counts as watching for this long
 
 
 class TokenGate:
@@ -129,12 +135,15 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
     async def snapshot(request: Request) -> Response:
         stream = hub.streams.get(request.path_params["stream_id"])
         got = None if stream is None else await jpegs.get(stream)
-        if got is None:
-            return PlainTextResponse("no frame published for this stream yet", status_code=404)
+        if stream is None or got is None:
+            return _no_stream(hub, request.path_params["stream_id"])
+        stream.snapshot_until = time.monotonic() + options.snapshot_watch_s
         return Response(got[1], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def video(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
+        if stream_id not in hub.streams:
+            return _no_stream(hub, stream_id)
         return StreamingResponse(
             _mjpeg(hub, jpegs, stream_id, closing, options),
             media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
@@ -154,6 +163,12 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
     return TokenGate(app, token) if token else app
+
+
+def _no_stream(hub: Hub, stream_id: str) -> Response:
+    known = ", ".join(sorted(tuple(hub.streams))) or "none yet"
+    return PlainTextResponse(f"no frame published for stream {stream_id!r}; streams: {known}",
+                             status_code=404)
 
 
 async def _mjpeg(hub: Hub, jpegs: JpegCache, stream_id: str, closing: threading.Event,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 
 class StreamState:
     """The newest frame and the merged counters of one stream; newest frame wins."""
@@ -27,6 +29,7 @@ class StreamState:
         self.published = 0
         self.counters: dict[str, Any] = {}
         self.watchers = 0  # video clients connected now (written by the server thread only)
+        self.snapshot_until = 0.0  # a page polling snapshots counts as watching until then
 
 
 class EventQueue:
@@ -210,7 +213,9 @@ class Hub:
 
     def is_watched(self, stream_id: str) -> bool:
         stream = self.streams.get(stream_id)
-        return stream is not None and stream.watchers > 0
+        if stream is None:
+            return False
+        return stream.watchers > 0 or time.monotonic() < stream.snapshot_until
 
     # -- the server's side ----------------------------------------------------------------------
 

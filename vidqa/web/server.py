@@ -42,7 +42,7 @@ class LiveView:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 options: ViewOptions = ViewOptions(), queue_size: int = 256) -> None:
+                 options: ViewOptions | None = None, queue_size: int = 256) -> None:
         if not is_loopback(host) and not token:
             raise ConfigError(
                 f"the live view would be reachable from the network on host {host!r} without a "
@@ -51,7 +51,7 @@ class LiveView:
         self.host = host
         self.port = port
         self.token = token
-        self.options = options
+        self.options = options or ViewOptions()
         self.hub = Hub(queue_size=queue_size)
         self._closing = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -63,6 +63,7 @@ class LiveView:
         """Bind, start the server thread and return once it accepts connections."""
         if self._thread is not None:
             return self
+        self._closing.clear()
         sock = self._bind()
         self.port = sock.getsockname()[1]
         app = build_app(self.hub, self._closing, self.options, self.token)

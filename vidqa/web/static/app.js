@@ -97,11 +97,13 @@ function trackRows(track) {
     row.dataset.track = track.stream_id + ":" + track.track_id;
     const spanned = (cell) => { cell.rowSpan = span; return cell; };
     if (index === 0) {
-      row.append(spanned(el("td", track.stream_id)), spanned(el("td", "#" + track.track_id, "num strong")));
+      row.append(spanned(el("td", track.stream_id)),
+                 spanned(el("td", "#" + track.track_id, "num strong")));
     }
     row.append(el("td", answer.question, "question"), answerCell(answer), pYesCell(answer.p_yes));
     if (index === 0) {
-      row.append(spanned(el("td", track.compressed === null ? "–" : (track.compressed ? "yes" : "no"))));
+      const compressed = track.compressed === null ? "–" : (track.compressed ? "yes" : "no");
+      row.append(spanned(el("td", compressed)));
       row.append(spanned(el("td", track.plan_id || "–", "mono")));
       const alerts = spanned(el("td", null, "alerts"));
       for (const alert of track.alerts) alerts.append(el("span", alert, "badge alert"));
@@ -141,8 +143,9 @@ function logEvent(kind, event) {
   if (kind === "alert") {
     what.textContent = event.message || event.alert || event.rule || "alert";
   } else {
-    const badge = el("span", event.answer, "badge " + (event.p_yes === null || event.p_yes === undefined
-      ? "text" : (event.answer === "yes" ? "yes" : "no")));
+    const free = event.p_yes === null || event.p_yes === undefined;
+    const badge = el("span", event.answer,
+                     "badge " + (free ? "text" : (event.answer === "yes" ? "yes" : "no")));
     what.append(badge, document.createTextNode(event.question || ""));
     what.title = event.question || "";
   }
@@ -166,14 +169,16 @@ async function refresh() {
       for (const event of state.recent_events.slice(-15)) logEvent(eventKind(event), event);
     }
     const count = state.events_published;
-    document.getElementById("event-count").textContent = count + (count === 1 ? " event" : " events");
+    const label = count + (count === 1 ? " event" : " events");
+    document.getElementById("event-count").textContent = label;
   } catch (err) {
     setConnection("offline", "pill-bad");
   }
 }
 
 function refreshSoon() {
-  if (refreshTimer === null) refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 200);
+  if (refreshTimer !== null) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 200);
 }
 
 function setConnection(text, cls) {
@@ -187,11 +192,15 @@ function listen() {
   feed.onopen = () => setConnection("live", "pill-ok");
   feed.onerror = () => setConnection("reconnecting", "pill-wait");
   for (const kind of ["answer", "alert"]) {
-    feed.addEventListener(kind, (message) => { logEvent(kind, JSON.parse(message.data)); refreshSoon(); });
+    feed.addEventListener(kind, (message) => {
+      logEvent(kind, JSON.parse(message.data));
+      refreshSoon();
+    });
   }
   feed.addEventListener("dropped", (message) => {
     const dropped = JSON.parse(message.data).dropped;
-    document.getElementById("connection").title = dropped + " events dropped (this page fell behind)";
+    const pill = document.getElementById("connection");
+    pill.title = dropped + " events dropped (this page fell behind)";
   });
 }
 
