@@ -1,0 +1,53 @@
+"""LiveViewSink: the pipeline sink that publishes annotated frames and answers to a LiveView."""
+
+from __future__ import annotations
+
+import time
+
+from vidqa.messages import FrameResult
+from vidqa.sinks import AnswerBoard, annotate
+from vidqa.web.server import LiveView
+
+
+class LiveViewSink:
+    """Publishes each frame (annotated while someone watches) and every answer of one stream.
+
+    It keeps its own :class:`AnswerBoard`. When no browser shows this stream, the raw frame is
+    published instead of drawing one nobody sees: a viewer who connects gets boxes from its
+    next frame on. The sink does not own the view: ``close`` leaves the server running.
+    """
+
+    def __init__(self, view: LiveView, stream_id: str = "0") -> None:
+        self.view = view
+        self.stream_id = stream_id
+        self.board = AnswerBoard()
+        self.frames = 0
+        self._rate_start = time.monotonic()
+        self._rate_frames = 0
+
+    def write(self, result: FrameResult) -> None:
+        self.board.update(result)
+        watched = self.view.is_watched(self.stream_id)
+        image = annotate(result, self.board) if watched else result.frame.image
+        self.view.publish_frame(self.stream_id, image)
+        for answer in result.answers:
+            self.view.publish_event({**answer.to_event(), "stream_id": self.stream_id})
+        self.view.end_tracks(self.stream_id, tuple(result.ended_tracks))
+        self.frames += 1
+        self._publish_rate(result)
+
+    def _publish_rate(self, result: FrameResult) -> None:
+        """Frames and measured fps once a second; the pipeline adds its own counters."""
+        self._rate_frames += 1
+        elapsed = time.monotonic() - self._rate_start
+        counters = {"frames": self.frames, "frame_index": result.frame.index, "running": True}
+        if self.frames == 1:
+            self.view.publish_status(self.stream_id, counters)
+            self._rate_start, self._rate_frames = time.monotonic(), 0
+        elif elapsed >= 1.0:
+            fps = round(self._rate_frames / elapsed, 1)
+            self.view.publish_status(self.stream_id, {**counters, "fps": fps})
+            self._rate_start, self._rate_frames = time.monotonic(), 0
+
+    def close(self) -> None:
+        self.view.publish_status(self.stream_id, {"frames": self.frames, "running": False})
