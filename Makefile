@@ -29,12 +29,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,eval]"
 	touch $(STAMP)
 
-# Debian packages the live-stream tests need (a real RTSP server on loopback).
+# Debian packages the tests need: a real RTSP server on loopback, and Chromium for the web view.
 system-deps:
 	@bash tools/install_system_deps.sh
+	@bash tools/install_browser.sh
 
 bench: $(STAMP)
 	$(PY) tools/bench_pipeline.py

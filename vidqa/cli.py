@@ -1,4 +1,4 @@
-"""The ``vidqa`` command line: run, assets, validate, compress-report."""
+"""The ``vidqa`` command line: run, assets, eval, validate, compress-report."""
 
 from __future__ import annotations
 
@@ -34,11 +34,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     overrides = list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
+    if args.engine:
+        overrides.append(f"run.engine={args.engine}")
     cfg = load_config(config, overrides)
+    serve = _serve_address(args.serve) if args.serve else None
     run_dir = prepare_run_dir(cfg, args.out)
-    summary = run_pipeline(cfg, run_dir, config_name=str(config or ""))
+    summary = run_pipeline(cfg, run_dir, config_name=str(config or ""), serve=serve,
+                           token=args.token or os.environ.get("VIDQA_TOKEN"))
     _print_run(summary, run_dir)
     return summary["exit_code"]
+
+
+def _serve_address(text: str) -> tuple[str, int]:
+    """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6); the host defaults to loopback."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise VidqaError(f"--serve {text!r}: expected PORT or HOST:PORT, e.g. --serve 8765 or "
+                         f"--serve 127.0.0.1:8765")
+    return host, int(port)
+
+
+def cmd_eval_tracks(args: argparse.Namespace) -> int:
+    tracks = _evaluation("tracks")
+    scores = tracks.score_tracks(args.pred, args.gt, args.seqinfo)
+    print(json.dumps(scores, indent=2) if args.json else tracks.format_scores(scores))
+    return 0
+
+
+def cmd_eval_answers(args: argparse.Namespace) -> int:
+    answers = _evaluation("answers")
+    from vidqa.evaluation.labels import load_labels
+
+    report = answers.score_answers(load_labels(args.labels), args.run_dir, args.stream)
+    print(json.dumps(report, indent=2) if args.json else answers.format_report(report))
+    return 0
+
+
+def _evaluation(name: str):
+    """``vidqa.evaluation.<name>``, or a one-line error when the eval extra is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"vidqa.evaluation.{name}")
+    except ImportError as err:
+        raise VidqaError(f"vidqa eval needs {err.name}: pip install 'vidqa[eval]'") from None
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
@@ -88,13 +128,26 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
 
 def _print_run(summary: dict, run_dir: Path) -> None:
     print(f"\nvidqa run {summary['end_reason']}: {summary['frames']} frames, "
-          f"{summary['tracks']} tracks, {summary['answers']} answers "
-          f"in {summary['seconds']:.1f} s ({summary['fps']:.2f} fps)")
-    for question, tally in summary["answers_by_question"].items():
-        print(f"  {question}  {tally}")
-    if summary.get("warning"):
-        print(f"  WARNING: {summary['warning']}")
-    print(f"  outputs in {run_dir}/: annotated.mp4, events.jsonl, summary.json")
+          f"{summary['answers']} answers in {summary['seconds']:.1f} s "
+          f"({summary['fps']:.2f} fps)")
+    streams = summary.get("streams") or {"": summary}
+    for stream_id, stream in streams.items():
+        name = f"  stream {stream_id}: " if stream_id else "  "
+        line = (f"{stream['end_reason']}, {stream.get('frames', 0)} frames, "
+                f"{stream.get('tracks', 0)} tracks, {stream.get('answers', 0)} answers")
+        print(name + (line if not stream.get("error") else f"{line} ({stream['error']})"))
+        for question, tally in (stream.get("answers_by_question") or {}).items():
+            print(f"    {question}  {tally}")
+    if (summary.get("models") or {}).get("standin_used"):
+        print(f"  WARNING: {assets_warning()}")
+    layout = "<stream id>/annotated.mp4, " if summary.get("streams") else "annotated.mp4, "
+    print(f"  outputs in {run_dir}/: {layout}events.jsonl, mot.txt, summary.json, vidqa.log")
+
+
+def assets_warning() -> str:
+    from vidqa.assets import STANDIN_WARNING
+
+    return STANDIN_WARNING
 
 
 def _print_report(results: dict, out: Path) -> None:
@@ -139,7 +192,34 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one config value, e.g. --set vlm.batch_size=4 (repeatable)")
     run.add_argument("--out", type=Path, help="output directory (default: run.out_dir/run.name)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--serve", metavar="[HOST:]PORT",
+                     help="serve a live web view of the run (binds 127.0.0.1 unless HOST is "
+                          "given; any other host needs --token)")
+    run.add_argument("--token", help="token every web-view request must carry (default: "
+                                     "$VIDQA_TOKEN)")
+    run.add_argument("--engine", choices=["local", "ray"],
+                     help="run.engine: local threads (default) or Ray actors + Ray Serve")
     run.set_defaults(handler=cmd_run)
+
+    evaluate = commands.add_parser("eval", help="score a run: tracks (MOT16) or answers "
+                                               "(labels)")
+    scores = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    tracks = scores.add_parser("tracks", help="HOTA, MOTA, IDF1 of a mot.txt against a MOT16 "
+                                              "gt.txt (TrackEval, MOT16 pedestrian rules)")
+    tracks.add_argument("pred", type=Path, help="a run's mot.txt")
+    tracks.add_argument("gt", type=Path, help="the sequence's gt/gt.txt")
+    tracks.add_argument("--seqinfo", type=Path,
+                        help="the sequence folder or its seqinfo.ini (its length)")
+    tracks.add_argument("--json", action="store_true", help="print the scores as JSON")
+    tracks.set_defaults(handler=cmd_eval_tracks)
+    answers = scores.add_parser("answers", help="accuracy of a run's answers against labels")
+    answers.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                         help="a run folder (events.jsonl, mot.txt)")
+    answers.add_argument("--labels", type=Path, required=True,
+                         help="labels YAML/JSON, e.g. samples/labels/vtest.yaml")
+    answers.add_argument("--stream", help="the stream of a multi-stream run the labels are for")
+    answers.add_argument("--json", action="store_true", help="print the report as JSON")
+    answers.set_defaults(handler=cmd_eval_answers)
 
     fetch = commands.add_parser("assets", help="fetch or build the sample video, detector and "
                                                "VLM (offline stand-in when the hub is out of "

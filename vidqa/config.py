@@ -170,6 +170,7 @@ class VlmConfig:
 class SinkConfig:
     video: bool = True  # write annotated.mp4
     events: bool = True  # write events.jsonl
+    mot: bool = True  # write mot.txt: every tracked box in the MOTChallenge format
     window: bool = False  # show a live window (needs a display)
     codec: str = "mp4v"  # FourCC of the annotated video
 

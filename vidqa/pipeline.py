@@ -18,6 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from vidqa.run import (
 from vidqa.sinks import (
     AnswerBoard,
     EventsSink,
+    MotSink,
     SharedSink,
     SinkSet,
     StopRequested,
@@ -60,15 +62,30 @@ FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "inte
                    "terminated": 5.0, "error": 5.0}
 
 
-def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "") -> dict[str, Any]:
-    """Build the run and drive it, logging into ``run_dir/vidqa.log`` from the first line."""
-    with run_log(run_dir):
+def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
+                 serve: tuple[str, int] | None = None, token: str | None = None
+                 ) -> dict[str, Any]:
+    """Build the run and drive it, logging into ``run_dir/vidqa.log`` from the first line.
+    ``serve``: (host, port) of a live web view that lives as long as the run."""
+    with run_log(run_dir), _live_view(serve, token) as view:
         logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
         if cfg.run.engine == "ray":
             from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
 
             return run_on_ray(cfg, run_dir)
-        return Run.from_config(cfg, run_dir).run()
+        return Run.from_config(cfg, run_dir, view).run()
+
+
+@contextmanager
+def _live_view(serve: tuple[str, int] | None, token: str | None) -> Iterator[Any]:
+    if serve is None:
+        yield None
+        return
+    from vidqa.web import LiveView  # the server starts only when asked for
+
+    with LiveView(serve[0], serve[1], token=token) as view:
+        logger.info("live view: {}", view.url)
+        yield view
 
 
 class Pipeline:
@@ -78,7 +95,7 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig, run_dir: Path, source: Source,
                  tracker: Callable[[Iterable], Iterator[FrameResult]], policy: RoiPolicy,
                  vlm_stage: VlmStage | ServiceStage, models: dict[str, Any],
-                 stream_id: str = "0", extra_sinks: tuple = ()) -> None:
+                 stream_id: str = "0", extra_sinks: list | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.source = source
@@ -87,7 +104,7 @@ class Pipeline:
         self.vlm_stage = vlm_stage
         self.models = models
         self.stream_id = stream_id
-        self.extra_sinks = extra_sinks  # e.g. the merged events.jsonl of a multi-stream run
+        self.extra_sinks = extra_sinks or []  # the merged events.jsonl, the live view ...
         self.board = AnswerBoard(asking=lambda: getattr(vlm_stage, "pending", ()))
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here
         self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
@@ -105,6 +122,8 @@ class Pipeline:
         sinks: list = list(self.extra_sinks)
         if self.cfg.sinks.events:
             sinks.append(EventsSink(self.run_dir / "events.jsonl"))
+        if self.cfg.sinks.mot:
+            sinks.append(MotSink(self.run_dir / "mot.txt"))
         if self.cfg.sinks.video:
             sinks.append(VideoSink(self.run_dir / "annotated.mp4", self.board,
                                    self.cfg.sinks.codec))
@@ -214,7 +233,7 @@ class Pipeline:
             "vlm": self.vlm_stage.summary(),
             "sink_failures": sinks.failed,
             "outputs": {name: str(self.run_dir / name) for name in
-                        ("annotated.mp4", "events.jsonl", "summary.json", LOG_NAME)},
+                        ("annotated.mp4", "events.jsonl", "mot.txt", "summary.json", LOG_NAME)},
             "config": self.cfg.to_dict(),
         }
 
@@ -224,7 +243,7 @@ class Run:
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, pipelines: list[Pipeline],
                  failed: dict[str, str], stage: VlmStage, service: VlmService,
-                 models: dict[str, Any]) -> None:
+                 models: dict[str, Any], view: Any = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.pipelines = pipelines
@@ -232,10 +251,11 @@ class Run:
         self.stage = stage
         self.service = service
         self.models = models
+        self.view = view  # the live web view, if the run serves one
         self.merged: EventsSink | None = None
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig, run_dir: Path) -> Run:
+    def from_config(cls, cfg: PipelineConfig, run_dir: Path, view: Any = None) -> Run:
         """Open the streams' files, load the model once, then trackers and live sources.
 
         Checks that fail fast come first (files and MOT folders, the VLM id); live sources are
@@ -266,7 +286,7 @@ class Run:
             raise
         models = {"detector": next(iter(trackers.values())).detector if trackers else {},
                   "vlm": vlm.info}
-        run = cls(cfg, run_dir, [], failed, stage, service, models)
+        run = cls(cfg, run_dir, [], failed, stage, service, models, view)
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
         return run
@@ -282,9 +302,25 @@ class Run:
             self.merged = EventsSink(self.run_dir / "events.jsonl")
         stage = ServiceStage(self.service, [q.question for q in spec.questions],
                              live=is_live(spec.source))
-        extra = (SharedSink(self.merged),) if multi else ()
-        return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi), stage, self.models,
-                        stream_id=spec.id, extra_sinks=extra)
+        extra = [SharedSink(self.merged)] if multi else []
+        pipeline = Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi), stage,
+                            self.models, stream_id=spec.id, extra_sinks=extra)
+        if self.view is not None:
+            from vidqa.web import LiveViewSink
+
+            extra.append(LiveViewSink(self.view, spec.id, pipeline.board,
+                                      counters=lambda: self._counters(pipeline)))
+        return pipeline
+
+    def _counters(self, pipeline: Pipeline) -> dict[str, Any]:
+        """What the live view shows of a stream besides its frames: drops, the VLM's queue and
+        each question's phase (profiling, compressed, full)."""
+        stage = pipeline.vlm_stage
+        return {"frames_dropped": pipeline.source.stats().get("frames_dropped", 0),
+                "vlm_queue": self.service.waiting, "vlm_in_flight": stage.in_flight,
+                "tracks_waiting": len(stage.waiting),
+                "phase": {a.question.label: getattr(a, "phase", "full")
+                          for a in self.stage.answerers}}
 
     def run(self) -> dict[str, Any]:
         """Every stream to its end; the service answers until the last one is done."""

@@ -9,10 +9,6 @@ import pytest
 from vidqa.web import LiveView
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives a real headless Chromium (playwright)")
-
-
 @pytest.fixture()
 def view() -> Iterator[LiveView]:
     """A LiveView on 127.0.0.1 and a port the OS picked, closed after the test."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from live_factories import answer_event, moving_box_frame, read_sse, wait_until
+from web_factories import answer_event, moving_box_frame, read_sse, wait_until
 
 from vidqa.web import LiveView
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from live_factories import answer_event, moving_box_frame, wait_until
+from web_factories import answer_event, moving_box_frame, wait_until
 
 from vidqa.errors import ConfigError, OutputError
 from vidqa.web import LiveView, is_loopback

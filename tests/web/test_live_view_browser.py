@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from factories import detections
-from live_factories import make_answer, moving_box_frame, wait_until
+from web_factories import make_answer, moving_box_frame, wait_until
 
 from vidqa.messages import FrameResult, VideoFrame
 from vidqa.web import LiveView, LiveViewSink

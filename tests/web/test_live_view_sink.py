@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 from factories import detections
-from live_factories import make_answer, moving_box_frame, wait_until
+from web_factories import make_answer, moving_box_frame, wait_until
 
 from vidqa.messages import Answer, Detections, FrameResult, VideoFrame
 from vidqa.web import LiveView, LiveViewSink

@@ -152,3 +152,18 @@ def _summary(results: dict[str, dict], pred_rows: int, frames: int) -> dict[str,
                     "rules": f"{BENCHMARK} pedestrian, distractors removed",
                     "evaluator": EVALUATOR})
     return summary
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """The scores as a few terminal lines, naming the evaluator."""
+    def share(key: str) -> str:
+        return f"{100 * scores[key]:.1f}"
+
+    return "\n".join([
+        f"HOTA {share('HOTA')}  DetA {share('DetA')}  AssA {share('AssA')}  "
+        f"MOTA {share('MOTA')}  MOTP {share('MOTP')}  IDF1 {share('IDF1')}",
+        f"IDSW {scores['IDSW']}  FP {scores['FP']}  FN {scores['FN']}  TP {scores['TP']}  "
+        f"ids {scores['pred_ids']} predicted / {scores['gt_ids']} true  frames {scores['frames']}",
+        f"predictions removed on distractors: {scores['pred_dets_removed']}  "
+        f"(evaluator: {scores['evaluator']}, {BENCHMARK} rules, pedestrians only)",
+    ])

@@ -1,4 +1,4 @@
-"""Sinks: the annotated video, events.jsonl, an optional live window.
+"""Sinks: the annotated video, events.jsonl, mot.txt, an optional live window.
 
 Sinks are context managers so that a crash or Ctrl-C still closes them: the video is
 finalised into a playable file and every event already produced is on disk (JSONL is flushed
@@ -16,11 +16,12 @@ from loguru import logger
 from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
 from vidqa.sinks.events import EventsSink, SharedSink
+from vidqa.sinks.mot import MotSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "EventsSink", "SharedSink", "Sink", "SinkSet", "StopRequested",
-           "VideoSink", "WindowSink", "annotate"]
+__all__ = ["AnswerBoard", "EventsSink", "MotSink", "SharedSink", "Sink", "SinkSet",
+           "StopRequested", "VideoSink", "WindowSink", "annotate"]
 
 
 class Sink(Protocol):

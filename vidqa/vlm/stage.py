@@ -125,6 +125,11 @@ class ServiceStage:
         answers = list(self._take(self._last_frame)) if self._last_frame is not None else []
         return answers
 
+    @property
+    def in_flight(self) -> int:
+        """Crops with the service whose answers have not reached a frame yet."""
+        return len(self._submitted)
+
     def summary(self) -> dict[str, Any]:
         latencies = sorted(self._latency_ms)
         return {"submitted": self._stats["submitted"], "answered": self._stats["answered"],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from vidqa.messages import FrameResult
 from vidqa.sinks import AnswerBoard, annotate
@@ -17,16 +19,20 @@ class LiveViewSink:
     next frame on. The sink does not own the view: ``close`` leaves the server running.
     """
 
-    def __init__(self, view: LiveView, stream_id: str = "0") -> None:
+    def __init__(self, view: LiveView, stream_id: str = "0", board: AnswerBoard | None = None,
+                 counters: Callable[[], dict[str, Any]] | None = None) -> None:
         self.view = view
         self.stream_id = stream_id
-        self.board = AnswerBoard()
+        self.board = board or AnswerBoard()  # the pipeline's own board: shares "asking..."
+        self.own_board = board is None
+        self.counters = counters or dict  # the run's counters: drops, VLM queue, phase
         self.frames = 0
         self._rate_start = time.monotonic()
         self._rate_frames = 0
 
     def write(self, result: FrameResult) -> None:
-        self.board.update(result)
+        if self.own_board:
+            self.board.update(result)
         watched = self.view.is_watched(self.stream_id)
         image = annotate(result, self.board) if watched else result.frame.image
         self.view.publish_frame(self.stream_id, image)
@@ -40,13 +46,14 @@ class LiveViewSink:
         """Frames and measured fps once a second; the pipeline adds its own counters."""
         self._rate_frames += 1
         elapsed = time.monotonic() - self._rate_start
-        counters = {"frames": self.frames, "frame_index": result.frame.index, "running": True}
+        counters = {"frames": self.frames, "frame_index": result.frame.frame_index,
+                    "running": True}
         if self.frames == 1:
-            self.view.publish_status(self.stream_id, counters)
+            self.view.publish_status(self.stream_id, {**counters, **self.counters()})
             self._rate_start, self._rate_frames = time.monotonic(), 0
         elif elapsed >= 1.0:
             fps = round(self._rate_frames / elapsed, 1)
-            self.view.publish_status(self.stream_id, {**counters, "fps": fps})
+            self.view.publish_status(self.stream_id, {**counters, **self.counters(), "fps": fps})
             self._rate_start, self._rate_frames = time.monotonic(), 0
 
     def close(self) -> None:

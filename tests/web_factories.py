@@ -41,9 +41,9 @@ def make_answer(frame: int, track_id: int = 3, p_yes: float | None = 0.9,
                 plan_id: str | None = "p1") -> Answer:
     """An Answer as the VLM stage makes it; ``p_yes=None`` gives a free-form text answer."""
     text = "a red jacket" if p_yes is None else ("yes" if p_yes >= 0.5 else "no")
-    return Answer(frame=frame, time_s=frame / 10, track_id=track_id, question=question,
+    return Answer(frame_index=frame, time_s=frame / 10, track_id=track_id, question=question,
                   answer=text, p_yes=p_yes, margin=None if p_yes is None else 2.0,
-                  bbox=(20, 40, 90, 200), latency_ms=50.0, model="fake", compressed=compressed,
+                  bbox=(20, 40, 90, 200), vlm_ms=50.0, model="fake", compressed=compressed,
                   plan_id=plan_id)
 
 
