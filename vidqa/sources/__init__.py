@@ -8,6 +8,8 @@ Use a source as a context manager and iterate it once::
     source.stats()  # frames read/dropped, reconnects, end_reason, ... for the run summary
 
 Files and MOT sequences are read in order and never drop a frame; ``timestamp = index / fps``.
+With ``source.replay: realtime`` they play at their own frame rate as if live instead
+(:class:`ReplaySource`, optionally looped), dropping what the consumer cannot take.
 Live sources (webcam, stream) run a reader thread that keeps only the newest frame, so the
 consumer never falls behind the camera: frames it could not take are dropped and counted.
 Their timestamps are wall-clock seconds since the source opened, so an outage shows downstream
@@ -25,10 +27,11 @@ from vidqa.config import SourceConfig
 from vidqa.errors import SourceError
 from vidqa.sources.base import Source, to_bgr
 from vidqa.sources.files import FileSource, MotSource, read_seqinfo
-from vidqa.sources.live import LiveSource, StreamOpener, WebcamOpener, redact_url
+from vidqa.sources.live import LiveSource, NewestFrameSource, StreamOpener, WebcamOpener, redact_url
+from vidqa.sources.replay import ReplaySource
 
-__all__ = ["FileSource", "LiveSource", "MotSource", "Source", "open_source", "read_seqinfo",
-           "redact_url", "to_bgr"]
+__all__ = ["FileSource", "LiveSource", "MotSource", "NewestFrameSource", "ReplaySource", "Source",
+           "open_source", "read_seqinfo", "redact_url", "to_bgr"]
 
 
 def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
@@ -43,7 +46,7 @@ def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
                 raise SourceError("source.path is 'auto' but no video was resolved: set "
                                   "source.path to a video file or MOT sequence folder")
             path = Path(cfg.path)
-        source: Source = FileSource(Path(path)) if cfg.kind == "file" else MotSource(Path(path))
+        source: Source = _recorded(cfg, Path(path))
     elif cfg.kind == "webcam":
         source = LiveSource(cfg, WebcamOpener(cfg.device))
     elif cfg.kind == "stream":
@@ -52,3 +55,9 @@ def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
         raise SourceError(f"source.kind = {cfg.kind!r}: expected file, mot, webcam or stream")
     source.open()
     return source
+
+
+def _recorded(cfg: SourceConfig, path: Path) -> Source:
+    if cfg.replay == "realtime":
+        return ReplaySource(cfg, path)
+    return FileSource(path) if cfg.kind == "file" else MotSource(path)
