@@ -78,9 +78,16 @@ class ZoneMap:
             corners = polygon.astype(np.int32)
             cv2.polylines(image, [corners], True, colour, 2)
             x, y = corners[:, 0, 0].min(), corners[:, 0, 1].min()
-            cv2.putText(image, name, (int(x) + 3, int(y) + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        colour, 1, cv2.LINE_AA)
+            _outlined_text(image, name, (int(x), max(12, int(y) - 5)), colour)
         return image
+
+
+def _outlined_text(image: np.ndarray, text: str, origin: tuple[int, int],
+                   colour: tuple[int, int, int]) -> None:
+    """Text in ``colour`` with a dark outline, readable on grass and asphalt alike."""
+    for thickness, ink in ((3, (0, 0, 0)), (1, colour)):
+        cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5, ink, thickness,
+                    cv2.LINE_AA)
 
 
 @dataclass(frozen=True)
@@ -172,8 +179,7 @@ class RuleEngine:
                 continue
             x1, y1, x2, y2 = (int(v) for v in detections.xyxy[row])
             cv2.rectangle(image, (x1 - 3, y1 - 3), (x2 + 3, y2 + 3), ALERT_COLOUR, 3)
-            cv2.putText(image, "! " + ", ".join(rules), (x1, y2 + 14), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.45, ALERT_COLOUR, 1, cv2.LINE_AA)
+            _outlined_text(image, "! " + ", ".join(rules), (x1, y2 + 16), ALERT_COLOUR)
         return image
 
     def _update_track(self, result: FrameResult, track_id: int, bbox: BBox,

@@ -134,6 +134,14 @@ def test_replay_when_closed_early_stops_its_reader(clip: Path) -> None:
     assert source._thread is not None and not source._thread.is_alive()
 
 
+def test_replay_when_opened_but_not_iterated_has_not_started_playing(clip: Path) -> None:
+    with open_source(SourceConfig(replay="realtime"), clip) as source:
+        time.sleep(0.2)  # a model loading between open and the first frame
+        assert source.stats()["frames_read"] == 0
+        first = next(iter(source))
+    assert recorded_number(first) == first.index  # what it plays is the recording, in order
+
+
 def test_replay_when_file_is_missing_raises_at_open(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not found"):
         open_source(SourceConfig(replay="realtime"), tmp_path / "missing.avi")

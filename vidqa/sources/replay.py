@@ -2,10 +2,12 @@
 
 A reader thread decodes the recording with :class:`FileSource` or :class:`MotSource` (so every
 check and warning of those sources applies) and publishes each frame when the wall clock
-reaches its place in the recording. The consumer takes the newest frame through the same
-machinery as a webcam or stream (:class:`NewestFrameSource`): a slow consumer misses frames,
-which are dropped and counted, never queued. Timestamps are wall-clock seconds since open and
-frame indices count the frames published, so they keep increasing across loops.
+reaches its place in the recording. Playback starts when the consumer first asks for a frame,
+so a pipeline that loads its models after opening the source still sees the recording's start.
+The consumer takes the newest frame through the same machinery as a webcam or stream
+(:class:`NewestFrameSource`): a slow consumer misses frames, which are dropped and counted,
+never queued. Timestamps are wall-clock seconds since playback started, and frame indices
+count the frames published, so they keep increasing across loops.
 
 With ``source.loop`` the recording restarts at its end (``stats()["loops"]`` counts restarts);
 without it the source ends once its last frame has been taken.
@@ -14,12 +16,14 @@ without it the source ends once its last frame has been taken.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from loguru import logger
 
 from vidqa.config import SourceConfig
 from vidqa.errors import SourceError
+from vidqa.messages import VideoFrame
 from vidqa.sources.base import Source
 from vidqa.sources.files import FileSource, MotSource
 from vidqa.sources.live import NewestFrameSource
@@ -43,8 +47,12 @@ class ReplaySource(NewestFrameSource):
         self._stats.size = tuple(recorded["size"]) if recorded["size"] else None
         self._stats.frame_count = None if self.cfg.loop else recorded["frame_count"]
         self._stats.fps = self._fps()
+
+    def _frames(self) -> Iterator[VideoFrame]:
+        # Playback starts here, not in open(): see the module docstring.
         self._t0 = time.monotonic()
         self._start_reader(self._read_forever)
+        yield from super()._frames()
 
     def _recorded(self) -> Source:
         return FileSource(self.path) if self.cfg.kind == "file" else MotSource(self.path)
