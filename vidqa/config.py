@@ -47,6 +47,8 @@ class SourceConfig:
     max_reconnects: int = -1  # live: give up after this many failed attempts in a row (-1 = never)
     open_timeout_s: float = 10.0  # live: how long one open attempt may take
     reset_tracks_after_s: float = 2.0  # live: a camera outage longer than this restarts tracks
+    replay: Literal["off", "realtime"] = "off"  # file/mot: realtime = play at its fps as live
+    loop: bool = False  # replay: restart the file or sequence at its end, forever
 
     def __post_init__(self) -> None:
         _require(self.max_fps >= 0, "source.max_fps", self.max_fps, ">= 0")
@@ -59,6 +61,7 @@ class SourceConfig:
         if self.kind == "stream" and not self.url:
             raise ConfigError("source.url is empty but source.kind is 'stream': "
                               "set source.url to an rtsp:// or http:// address")
+        _check_replay(self)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class RoiConfig:
     reask_every: int = 0  # ask again every N frames of a track (0 = never)
     reask_growth: float = 0.0  # ask again when the crop area grows by this factor (0 = never)
     max_age: int = 30  # frames without a box before a track is declared dead and forgotten
+    zones: tuple[str, ...] = ()  # ask only tracks whose feet are inside these zones; () = anywhere
 
     def __post_init__(self) -> None:
         _require(0 <= self.padding <= 1, "roi.padding", self.padding, "between 0 and 1")
@@ -203,12 +207,15 @@ class PipelineConfig:
     vlm: VlmConfig = field(default_factory=VlmConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     streams: tuple[StreamConfig, ...] = ()  # several cameras; empty = one stream, `source`
+    zones: tuple[ZoneConfig, ...] = ()  # named image regions (pixel polygons)
+    rules: tuple[RuleConfig, ...] = ()  # alerts: an answer held inside a zone for dwell_s
 
     def __post_init__(self) -> None:
         ids = [stream.id for stream in self.streams]
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:
             raise ConfigError(f"streams: ids must be unique, {', '.join(duplicated)} repeats")
+        _check_zones_and_rules(self)
 
     def stream_configs(self) -> list[StreamConfig]:
         """The streams of the run, each with its questions resolved."""
@@ -349,6 +356,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 errors.append(str(err))
         raise ConfigError(errors[0])
     if origin is Literal:
+        value = _yaml_word(value, args)
         if value not in args:
             raise ConfigError(f"{where} = {value!r} is not allowed: choose one of "
                               f"{', '.join(repr(a) for a in args)}")
@@ -379,3 +387,84 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
+
+
+# ---- replay, zones and rules -------------------------------------------------------------------
+
+def _check_replay(cfg: SourceConfig) -> None:
+    if cfg.replay != "off" and cfg.kind not in ("file", "mot"):
+        raise ConfigError(f"source.replay = {cfg.replay!r} but source.kind is {cfg.kind!r}: "
+                          f"replay plays a recorded file or MOT sequence as live; set "
+                          f"source.kind to file or mot, or source.replay: off")
+    if cfg.loop and cfg.replay == "off":
+        raise ConfigError("source.loop = true needs source.replay: realtime (a loop only "
+                          "makes sense for a file played as a live camera); set both")
+
+
+def _yaml_word(value: Any, allowed: tuple[Any, ...]) -> Any:
+    """YAML 1.1 reads bare yes/no/on/off as booleans: give back the word the choice expects."""
+    if not isinstance(value, bool) or any(isinstance(a, bool) for a in allowed):
+        return value
+    words = ("yes", "on", "true") if value else ("no", "off", "false")
+    return next((word for word in words if word in allowed), value)
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    name: str  # how rules, roi.zones and the overlay refer to the zone
+    polygon: tuple[tuple[float, float], ...]  # >= 3 (x, y) corners in frame pixels
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("zones: a zone has an empty name")
+        if len(self.polygon) < 3 or any(len(point) != 2 for point in self.polygon):
+            raise ConfigError(f"zones.{self.name}.polygon = {list(self.polygon)!r}: expected "
+                              f"at least 3 [x, y] points in frame pixels")
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    name: str  # alert label in alerts.jsonl and on the overlay
+    question: str  # a vlm question's name or its text
+    answer: Literal["yes", "no"]  # the answer that, held inside the zone, raises the alert
+    zone: str  # the zone a track's foot point must be in
+    dwell_s: float = 0.0  # seconds the answer must hold inside the zone before the alert
+
+    def __post_init__(self) -> None:
+        _require(self.dwell_s >= 0, f"rules.{self.name}.dwell_s", self.dwell_s, ">= 0")
+
+
+def _check_zones_and_rules(cfg: PipelineConfig) -> None:
+    _check_unique("zones", [zone.name for zone in cfg.zones])
+    _check_unique("rules", [rule.name for rule in cfg.rules])
+    zone_names = [zone.name for zone in cfg.zones]
+    check_zone_names(cfg.roi.zones, zone_names, "roi.zones")
+    for stream in cfg.streams:
+        check_zone_names(stream.roi.zones, zone_names, f"streams.{stream.id}.roi.zones")
+    questions = cfg.vlm.questions  # the vlm's question list
+    for rule in cfg.rules:
+        check_zone_names([rule.zone], zone_names, f"rules.{rule.name}.zone")
+        matches = [q for q in questions if rule.question in (q.name, q.question)]
+        if not matches:
+            known = ", ".join(repr(q.name or q.question) for q in questions)
+            raise ConfigError(f"rules.{rule.name}.question = {rule.question!r} is not one of "
+                              f"the vlm questions: use a question's name or text ({known})")
+        if matches[0].answer != "yesno":
+            raise ConfigError(f"rules.{rule.name}: question {rule.question!r} has answer "
+                              f"{matches[0].answer!r}; rules need a yesno question")
+
+
+def check_zone_names(names: typing.Sequence[str], zones: typing.Sequence[str], key: str) -> None:
+    """Raise ConfigError naming the valid zones when one of ``names`` is not a zone."""
+    unknown = [name for name in names if name not in zones]
+    if unknown:
+        valid = ", ".join(zones) if zones else "none (add a top-level `zones:` list)"
+        raise ConfigError(f"{key}: unknown zone {', '.join(map(repr, unknown))}; valid zones: "
+                          f"{valid}")
+
+
+def _check_unique(key: str, names: list[str]) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{key}: name {', '.join(map(repr, repeated))} is used more than "
+                          f"once; give every entry of {key} its own name")

@@ -159,3 +159,4 @@ class FrameResult:
     rois: tuple[Roi, ...] = ()
     answers: tuple[Answer, ...] = ()
     ended_tracks: tuple[int, ...] = ()  # tracks the cropper declared dead at this frame
+    alerts: tuple[Any, ...] = ()  # vidqa.zones.Alert raised at this frame by the rules

@@ -95,7 +95,8 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig, run_dir: Path, source: Source,
                  tracker: Callable[[Iterable], Iterator[FrameResult]], policy: RoiPolicy,
                  vlm_stage: VlmStage | ServiceStage, models: dict[str, Any],
-                 stream_id: str = "0", extra_sinks: list | None = None) -> None:
+                 stream_id: str = "0", extra_sinks: list | None = None,
+                 rules: Any = None, zones: Any = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.source = source
@@ -105,7 +106,8 @@ class Pipeline:
         self.models = models
         self.stream_id = stream_id
         self.extra_sinks = extra_sinks or []  # the merged events.jsonl, the live view ...
-        self.board = AnswerBoard(asking=lambda: getattr(vlm_stage, "pending", ()))
+        self.rules = rules  # a vidqa.zones.RuleStage when the config has rules
+        self.board = AnswerBoard(asking=lambda: getattr(vlm_stage, "pending", ()), zones=zones)
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here
         self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
 
@@ -124,6 +126,10 @@ class Pipeline:
             sinks.append(EventsSink(self.run_dir / "events.jsonl"))
         if self.cfg.sinks.mot:
             sinks.append(MotSink(self.run_dir / "mot.txt"))
+        if self.rules is not None:
+            from vidqa.zones import AlertsSink
+
+            sinks.append(AlertsSink(self.run_dir / "alerts.jsonl"))
         if self.cfg.sinks.video:
             sinks.append(VideoSink(self.run_dir / "annotated.mp4", self.board,
                                    self.cfg.sinks.codec))
@@ -138,7 +144,8 @@ class Pipeline:
             frames = itertools.islice(frames, self.cfg.run.max_frames)
         tracked = clock.wrap("tracker", self.tracker(frames))
         cropped = clock.wrap("roi", self.policy(tracked))
-        return clock.wrap("vlm", self.vlm_stage(cropped))
+        answered = clock.wrap("vlm", self.vlm_stage(cropped))
+        return answered if self.rules is None else clock.wrap("rules", self.rules(answered))
 
     def run(self) -> dict[str, Any]:
         """Drive the stages to the end (or to the first stop) and write ``summary.json``."""
@@ -303,8 +310,10 @@ class Run:
         stage = ServiceStage(self.service, [q.question for q in spec.questions],
                              live=is_live(spec.source))
         extra = [SharedSink(self.merged)] if multi else []
-        pipeline = Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi), stage,
-                            self.models, stream_id=spec.id, extra_sinks=extra)
+        zones, rules = _zones_and_rules(cfg, spec.id)
+        pipeline = Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage,
+                            self.models, stream_id=spec.id, extra_sinks=extra, rules=rules,
+                            zones=zones)
         if self.view is not None:
             from vidqa.web import LiveViewSink
 
@@ -415,6 +424,16 @@ def _open(spec: StreamConfig, sources: dict[str, Source], failed: dict[str, str]
             raise
         logger.error("stream {} cannot start and is skipped: {}", spec.id, err)
         failed[spec.id] = str(err)
+
+
+def _zones_and_rules(cfg: PipelineConfig, stream_id: str) -> tuple[Any, Any]:
+    """The zone map and the rule stage of a stream, or None for each the config lacks."""
+    if not cfg.zones:
+        return None, None
+    from vidqa.zones import RuleEngine, RuleStage, ZoneMap
+
+    rules = RuleStage(RuleEngine.from_config(cfg, stream_id)) if cfg.rules else None
+    return ZoneMap(cfg.zones), rules
 
 
 def _union(specs: list[StreamConfig]) -> tuple[QuestionConfig, ...]:

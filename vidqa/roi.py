@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidqa.config import RoiConfig
+
+if TYPE_CHECKING:
+    from vidqa.zones import ZoneMap
 from vidqa.messages import FrameResult, Roi
 
 Box = tuple[int, int, int, int]
@@ -59,8 +63,9 @@ class _Track:
 class RoiPolicy:
     """Turns tracked boxes into the crops worth asking about; ``update`` handles one frame."""
 
-    def __init__(self, cfg: RoiConfig) -> None:
+    def __init__(self, cfg: RoiConfig, zones: ZoneMap | None = None) -> None:
         self.cfg = cfg
+        self.zones = zones  # with cfg.zones: only tracks standing in them are asked
         self.tracks: dict[int, _Track] = {}
         self.tick = 0
         self.tracks_seen = 0
@@ -94,13 +99,16 @@ class RoiPolicy:
                       and box[3] - box[1] >= self.cfg.min_height)
         if track.hits < self.cfg.min_hits:
             return None
-        if not big_enough:
+        if not big_enough or not self._in_zone(box):
             return None
         reason = self._reason(track, box_area(box))
         if reason is None:
             return None
         track.asked_at, track.asked_area = self.tick, box_area(box)
         return self._crop(track_id, box, result, reason)
+
+    def _in_zone(self, box: Box) -> bool:
+        return not self.cfg.zones or self.zones is None or self.zones.allows(box, self.cfg.zones)
 
     def _reason(self, track: _Track, area: int) -> str | None:
         if track.asked_at is None:

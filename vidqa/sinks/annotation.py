@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ YES_COLOUR = (80, 200, 60)  # BGR green
 NO_COLOUR = (60, 60, 230)  # BGR red
 TEXT_COLOUR = (230, 160, 40)  # BGR blue: free-form answers
 PENDING_COLOUR = (170, 170, 170)  # not answered yet
+ALERT_COLOUR = (0, 0, 255)  # BGR red frame around a track that raised an alert
 ASKING = "asking..."
 
 
@@ -21,24 +23,32 @@ class AnswerBoard:
     asked. Forgotten when the cropper ends the track; an answer that arrives after its track
     ended is not kept (it is still an event), so the board never grows with dead tracks."""
 
-    def __init__(self, asking: Callable[[], Collection[int]] = frozenset) -> None:
+    def __init__(self, asking: Callable[[], Collection[int]] = frozenset,
+                 zones: Any = None) -> None:
         self.latest: dict[int, dict[str, Answer]] = {}
         self.alive: set[int] = set()
         self.asking = asking  # tracks whose crop is with the VLM now
+        self.zones = zones  # a vidqa.zones.ZoneMap to draw, or None
+        self.alerts: dict[int, list[str]] = {}  # track -> the rules it raised
 
     def update(self, result: FrameResult) -> None:
         self.alive.update(result.detections.track_id.tolist())
         for answer in result.answers:
             if answer.track_id in self.alive:
                 self.latest.setdefault(answer.track_id, {})[answer.question] = answer
+        for alert in result.alerts:
+            self.alerts.setdefault(alert.track_id, []).append(alert.rule)
         for track_id in result.ended_tracks:
             self.latest.pop(track_id, None)
+            self.alerts.pop(track_id, None)
             self.alive.discard(track_id)
 
 
 def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:
     """Boxes coloured by answer, with track id, answer and confidence; returns a new image."""
     image = result.frame.image.copy()
+    if board.zones is not None:
+        board.zones.draw(image)
     detections = result.detections
     asking = board.asking()
     for row, track_id in enumerate(detections.track_id.tolist()):
@@ -49,6 +59,9 @@ def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:
         lines = [f"#{track_id}"] + [_label(a) for a in answers]
         if not answers and track_id in asking:
             lines.append(ASKING)
+        if track_id in board.alerts:
+            cv2.rectangle(image, (x1 - 3, y1 - 3), (x2 + 3, y2 + 3), ALERT_COLOUR, 2)
+            lines.append("ALERT " + ", ".join(board.alerts[track_id]))
         for i, line in enumerate(lines):
             _put_label(image, line, (x1, y1 - 4 - 14 * (len(lines) - 1 - i)), colour)
     return image

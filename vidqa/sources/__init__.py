@@ -8,6 +8,8 @@ Use a source as a context manager and iterate it once::
     source.stats()  # frames read/dropped, reconnects, end_reason, ... for the run summary
 
 Files and MOT sequences are read in order and never drop a frame; ``timestamp = index / fps``.
+With ``source.replay: realtime`` they play at their own frame rate as if live instead
+(:class:`ReplaySource`, optionally looped), dropping what the consumer cannot take.
 Live sources (webcam, stream) run a reader thread that keeps only the newest frame, so the
 consumer never falls behind the camera: frames it could not take are dropped and counted.
 Their timestamps are wall-clock seconds since the source opened; the reader measures camera
@@ -26,10 +28,12 @@ from vidqa.config import SourceConfig
 from vidqa.errors import SourceError
 from vidqa.sources.base import Source, to_bgr
 from vidqa.sources.files import FileSource, MotSource, read_seqinfo
-from vidqa.sources.live import LiveSource, StreamOpener, WebcamOpener, redact_url
+from vidqa.sources.live import LiveSource, NewestFrameSource, StreamOpener, WebcamOpener, redact_url
+from vidqa.sources.replay import ReplaySource
 
-__all__ = ["FileSource", "LiveSource", "MotSource", "Source", "is_live", "open_source",
-           "read_seqinfo", "redact_url", "source_path", "to_bgr"]
+__all__ = ["FileSource", "LiveSource", "MotSource", "NewestFrameSource", "ReplaySource", "Source",
+           "is_camera", "is_live", "open_source", "read_seqinfo", "redact_url", "source_path",
+           "to_bgr"]
 
 
 def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
@@ -44,7 +48,7 @@ def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
                 raise SourceError("source.path is 'auto' but no video was resolved: set "
                                   "source.path to a video file or MOT sequence folder")
             path = Path(cfg.path)
-        source: Source = FileSource(Path(path)) if cfg.kind == "file" else MotSource(Path(path))
+        source: Source = _recorded(cfg, Path(path))
     elif cfg.kind == "webcam":
         source = LiveSource(cfg, WebcamOpener(cfg.device))
     elif cfg.kind == "stream":
@@ -55,14 +59,26 @@ def open_source(cfg: SourceConfig, path: Path | None = None) -> Source:
     return source
 
 
-def is_live(cfg: SourceConfig) -> bool:
-    """Webcams and streams are live: wall-clock time, newest frame wins, drops counted."""
+def _recorded(cfg: SourceConfig, path: Path) -> Source:
+    if cfg.replay == "realtime":
+        return ReplaySource(cfg, path)
+    return FileSource(path) if cfg.kind == "file" else MotSource(path)
+
+
+def is_camera(cfg: SourceConfig) -> bool:
+    """A webcam or a stream: nothing on disk to check before the models load."""
     return cfg.kind in ("webcam", "stream")
+
+
+def is_live(cfg: SourceConfig) -> bool:
+    """Cameras, and recordings replayed in real time, are live: wall-clock time, the newest
+    frame wins, drops are counted."""
+    return is_camera(cfg) or cfg.replay == "realtime"
 
 
 def source_path(cfg: SourceConfig) -> Path | None:
     """The file or MOT folder to read (``auto`` = the sample video); None for live sources."""
-    if is_live(cfg):
+    if is_camera(cfg):
         return None
     if cfg.path == "auto":
         from vidqa.assets import sample_video  # fetched on first use

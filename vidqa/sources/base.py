@@ -38,6 +38,7 @@ class SourceStats:
     stalls: int = 0  # live: losses because no frame came for stall_timeout_s
     stall_s: float = 0.0  # live: seconds without frames during outages (stalls, reconnects)
     outages_s: list[float] = field(default_factory=list)  # live: each outage, newest 100
+    loops: int = 0  # replay with loop: times the file or sequence restarted from its start
     end_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,7 +54,7 @@ class SourceStats:
             "reconnect_attempts": self.reconnect_attempts,
             "reconnect_reasons": dict(self.reconnect_reasons), "stalls": self.stalls,
             "stall_s": round(self.stall_s, 3), "outages_s": [round(s, 3) for s in self.outages_s],
-            "end_reason": self.end_reason,
+            "loops": self.loops, "end_reason": self.end_reason,
         }
 
 

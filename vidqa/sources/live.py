@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import cv2
@@ -186,43 +186,31 @@ class _Latest:
             return self.image, self.seq, self.time_s, gap_s
 
 
-class LiveSource(Source):
-    """A webcam or stream read by a background thread that keeps only the newest frame.
+class NewestFrameSource(Source):
+    """A source whose reader thread publishes frames and whose consumer takes the newest.
 
-    The thread reconnects on end of stream, read errors and stalls (no frame for
-    ``stall_timeout_s``) with exponential backoff, and gives up after ``max_reconnects`` failed
-    reconnect attempts in a row (-1 = never). A source that never produced a frame and gives up
-    raises :class:`SourceError` from the iterator; one that played and then gave up ends
-    normally, ``end_reason`` saying why.
+    The consumer never runs behind the reader: frames it could not take are dropped and
+    counted (``frames_read - frames_yielded``). Frame indices count the frames published, so
+    a gap in indices is a dropped frame; timestamps are wall-clock seconds since open.
+    Subclasses start the thread in :meth:`open` with :meth:`_start_reader` and publish each
+    decoded frame with :meth:`_publish`.
     """
 
-    def __init__(self, cfg: SourceConfig, opener: Opener) -> None:
-        super().__init__(source_id=opener.source_id, kind=cfg.kind, is_live=True)
+    def __init__(self, cfg: SourceConfig, source_id: str, kind: str) -> None:
+        super().__init__(source_id=source_id, kind=kind, is_live=True)
         self.cfg = cfg
-        self._opener = opener
         self._latest = _Latest()
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._nominal_fps = 0.0
-        self._lost_at: float | None = None  # when the last frame before an outage came
         self._thread: threading.Thread | None = None
 
     def now(self) -> float:
         """Seconds since the source opened: the clock of live timestamps."""
         return time.monotonic() - self._t0
 
-    def open(self) -> None:
-        self._t0 = time.monotonic()
-        capture, first = None, None
-        if self._opener.fail_fast:  # a missing webcam is a config error: say so right away
-            capture, why = self._opener.open()
-            first = _read_safely(capture) if capture is not None else None
-            if first is None:
-                if capture is not None:
-                    capture.release()
-                    why = f"{self.source_id} opens but gives no frame (busy or not a camera?)"
-                raise SourceError(f"{why}. {self._opener.fix()}")
-        self._thread = threading.Thread(target=self._read_forever, args=(capture, first),
+    def _start_reader(self, target: Callable[..., None], *args: object) -> None:
+        self._thread = threading.Thread(target=target, args=args,
                                         name=f"vidqa-reader-{self.source_id}", daemon=True)
         self._thread.start()
 
@@ -260,6 +248,46 @@ class LiveSource(Source):
         if self._thread.is_alive():
             logger.warning("{}: reader thread still blocked after {:.0f} s; it releases the "
                            "capture when its call returns", self.source_id, bound)
+
+    # -- reader side --
+
+    def _publish(self, image: np.ndarray) -> None:
+        image = self._bgr(image)
+        if self._stats.size is None:
+            self._stats.size = (image.shape[1], image.shape[0])
+        self._stats.frames_read += 1
+        self._stats.last_good_frame = self._latest.seq
+        self._stats.fps = self._fps()
+        self._latest.publish(image, self.now())
+
+
+class LiveSource(NewestFrameSource):
+    """A webcam or stream read by a background thread that keeps only the newest frame.
+
+    The thread reconnects on end of stream, read errors and stalls (no frame for
+    ``stall_timeout_s``) with exponential backoff, and gives up after ``max_reconnects`` failed
+    reconnect attempts in a row (-1 = never). A source that never produced a frame and gives up
+    raises :class:`SourceError` from the iterator; one that played and then gave up ends
+    normally, ``end_reason`` saying why.
+    """
+
+    def __init__(self, cfg: SourceConfig, opener: Opener) -> None:
+        super().__init__(cfg, source_id=opener.source_id, kind=cfg.kind)
+        self._opener = opener
+        self._lost_at: float | None = None  # when the last frame before an outage came
+
+    def open(self) -> None:
+        self._t0 = time.monotonic()
+        capture, first = None, None
+        if self._opener.fail_fast:  # a missing webcam is a config error: say so right away
+            capture, why = self._opener.open()
+            first = _read_safely(capture) if capture is not None else None
+            if first is None:
+                if capture is not None:
+                    capture.release()
+                    why = f"{self.source_id} opens but gives no frame (busy or not a camera?)"
+                raise SourceError(f"{why}. {self._opener.fix()}")
+        self._start_reader(self._read_forever, capture, first)
 
     # -- reader thread --
 
@@ -363,16 +391,6 @@ class LiveSource(Source):
                     return f"stall (no frame for {waited:.1f} s)"
                 return "end of stream or read error"
             image = next_image
-
-    def _publish(self, image: np.ndarray) -> None:
-        image = self._bgr(image)
-        if self._stats.size is None:
-            self._stats.size = (image.shape[1], image.shape[0])
-        self._stats.frames_read += 1
-        self._stats.last_good_frame = self._latest.seq
-        self._stats.fps = self._fps()
-        self._latest.publish(image, self.now())
-
 
 def _read_safely(capture: cv2.VideoCapture) -> np.ndarray | None:
     try:

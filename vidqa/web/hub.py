@@ -157,7 +157,7 @@ class TrackTable:
 
 
 def _is_alert(event: dict[str, Any]) -> bool:
-    return event.get("type") == "alert" or "alert" in event
+    return "alert" in (event.get("event"), event.get("type")) or "alert" in event
 
 
 def _alert_text(event: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ class LiveViewSink:
         self.view.publish_frame(self.stream_id, image)
         for answer in result.answers:
             self.view.publish_event({**answer.to_event(), "stream_id": self.stream_id})
+        for alert in result.alerts:
+            self.view.publish_event(alert.to_event())
         self.view.end_tracks(self.stream_id, tuple(result.ended_tracks))
         self.frames += 1
         self._publish_rate(result)
