@@ -149,7 +149,7 @@ class AdaptiveConfig:
 class VlmConfig:
     model: str = "auto"  # hub id or local dir; "auto" = SmolVLM-500M online, stand-in offline
     questions: tuple[QuestionConfig, ...] = (
-        QuestionConfig(question="Is this person carrying a backpack?", name="backpack"),
+        QuestionConfig(question="Is this person wearing jeans?", name="jeans"),
     )
     batch_size: int = 8  # most crops answered in one forward pass (from any frame or stream)
     max_wait_ms: float = 20.0  # a crop waits at most this long for others to fill its batch

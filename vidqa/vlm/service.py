@@ -51,7 +51,7 @@ class VlmService:
 
     def __init__(self, answer: AnswerFn, batch_size: int = 32, max_wait_ms: float = 20.0,
                  queue_size: int = 256) -> None:
-        self._answer = answer
+        self.answer = answer  # answers one batch, on the worker thread
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[Request | None] = queue.Queue(maxsize=queue_size)
@@ -135,7 +135,7 @@ class VlmService:
             groups.setdefault(request.questions, []).append(request)
         for questions, requests in groups.items():
             try:
-                per_roi = self._answer([r.roi for r in requests], questions)
+                per_roi = self.answer([r.roi for r in requests], questions)
             except Exception as err:  # one bad batch fails its callers, not the service
                 logger.opt(exception=True).error("VLM batch of {} crops failed: {}",
                                                  len(requests), err)

@@ -1,0 +1,89 @@
+"""Several streams in one run, one VLM service: outputs per stream and merged, nothing lost
+through a full queue or at the end of a file, and one bad stream does not stop the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from vidqa.config import load_config
+from vidqa.pipeline import run_pipeline
+from vidqa.run import prepare_run_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, tiny_vlm_dir) -> tuple[Path, dict]:
+    """Two cameras on the sample clip and one whose file is missing; a queue of 2 crops."""
+    config = tmp_path_factory.mktemp("cfg") / "fleet.yaml"
+    config.write_text(f"""
+run: {{max_frames: {FRAMES}}}
+roi: {{min_hits: 2}}
+vlm:
+  model: {tiny_vlm_dir}
+  questions: ["Is this person carrying a backpack?", "Is this person running?"]
+  batch_size: 4
+  queue_size: 2
+  adaptive: {{profile_tracks: 3}}
+streams:
+  - {{id: gate, source: {{path: auto}}}}
+  - {{id: hall, source: {{path: auto}}, roi: {{min_hits: 4}}}}
+  - {{id: broken, source: {{path: /nonexistent/camera.mp4}}}}
+""")
+    cfg = load_config(config)
+    run_dir = prepare_run_dir(cfg, tmp_path_factory.mktemp("runs") / "fleet")
+    return run_dir, run_pipeline(cfg, run_dir)
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_fleet_when_one_stream_is_bad_then_others_complete_and_it_is_reported(fleet):
+    _, summary = fleet
+
+    assert summary["end_reason"] == "partial" and summary["exit_code"] == 1
+    assert "/nonexistent/camera.mp4" in summary["failed_streams"]["broken"]
+    assert {s: v["end_reason"] for s, v in summary["streams"].items()} == \
+        {"gate": "max_frames", "hall": "max_frames", "broken": "error"}
+
+
+def test_fleet_when_done_then_each_stream_has_its_outputs_and_a_playable_video(fleet):
+    run_dir, _ = fleet
+    for stream in ("gate", "hall"):
+        capture = cv2.VideoCapture(str(run_dir / stream / "annotated.mp4"))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+        stream_summary = json.loads((run_dir / stream / "summary.json").read_text())
+        assert stream_summary["stream_id"] == stream and stream_summary["frames"] == FRAMES
+        assert (run_dir / stream / "mot.txt").read_text().startswith("1,")
+
+
+def test_fleet_when_queue_was_full_then_no_answer_is_lost(fleet):
+    run_dir, summary = fleet
+    for stream in ("gate", "hall"):
+        stream_summary = json.loads((run_dir / stream / "summary.json").read_text())
+        asking = stream_summary["vlm"]
+        assert asking["submitted"] == asking["answered"] == stream_summary["rois"] > 0
+        assert asking["in_flight"] == 0
+        # Two questions per crop: every crop the policy chose has both answers on disk.
+        assert len(events(run_dir / stream / "events.jsonl")) == 2 * stream_summary["rois"]
+    assert summary["vlm"]["service"]["rois"] == sum(
+        summary["streams"][s]["rois"] for s in ("gate", "hall"))
+
+
+def test_fleet_when_done_then_merged_events_are_every_streams_events_tagged(fleet):
+    run_dir, summary = fleet
+    merged = events(run_dir / "events.jsonl")
+    per_stream = {s: events(run_dir / s / "events.jsonl") for s in ("gate", "hall")}
+
+    assert sorted(json.dumps(e, sort_keys=True) for e in merged) == sorted(
+        json.dumps(e, sort_keys=True) for es in per_stream.values() for e in es)
+    assert {e["stream_id"] for e in merged} == {"gate", "hall"}
+    assert all(e["answered_frame"] >= e["frame"] for e in merged)
+    assert all(e["latency_ms"] >= e["queue_ms"] >= 0 for e in merged)
+    assert summary["answers"] == len(merged)
