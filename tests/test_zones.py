@@ -210,7 +210,7 @@ ZONES = "zones=[{name: door, polygon: [[0, 0], [10, 0], [10, 10]]}]"
 
 
 def rules_override(**rule: object) -> str:
-    fields = {"name": "r", "question": "backpack", "answer": "yes", "zone": "door",
+    fields = {"name": "r", "question": "jeans", "answer": "yes", "zone": "door",
               "dwell_s": 1} | rule
     return "rules=[{" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}]"
 
@@ -222,10 +222,10 @@ def rules_override(**rule: object) -> str:
     ([ZONES[:-1] + ", {name: door, polygon: [[0, 0], [1, 1], [1, 0]]}]"], "'door' is used more"),
     ([ZONES, rules_override(zone="gate")], "unknown zone 'gate'; valid zones: door"),
     ([rules_override()], "valid zones: none"),
-    ([ZONES, rules_override(question="helmet")], "not one of the vlm questions.*'backpack'"),
+    ([ZONES, rules_override(question="helmet")], "not one of the vlm questions.*'jeans'"),
     ([ZONES, rules_override(answer="maybe")], "choose one of 'yes', 'no'"),
     ([ZONES, rules_override(dwell_s=-1)], "dwell_s = -1.0 is out of range"),
-    ([ZONES, rules_override()[:-1] + ", {name: r, question: backpack, answer: no, zone: door}]"],
+    ([ZONES, rules_override()[:-1] + ", {name: r, question: jeans, answer: no, zone: door}]"],
      "'r' is used more"),
     ([ZONES, "vlm.questions=[{question: 'What colour is the coat?', answer: text, name: colour}]",
       rules_override(question="colour")], "rules need a yesno question"),
@@ -239,7 +239,7 @@ def test_pipeline_config_when_zones_or_rules_are_wrong_raises(overrides: list[st
 @pytest.mark.parametrize("rule, answer", [
     (rules_override(answer="no"), "no"),  # YAML reads a bare no as false
     (rules_override(answer="yes"), "yes"),
-    (rules_override(question="'Is this person carrying a backpack?'"), "yes"),  # by its text
+    (rules_override(question="'Is this person wearing jeans?'"), "yes"),  # by its text
 ])
 def test_pipeline_config_when_rules_are_valid_loads(rule: str, answer: str) -> None:
     cfg = load_config(None, [ZONES, rule])
@@ -250,5 +250,5 @@ def test_rule_engine_from_config_when_rule_names_a_question_resolves_its_text() 
     cfg = load_config(None, [ZONES, rules_override(dwell_s=0)])
     assert isinstance(cfg, PipelineConfig)
     rules = RuleEngine.from_config(cfg)
-    latest = {1: said(1, "yes", question="Is this person carrying a backpack?")}
+    latest = {1: said(1, "yes", question="Is this person wearing jeans?")}
     assert rules.update(frame_result(0, {1: (2, 1)}), latest)[0].zone == "door"
