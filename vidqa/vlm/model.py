@@ -22,6 +22,7 @@ from transformers import AutoProcessor, BatchFeature, Idefics3ForConditionalGene
 from vidqa.assets.types import ModelInfo
 from vidqa.clock import synchronize
 from vidqa.errors import ModelError
+from vidqa.vlm.preprocess import TileEncoder
 
 YES_WORDS = ("Yes", " Yes", "yes", " yes")
 NO_WORDS = ("No", " No", "no", " no")
@@ -69,6 +70,7 @@ class VisionLanguageModel:
         self.processor = processor
         self.info = info
         self.image_splitting = image_splitting
+        self.tiles = TileEncoder(processor, self.device, self.dtype)
         tokenizer = processor.tokenizer
         self.yes_ids = _answer_token_ids(tokenizer, YES_WORDS)
         self.no_ids = _answer_token_ids(tokenizer, NO_WORDS)
@@ -113,8 +115,14 @@ class VisionLanguageModel:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def encode(self, images: Sequence[np.ndarray], question: str,
-               padding_side: str = "right") -> BatchFeature:
-        """Processor inputs for BGR crops, one prompt per crop, on the model's device."""
+               padding_side: str = "right", reference: bool = False) -> BatchFeature:
+        """Model inputs for BGR crops, one prompt per crop, on the model's device.
+
+        One tile per crop is built on the device (:class:`~vidqa.vlm.preprocess.TileEncoder`);
+        with image splitting, or ``reference=True``, the Hugging Face processor builds them.
+        """
+        if not (self.image_splitting or reference):
+            return self.tiles.encode(images, self.prompt(question))
         rgb = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
         self.processor.tokenizer.padding_side = padding_side
         inputs = self.processor(text=[self.prompt(question)] * len(rgb),

@@ -1,0 +1,91 @@
+"""Single-tile model inputs built on the model's device, without the Hugging Face processor.
+
+With image splitting off, ``Idefics3ImageProcessor`` resizes a crop so its longest edge is
+``size.longest_edge`` (keeping the aspect ratio, even sides), then squashes it to the square
+tile ``max_image_size.longest_edge``, rescales to [0, 1] and normalises; the prompt's token ids
+are the same for every crop of a question. :class:`TileEncoder` does the same in torch on the
+model's device (bicubic with antialiasing, which the processor itself falls back to on CUDA)
+and tokenises each question once, so a batch costs a copy to the device and a few kernels
+instead of the processor's per-crop Python. The processor stays the reference (a test checks
+the two agree within a tolerance) and the path for image splitting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from transformers import BatchFeature
+
+MAX_IMAGE_SIZE = 4096  # the processor's absolute cap on a resized side
+
+
+def resized_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """The processor's first resize: longest edge to ``longest``, the other side even."""
+    if width >= height:
+        new_w, new_h = longest, int(longest / (width / height))
+        new_h += new_h % 2
+    else:
+        new_h, new_w = longest, int(longest * (width / height))
+        new_w += new_w % 2
+    scale = min(1.0, MAX_IMAGE_SIZE / max(new_h, new_w))
+    return max(int(new_h * scale), 1), max(int(new_w * scale), 1)
+
+
+class TileEncoder:
+    """Batched single-tile inputs for one processor, on ``device``, in ``dtype``."""
+
+    def __init__(self, processor, device: torch.device, dtype: torch.dtype) -> None:
+        images = processor.image_processor
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.longest = int(images.size["longest_edge"])
+        self.tile = int(images.max_image_size["longest_edge"])
+        self.scale = float(images.rescale_factor)
+        self.mean = torch.tensor(images.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(images.image_std, device=device).view(1, 3, 1, 1)
+        self._prompts: dict[str, BatchFeature] = {}
+
+    def encode(self, images: Sequence[np.ndarray], prompt: str) -> BatchFeature:
+        """Inputs for BGR crops, one prompt each: ``input_ids``/``attention_mask`` (B, T),
+        ``pixel_values`` (B, 1, 3, tile, tile), ``pixel_attention_mask`` (B, 1, tile, tile)."""
+        text = self._prompt(prompt)
+        batch = len(images)
+        pixels = self.pixels(images)  # (B, 3, tile, tile)
+        return BatchFeature({
+            "input_ids": text["input_ids"].expand(batch, -1),
+            "attention_mask": text["attention_mask"].expand(batch, -1),
+            "pixel_values": pixels[:, None].to(self.dtype),  # (B, 1, 3, tile, tile)
+            "pixel_attention_mask": torch.ones(batch, 1, self.tile, self.tile, dtype=torch.bool,
+                                               device=self.device),
+        })
+
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Resized, rescaled and normalised tiles, (B, 3, tile, tile) float32."""
+        tiles = [self._tile(image) for image in images]
+        return (torch.stack(tiles) * self.scale - self.mean) / self.std
+
+    def _tile(self, image: np.ndarray) -> torch.Tensor:
+        rgb = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1]))  # (h, w, 3) uint8
+        if self.device.type == "cuda":
+            rgb = rgb.pin_memory()
+        chw = rgb.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+        size = resized_size(chw.shape[2], chw.shape[3], self.longest)
+        for target in (size, (self.tile, self.tile)):
+            chw = F.interpolate(chw, size=target, mode="bicubic", antialias=True,
+                                align_corners=False).clamp_(0, 255).round_()  # as uint8 would
+        return chw[0]
+
+    def _prompt(self, prompt: str) -> BatchFeature:
+        """The prompt's token ids with the image placeholders expanded, tokenised once."""
+        if prompt not in self._prompts:
+            blank = np.zeros((self.tile, self.tile, 3), np.uint8)
+            inputs = self.processor(text=[prompt], images=[[blank]], return_tensors="pt",
+                                    do_image_splitting=False)
+            self._prompts[prompt] = BatchFeature({
+                "input_ids": inputs["input_ids"].to(self.device),
+                "attention_mask": inputs["attention_mask"].to(self.device)})
+        return self._prompts[prompt]
