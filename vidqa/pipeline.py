@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vidqa import assets
 from vidqa.clock import StageClock
-from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig
+from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig, VlmConfig
 from vidqa.errors import VidqaError
 from vidqa.messages import FrameResult
 from vidqa.roi import RoiPolicy
@@ -51,11 +51,12 @@ from vidqa.sinks import (
     VideoSink,
     WindowSink,
 )
-from vidqa.sources import Source, is_live, open_source, source_path
+from vidqa.sources import Source, is_camera, is_live, open_source, source_path
 from vidqa.storage import write_json
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.service import VlmService
 from vidqa.vlm.stage import ServiceStage, VlmStage
+from vidqa.vlm.worker import ProcessVlmService
 
 # How long a stream waits, after its last frame, for answers still with the VLM.
 FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
@@ -249,13 +250,14 @@ class Run:
     """The model, the VLM service and every stream of one run."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, pipelines: list[Pipeline],
-                 failed: dict[str, str], stage: VlmStage, service: VlmService,
-                 models: dict[str, Any], view: Any = None) -> None:
+                 failed: dict[str, str], stage: VlmStage | None,
+                 service: VlmService | ProcessVlmService, models: dict[str, Any],
+                 view: Any = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.pipelines = pipelines
         self.failed = failed  # stream id -> why it could not start
-        self.stage = stage
+        self.stage = stage  # None when the model lives in the worker process
         self.service = service
         self.models = models
         self.view = view  # the live web view, if the run serves one
@@ -274,25 +276,22 @@ class Run:
         failed: dict[str, str] = {}
         try:
             for spec in specs:
-                if not is_live(spec.source):
+                if not is_camera(spec.source):
                     _open(spec, sources, failed, multi, source_path(spec.source))
-            info = assets.resolve_vlm(cfg.vlm.model, cfg.vlm.revision)
-            vlm = assets.load_vlm(cfg.vlm, info)
-            stage = VlmStage(vlm, dataclasses.replace(cfg.vlm, questions=_union(specs)))
-            service = VlmService(stage.answer, cfg.vlm.batch_size, cfg.vlm.max_wait_ms,
-                                 cfg.vlm.queue_size).start()
+            stage, service, info = _vlm_service(
+                dataclasses.replace(cfg.vlm, questions=_union(specs)), run_dir / LOG_NAME)
             trackers = {spec.id: PersonTracker(spec.tracker,
                                                reset_after_s=spec.source.reset_tracks_after_s)
                         for spec in specs if spec.id not in failed}
             for spec in specs:
-                if is_live(spec.source):
+                if is_camera(spec.source):
                     _open(spec, sources, failed, multi, None)
         except BaseException:
             for source in sources.values():
                 source.close()
             raise
         models = {"detector": next(iter(trackers.values())).detector if trackers else {},
-                  "vlm": vlm.info}
+                  "vlm": info}
         run = cls(cfg, run_dir, [], failed, stage, service, models, view)
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
@@ -329,7 +328,7 @@ class Run:
                 "vlm_queue": self.service.waiting, "vlm_in_flight": stage.in_flight,
                 "tracks_waiting": len(stage.waiting),
                 "phase": {a.question.label: getattr(a, "phase", "full")
-                          for a in self.stage.answerers}}
+                          for a in (self.stage.answerers if self.stage else ())}}
 
     def run(self) -> dict[str, Any]:
         """Every stream to its end; the service answers until the last one is done."""
@@ -386,8 +385,12 @@ class Run:
         except Exception:  # logged and summarised by the pipeline; the other streams go on
             summaries[pipeline.stream_id] = json_of(pipeline.run_dir / "summary.json")
 
+    def _vlm_summary(self) -> dict[str, Any]:
+        stage = self.stage.summary() if self.stage else self.service.stage_summary()
+        return {**stage, "service": self.service.summary()}
+
     def _summary(self, summaries: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
-        vlm = {**self.stage.summary(), "service": self.service.summary()}
+        vlm = self._vlm_summary()
         if not self.cfg.streams:
             return {**summaries["0"], "vlm": {**vlm, "stream": summaries["0"]["vlm"]}}
         ends = {s["end_reason"] for s in summaries.values()}
@@ -409,9 +412,33 @@ class Run:
 
     def _write_single(self, summary: dict[str, Any] | None) -> None:
         if summary is not None:
-            vlm = {**self.stage.summary(), "service": self.service.summary()}
+            vlm = self._vlm_summary()
             write_json(self.run_dir / "summary.json",
                        {**summary, "vlm": {**vlm, "stream": summary["vlm"]}})
+
+
+def _vlm_service(cfg: VlmConfig, log_path: Path
+                 ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
+    """The model and its service: in a worker process (``vlm.worker``; auto = on CUDA, where the
+    forward pass's Python would otherwise wait for the streams' interpreter lock), or on a
+    thread of this process."""
+    info = assets.resolve_vlm(cfg.model, cfg.revision)
+    if _worker(cfg) == "process":
+        service = ProcessVlmService(cfg, info, log_path).start()
+        return None, service, service.info
+    vlm = assets.load_vlm(cfg, info)
+    stage = VlmStage(vlm, cfg)
+    service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size)
+    return stage, service.start(), vlm.info
+
+
+def _worker(cfg: VlmConfig) -> str:
+    if cfg.worker != "auto":
+        return cfg.worker
+    import torch
+
+    on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    return "process" if on_cuda else "thread"
 
 
 def _open(spec: StreamConfig, sources: dict[str, Source], failed: dict[str, str], multi: bool,

@@ -71,6 +71,7 @@ class VisionLanguageModel:
         self.info = info
         self.image_splitting = image_splitting
         self.tiles = TileEncoder(processor, self.device, self.dtype)
+        self.encode_seconds = 0.0  # preparing inputs (host side), for the service's accounting
         tokenizer = processor.tokenizer
         self.yes_ids = _answer_token_ids(tokenizer, YES_WORDS)
         self.no_ids = _answer_token_ids(tokenizer, NO_WORDS)
@@ -121,8 +122,16 @@ class VisionLanguageModel:
         One tile per crop is built on the device (:class:`~vidqa.vlm.preprocess.TileEncoder`);
         with image splitting, or ``reference=True``, the Hugging Face processor builds them.
         """
-        if not (self.image_splitting or reference):
-            return self.tiles.encode(images, self.prompt(question))
+        start = time.perf_counter()
+        try:
+            if not (self.image_splitting or reference):
+                return self.tiles.encode(images, self.prompt(question))
+            return self._processor_inputs(images, question, padding_side)
+        finally:
+            self.encode_seconds += time.perf_counter() - start
+
+    def _processor_inputs(self, images: Sequence[np.ndarray], question: str,
+                          padding_side: str) -> BatchFeature:
         rgb = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
         self.processor.tokenizer.padding_side = padding_side
         inputs = self.processor(text=[self.prompt(question)] * len(rgb),

@@ -102,7 +102,7 @@ class VlmService:
         self.close()
 
     def summary(self) -> dict[str, Any]:
-        return self._stats.summary(self.batch_size, self.max_wait_s)
+        return {**self._stats.summary(self.batch_size, self.max_wait_s), "worker": "thread"}
 
     # ------------------------------------------------------------------------------- worker
 

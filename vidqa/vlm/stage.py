@@ -68,6 +68,7 @@ class VlmStage:
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.vlm.info.name, "standin": self.vlm.info.standin,
+                "encode_s": round(self.vlm.encode_seconds, 3),
                 "weight_bytes": self.vlm.weight_bytes(),
                 "questions": [answerer.summary() for answerer in self.answerers]}
 

@@ -1,0 +1,56 @@
+"""The VLM service with its model in a worker process answers like the in-process one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from factories import make_rois
+
+from vidqa.assets import resolve_vlm
+from vidqa.config import load_config
+from vidqa.errors import ModelError
+from vidqa.pipeline import run_pipeline
+from vidqa.run import prepare_run_dir
+from vidqa.vlm.service import ServiceClosed
+from vidqa.vlm.worker import ProcessVlmService
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # spawning imports torch again
+
+
+def test_process_service_when_crops_submitted_then_each_future_has_its_answers(tiny_vlm_dir):
+    cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
+                             "vlm.batch_size=4"]).vlm
+    question = cfg.questions[0].question
+    with ProcessVlmService(cfg, resolve_vlm(cfg.model)) as service:
+        futures = [service.submit(roi, [question]) for roi in make_rois([3, 4, 5, 6, 7])]
+        answers = [future.result(timeout=120) for future in futures]
+
+    assert [a[0].track_id for a in answers] == [3, 4, 5, 6, 7]
+    assert service.summary()["rois"] == 5 and service.summary()["worker"] == "process"
+    assert [q["question"] for q in service.stage_summary()["questions"]] == [question]
+    with pytest.raises(ServiceClosed):
+        service.submit(make_rois([1])[0], [question])
+
+
+def test_process_service_when_model_missing_then_start_raises_model_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # resolves as a local folder, fails to load
+    cfg = load_config(None, [f"vlm.model={tmp_path}"]).vlm
+
+    with pytest.raises(ModelError, match="cannot load VLM"):
+        ProcessVlmService(cfg, resolve_vlm(cfg.model)).start()
+
+
+def test_run_when_worker_is_a_process_then_answers_equal_the_threads(tmp_path, tiny_vlm_dir):
+    answers = {}
+    for worker in ("thread", "process"):
+        cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", f"vlm.worker={worker}",
+                                 "run.max_frames=40", "vlm.adaptive.enabled=false"])
+        run_dir = prepare_run_dir(cfg, tmp_path / worker)
+        summary = run_pipeline(cfg, run_dir)
+        events = [json.loads(line)
+                  for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        answers[worker] = sorted((e["track_id"], e["frame"], e["answer"]) for e in events)
+        assert summary["vlm"]["service"].get("worker", "thread") == worker
+
+    assert answers["process"] == answers["thread"] and answers["thread"]

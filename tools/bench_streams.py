@@ -1,0 +1,212 @@
+"""Benchmark: N cameras against one VLM service, and against N separate `vidqa run` processes.
+
+Each stream is a copy of a video replayed at its own frame rate through the live path
+(``source.replay: realtime``, looped), so a stream that cannot keep up drops frames exactly as a
+camera's would. For each N the run lasts ``--seconds`` and reports, per stream and in total:
+processed frames per second against the camera's rate, frames dropped, crops answered and lost
+(submitted but never answered: must be 0), crop->answer latency p50/p95, the VLM's batch-size
+histogram, ROI/s and GPU memory; the largest N at which every tracker holds ``--hold`` of the
+camera's rate is "real time". ``--no-vlm`` answers nothing (the trackers alone: the reference
+for "the tracker keeps 90% of its rate"). ``--separate`` runs the same N as separate processes,
+one model each (vidqa before the service), in the same invocation.
+
+    python tools/bench_streams.py --streams 1,2,4 --seconds 30 --reask-every 10 --questions 3
+    python tools/bench_streams.py --streams 1 --seconds 60 --no-vlm   # tracker alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+
+from vidqa.config import load_config
+from vidqa.pipeline import Run
+
+QUESTIONS = ("Is this person wearing jeans?", "Is this person wearing something red?",
+             "Is this person holding something in their hands?", "Does this person have long hair?",
+             "Is this person carrying a bag?")
+
+
+def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
+    """The run's config as --set overrides: ``count`` looped real-time replays of the video."""
+    streams = ", ".join(f"{{id: s{i}, source: {{kind: file, path: {args.video}, replay: realtime,"
+                        f" loop: true}}}}" for i in range(count))
+    questions = json.dumps(list(QUESTIONS[:args.questions]))
+    return [f"streams=[{streams}]", f"vlm.model={args.model}", f"vlm.device={args.device}",
+            f"vlm.questions={questions}", f"vlm.batch_size={args.batch_size}",
+            f"vlm.max_wait_ms={args.max_wait_ms}", f"vlm.queue_size={args.queue_size}",
+            f"vlm.adaptive.enabled={str(args.adaptive).lower()}",
+            f"roi.reask_every={args.reask_every}", f"tracker.device={args.tracker_device}",
+            "sinks.video=false", "sinks.mot=false"]
+
+
+def one_service(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``count`` streams in one process, one VLM service, for ``args.seconds``."""
+    overrides = stream_overrides(count, args) + (["vlm.worker=thread"] if args.no_vlm else [])
+    run = Run.from_config(load_config(None, overrides), out)
+    if args.no_vlm:
+        run.service.answer = lambda rois, questions: [[] for _ in rois]
+    timer = threading.Timer(args.seconds, _stop, args=(run,))
+    timer.start()
+    started = time.perf_counter()
+    summary = run.run()
+    timer.cancel()
+    row = _row(count, summary, time.perf_counter() - started, args)
+    busy, encode_s = summary["vlm"]["service"]["busy_s"], summary["vlm"].get("encode_s")
+    row["preprocess_share"] = round(encode_s / busy, 4) if busy and encode_s else None
+    row["worker"] = summary["vlm"]["service"].get("worker")
+    return row
+
+
+def _stop(run: Run) -> None:
+    for pipeline in run.pipelines:
+        pipeline.stop_reason = "stopped"
+
+
+def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Namespace
+         ) -> dict[str, Any]:
+    streams = list(summary["streams"].values())
+    camera_fps = streams[0]["source"].get("fps") or 10.0
+    fps = [s["fps"] for s in streams]
+    asking = [s["vlm"] for s in streams]
+    latencies = [a["latency_ms_p50"] for a in asking if a["latency_ms_p50"] is not None]
+    p95 = [a["latency_ms_p95"] for a in asking if a["latency_ms_p95"] is not None]
+    service = summary["vlm"]["service"]
+    return {
+        "streams": count, "seconds": round(seconds, 1), "camera_fps": camera_fps,
+        "fps_min": min(fps), "fps_mean": round(sum(fps) / len(fps), 2),
+        "real_time": min(fps) >= args.hold * camera_fps,
+        "frames_read": sum(s["source"]["frames_read"] for s in streams),
+        "frames_dropped": sum(s["source"]["frames_dropped"] for s in streams),
+        "crops_submitted": sum(a["submitted"] for a in asking),
+        "crops_answered": sum(a["answered"] for a in asking),
+        "crops_lost": sum(a["submitted"] - a["answered"] for a in asking),
+        "deferred_tracks": sum(a["deferred_tracks"] for a in asking),
+        "queue_full_waits": sum(a["queue_full_waits"] for a in asking),
+        "latency_ms_p50_max": max(latencies, default=None),
+        "latency_ms_p95_max": max(p95, default=None),
+        "batch_histogram": service["batch_histogram"], "mean_batch": service["mean_batch"],
+        "roi_per_s": round(service["rois"] / seconds, 2),
+        "answers_per_s": round(summary["answers"] / seconds, 2),
+        "roi_per_busy_s": service["rois_per_busy_s"],
+        "vlm_utilisation": service["utilisation"],
+        "gpu_used_bytes": _gpu_used(),  # every process on the device: trackers and VLM worker
+    }
+
+
+def _gpu_used() -> int | None:
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def separate(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``count`` separate `vidqa run` processes, one model each, stopped by SIGINT."""
+    base = [f for f in stream_overrides(1, args) if not f.startswith("streams=")]
+    procs = []
+    for i in range(count):
+        sets = [*base, "source.kind=file", f"source.path={args.video}", "source.replay=realtime",
+                "source.loop=true"]
+        command = [sys.executable, "-m", "vidqa.cli", "run", "--out", str(out / f"p{i}")]
+        for item in sets:
+            command += ["--set", item]
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    time.sleep(args.seconds + args.startup_s)
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        proc.wait(timeout=600)
+    summaries = [json.loads((out / f"p{i}" / "summary.json").read_text()) for i in range(count)]
+    fps = [s["fps"] for s in summaries]
+    return {"streams": count, "fps_min": min(fps), "fps_mean": round(sum(fps) / count, 2),
+            "frames_dropped": sum(s["source"]["frames_dropped"] for s in summaries),
+            "answers": sum(s["answers"] for s in summaries),
+            "note": f"fps over each process's whole life, model loading included "
+                    f"(~{args.startup_s:g} s of {args.seconds + args.startup_s:g} s)"}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"settings": vars(args), "device": _device(), "one_service": [],
+                               "separate": []}
+    with tempfile.TemporaryDirectory(prefix="vidqa-bench-streams-") as tmp:
+        for count in args.streams:
+            row = one_service(count, args, Path(tmp) / f"one-{count}")
+            results["one_service"].append(row)
+            print(json.dumps(row), flush=True)
+            if args.separate:
+                row = separate(count, args, Path(tmp) / f"sep-{count}")
+                results["separate"].append(row)
+                print(json.dumps(row), flush=True)
+    held = [r["streams"] for r in results["one_service"] if r["real_time"]]
+    results["largest_real_time"] = max(held, default=0)
+    _print(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _print(results: dict[str, Any]) -> None:
+    print(f"\n{results['device']}; settings {results['settings']}")
+    print(f"{'N':>4}{'fps min':>9}{'fps mean':>10}{'RT':>4}{'dropped':>9}{'asked':>7}"
+          f"{'lost':>6}{'deferred':>9}{'p50 ms':>9}{'p95 ms':>9}{'ROI/s':>8}{'batch':>7}")
+    for r in results["one_service"]:
+        print(f"{r['streams']:>4}{r['fps_min']:>9.2f}{r['fps_mean']:>10.2f}"
+              f"{'yes' if r['real_time'] else 'no':>4}{r['frames_dropped']:>9}"
+              f"{r['crops_submitted']:>7}{r['crops_lost']:>6}{r['deferred_tracks']:>9}"
+              f"{r['latency_ms_p50_max'] or 0:>9.0f}{r['latency_ms_p95_max'] or 0:>9.0f}"
+              f"{r['roi_per_s']:>8.2f}{r['mean_batch']:>7.1f}")
+    for r in results["separate"]:
+        print(f"separate x{r['streams']}: fps min {r['fps_min']:.2f}, mean {r['fps_mean']:.2f}, "
+              f"dropped {r['frames_dropped']}, answers {r['answers']} ({r['note']})")
+    print(f"largest N in real time (one service): {results['largest_real_time']}")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", default="auto", help="video replayed by every stream")
+    parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 2, 4], help="stream counts to try, e.g. 1,2,4,8")
+    parser.add_argument("--seconds", type=float, default=30.0, help="wall time per count")
+    parser.add_argument("--model", default="auto")
+    parser.add_argument("--device", default="auto", help="VLM device")
+    parser.add_argument("--tracker-device", default="auto")
+    parser.add_argument("--questions", type=int, default=1, choices=range(1, 6))
+    parser.add_argument("--reask-every", type=int, default=0, help="0 = once per track")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=50.0)
+    parser.add_argument("--queue-size", type=int, default=256)
+    parser.add_argument("--adaptive", action="store_true", help="adaptive compression on")
+    parser.add_argument("--hold", type=float, default=0.9,
+                        help="real time = every stream processes >= this share of its fps")
+    parser.add_argument("--no-vlm", action="store_true", help="trackers only (answer nothing)")
+    parser.add_argument("--separate", action="store_true",
+                        help="also N separate `vidqa run` processes")
+    parser.add_argument("--startup-s", type=float, default=30.0,
+                        help="--separate: extra seconds for each process to load its models")
+    parser.add_argument("--out", type=Path, help="write the results JSON here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    main(parse())
