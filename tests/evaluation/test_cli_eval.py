@@ -102,8 +102,10 @@ def test_eval_answers_when_run_folder_given_then_text_table_per_question(capsys,
                            str(write_labels(tmp_path)))
 
     row = next(line for line in out.splitlines() if line.startswith("red "))
-    # n 2 (A, B), matched 3 (C is unknown), unmatched 1; acc 1/2; precision 1/2; recall 1/1.
-    assert row.split()[:9] == ["red", "2", "3", "1", "1", "0.500", "-", "0.500", "1.000"]
+    # n 2 (A, B), matched 3 (C is unknown), unmatched 1; acc 1/2, balanced (1 + 0)/2,
+    # precision 1/2, recall 1/1, AUROC 1 (.9 for A ranks above .7 for B).
+    assert row.split()[:10] == ["red", "2", "3", "1", "1", "0.500", "0.500", "0.500", "1.000",
+                                "1.000"]
     assert row.endswith("1/1/0/0")
     assert "scikit-learn" in out
 
@@ -121,24 +123,29 @@ def test_eval_answers_when_json_then_counts_and_metrics_known_by_hand(capsys, tm
     assert (metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]) == (1, 1, 0, 0)
     assert (metrics["accuracy"], metrics["precision"], metrics["recall"]) == pytest.approx(
         (0.5, 0.5, 1.0))
-    assert metrics["balanced_accuracy"] is None and metrics["auroc"] is None  # one true class
+    assert (metrics["balanced_accuracy"], metrics["auroc"]) == pytest.approx((0.5, 1.0))
 
 
-def test_eval_answers_when_both_classes_then_balanced_accuracy_and_auroc(capsys, tmp_path):
+@pytest.mark.parametrize("c_label, expected", [
+    # C says no (.2): a TN. TPR 1, TNR 1/2; .9 ranks above .7 and .2.
+    ("no", {"n": 3, "balanced_accuracy": 0.75, "auroc": 1.0, "tn": 1, "fn": 0}),
+    # C is red but said no: an FN. TPR 1/2, TNR 0; of the pairs (.9, .7), (.2, .7) one is right.
+    ("yes", {"n": 3, "balanced_accuracy": 0.25, "auroc": 0.5, "tn": 0, "fn": 1}),
+])
+def test_eval_answers_when_unknown_person_labelled_then_scores_change_as_expected(
+        capsys, tmp_path, c_label, expected):
     run = write_run(tmp_path)
     labels = write_labels(tmp_path, [
         {"id": "A", "labels": {"red": "yes"}, "boxes": [[10, *BOXES["A"]]]},
         {"id": "B", "labels": {"red": "no"}, "boxes": [[10, *BOXES["B"]]]},
-        {"id": "C", "labels": {"red": "no"}, "boxes": [[10, *BOXES["C"]]]}])
+        {"id": "C", "labels": {"red": c_label}, "boxes": [[10, *BOXES["C"]]]}])
 
     code, out, _ = run_cli(capsys, "eval", "answers", str(run), "--labels", str(labels),
                            "--json")
 
     metrics = json.loads(out)["questions"]["red"]["all"]
-    # A yes .9 (TP), B yes .7 (FP), C no .2 (TN): TPR 1, TNR 1/2; .9 ranks above .7 and .2.
     assert code == 0
-    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
-    assert metrics["auroc"] == pytest.approx(1.0)
+    assert {key: metrics[key] for key in expected} == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("what, message", [
@@ -166,11 +173,11 @@ def test_eval_tracks_when_input_is_wrong_then_one_line_error_and_exit_2(capsys, 
 @pytest.mark.parametrize("labels_text, message", [
     (None, "not found"),
     ("questions: [unclosed", "is not valid YAML"),
-    ("questions: {red: Is it red?}\npeople:\n  - {id: A, labels: {red: maybe}, "
+    ("questions: {red: 'Is it red?'}\npeople:\n  - {id: A, labels: {red: maybe}, "
      "boxes: [[10, 0, 0, 100, 200]]}\n", "expected yes, no or"),
-    ("questions: {red: Is it red?}\npeople:\n  - {id: A, labels: {red: 'yes'}, "
+    ("questions: {red: 'Is it red?'}\npeople:\n  - {id: A, labels: {red: 'yes'}, "
      "boxes: [[10, 100, 0, 0, 200]]}\n", "expected x2 > x1"),
-    ("questions: {red: Is it red?}\n", "expected exactly one of 'people'"),
+    ("questions: {red: 'Is it red?'}\n", "expected exactly one of 'people'"),
 ])
 def test_eval_answers_when_labels_are_wrong_then_one_line_error_and_exit_2(
         capsys, tmp_path, labels_text, message):

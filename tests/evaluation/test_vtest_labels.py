@@ -12,7 +12,7 @@ import yaml
 LABELS = Path(__file__).resolve().parents[2] / "samples" / "labels" / "vtest.yaml"
 WIDTH, HEIGHT, FRAMES = 768, 576, 795  # vtest.avi
 VALUES = {"yes", "no", "unknown"}
-MIN_PEOPLE = 30  # person tracks; the clip has only about a dozen people, seen again and again
+MIN_PEOPLE = 40  # person tracks; the clip has only about a dozen people, seen again and again
 MIN_GROUPS = 10  # distinct "[X]" look-alike tags, i.e. different-looking people
 MIN_EACH_ANSWER = 3  # every attribute has at least this many "yes" and this many "no"
 TAG = re.compile(r"^\[([A-Z][A-Z0-9]*)\] ")

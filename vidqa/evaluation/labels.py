@@ -88,7 +88,7 @@ def load_labels(path: Path) -> Labels:
         hint = "" if is_json else (" (inside {...} a question ending in '?' must be quoted, "
                                    "or write one 'key: question' per line)")
         raise ConfigError(f"{path} is not valid {'JSON' if is_json else 'YAML'}{hint}: "
-                          f"{err}") from None
+                          f"{' '.join(str(err).split())}") from None
     return parse_labels(data, source=str(path))
 
 
