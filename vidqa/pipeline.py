@@ -106,7 +106,7 @@ class Pipeline:
         self.vlm_stage = vlm_stage
         self.models = models
         self.stream_id = stream_id
-        self.extra_sinks = extra_sinks or []  # the merged events.jsonl, the live view ...
+        self.extra_sinks = extra_sinks if extra_sinks is not None else []  # merged events, view
         self.rules = rules  # a vidqa.zones.RuleStage when the config has rules
         self.board = AnswerBoard(asking=lambda: getattr(vlm_stage, "pending", ()), zones=zones)
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here

@@ -204,6 +204,9 @@ async def _sse(hub: Hub, closing: threading.Event, options: ViewOptions) -> Asyn
             elif idle >= options.heartbeat_s:
                 idle = 0.0
                 yield ": keepalive\n\n"
+        last = queue.take()  # what the run published as it ended
+        if last:
+            yield "".join(_sse_message(_kind(e), e) for e in last)
     finally:
         hub.unsubscribe(queue)
 

@@ -10,8 +10,13 @@ const COUNTERS = [  // [key, label, format]
   ["frames", "frames", (v) => v],
   ["frames_dropped", "dropped", (v) => v],
   ["vlm_queue", "VLM queue", (v) => v],
-  ["phase", "phase", (v) => v],
+  ["phase", "phase", formatPhase],
 ];
+
+function formatPhase(value) {  // {question label: profile | compressed | full}
+  if (value === null || typeof value !== "object") return value;
+  return Object.entries(value).map(([label, phase]) => label + ": " + phase).join(", ");
+}
 const cards = new Map();
 const logged = new Set();  // keys of the events in the log, so seeding and SSE don't repeat
 let seeded = false;
