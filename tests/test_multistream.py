@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from vidqa.config import load_config
-from vidqa.pipeline import run_pipeline
+from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

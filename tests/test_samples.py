@@ -10,7 +10,7 @@ from factories import write_mot_sequence, write_video
 from rtsp_server import RtspServer
 
 from vidqa.config import load_config
-from vidqa.pipeline import run_pipeline
+from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
 
 SAMPLES = Path(__file__).parent.parent / "samples"

@@ -30,7 +30,7 @@ import psutil
 from loguru import logger
 
 from vidqa.config import load_config
-from vidqa.pipeline import run_pipeline
+from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
 
 MODES = ("off", "serve+client")

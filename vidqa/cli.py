@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
-    from vidqa.pipeline import run_pipeline
+    from vidqa.engines import run_pipeline
     from vidqa.run import prepare_run_dir
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)

@@ -1,8 +1,8 @@
 """The pipeline: per stream, source → person tracker → ROI cropper → VLM → sinks, composed as
 generators; one VLM service answers every stream of the run.
 
-:func:`run_pipeline` is what ``vidqa run`` calls: the run folder owns the log from the first
-line, then the run is built and driven. A :class:`Pipeline` is one stream's front half and its
+:func:`vidqa.engines.run_pipeline` is what ``vidqa run`` calls; it drives a :class:`Run` (the
+local engine) or the same streams on Ray. A :class:`Pipeline` is one stream's front half and its
 outputs; :meth:`Pipeline.run` is the one place that catches everything for its stream: whatever
 stops it (the source ends, Ctrl-C, SIGTERM, an exception in any stage), the sinks are closed —
 the video is playable and every event is on disk — and ``summary.json`` records why and where
@@ -18,7 +18,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from vidqa.run import (
     SCHEMA_VERSION,
     RunCounts,
     Terminated,
-    run_log,
     sigterm_raises,
 )
 from vidqa.sinks import (
@@ -61,32 +59,6 @@ from vidqa.vlm.worker import ProcessVlmService
 # How long a stream waits, after its last frame, for answers still with the VLM.
 FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
                    "terminated": 5.0, "error": 5.0}
-
-
-def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
-                 serve: tuple[str, int] | None = None, token: str | None = None
-                 ) -> dict[str, Any]:
-    """Build the run and drive it, logging into ``run_dir/vidqa.log`` from the first line.
-    ``serve``: (host, port) of a live web view that lives as long as the run."""
-    with run_log(run_dir), _live_view(serve, token) as view:
-        logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
-        if cfg.run.engine == "ray":
-            from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
-
-            return run_on_ray(cfg, run_dir)
-        return Run.from_config(cfg, run_dir, view).run()
-
-
-@contextmanager
-def _live_view(serve: tuple[str, int] | None, token: str | None) -> Iterator[Any]:
-    if serve is None:
-        yield None
-        return
-    from vidqa.web import LiveView  # the server starts only when asked for
-
-    with LiveView(serve[0], serve[1], token=token) as view:
-        logger.info("live view: {}", view.url)
-        yield view
 
 
 class Pipeline:
@@ -279,7 +251,7 @@ class Run:
                 if not is_camera(spec.source):
                     _open(spec, sources, failed, multi, source_path(spec.source))
             stage, service, info = _vlm_service(
-                dataclasses.replace(cfg.vlm, questions=_union(specs)), run_dir / LOG_NAME)
+                dataclasses.replace(cfg.vlm, questions=all_questions(specs)), run_dir / LOG_NAME)
             trackers = {spec.id: PersonTracker(spec.tracker,
                                                reset_after_s=spec.source.reset_tracks_after_s)
                         for spec in specs if spec.id not in failed}
@@ -299,25 +271,17 @@ class Run:
 
     def _pipeline(self, spec: StreamConfig, source: Source, tracker: PersonTracker,
                   multi: bool) -> Pipeline:
-        cfg = dataclasses.replace(self.cfg, source=spec.source, tracker=spec.tracker,
-                                  roi=spec.roi, streams=(),
-                                  vlm=dataclasses.replace(self.cfg.vlm, questions=spec.questions))
         out_dir = self.run_dir / spec.id if multi else self.run_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
         if multi and self.merged is None:
             self.merged = EventsSink(self.run_dir / "events.jsonl")
-        stage = ServiceStage(self.service, [q.question for q in spec.questions],
-                             live=is_live(spec.source))
         extra = [SharedSink(self.merged)] if multi else []
-        zones, rules = _zones_and_rules(cfg, spec.id)
-        pipeline = Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage,
-                            self.models, stream_id=spec.id, extra_sinks=extra, rules=rules,
-                            zones=zones)
+        pipeline = stream_pipeline(self.cfg, spec, out_dir, source, tracker, self.service,
+                                   self.models, extra)
         if self.view is not None:
             from vidqa.web import LiveViewSink
 
-            extra.append(LiveViewSink(self.view, spec.id, pipeline.board,
-                                      counters=lambda: self._counters(pipeline)))
+            pipeline.extra_sinks.append(LiveViewSink(self.view, spec.id, pipeline.board,
+                                                     counters=lambda: self._counters(pipeline)))
         return pipeline
 
     def _counters(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -374,9 +338,6 @@ class Run:
                     pipeline.stop_reason = reason
                 for thread in threads:
                     thread.join()
-        for stream_id, why in self.failed.items():
-            summaries[stream_id] = {"stream_id": stream_id, "end_reason": "error", "error": why,
-                                    "frames": 0, "answers": 0}
         return summaries
 
     def _run_stream(self, pipeline: Pipeline, summaries: dict[str, dict[str, Any]]) -> None:
@@ -390,25 +351,8 @@ class Run:
         return {**stage, "service": self.service.summary()}
 
     def _summary(self, summaries: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
-        vlm = self._vlm_summary()
-        if not self.cfg.streams:
-            return {**summaries["0"], "vlm": {**vlm, "stream": summaries["0"]["vlm"]}}
-        ends = {s["end_reason"] for s in summaries.values()}
-        end = _run_end(ends)
-        frames = sum(s.get("frames", 0) for s in summaries.values())
-        return {
-            "schema_version": SCHEMA_VERSION, "end_reason": end, "exit_code": EXIT_CODES[end],
-            "streams": {sid: _brief(s) for sid, s in sorted(summaries.items())},
-            "failed_streams": dict(self.failed),
-            "frames": frames, "answers": sum(s.get("answers", 0) for s in summaries.values()),
-            "seconds": round(seconds, 3), "fps": round(frames / seconds, 3) if seconds else 0.0,
-            "peak_rss_bytes": psutil.Process().memory_info().rss,
-            "models": next(iter(summaries.values())).get("models") if summaries else None,
-            "vlm": vlm,
-            "outputs": {"events": str(self.run_dir / "events.jsonl"),
-                        "streams": {sid: str(self.run_dir / sid) for sid in summaries}},
-            "config": self.cfg.to_dict(),
-        }
+        return run_summary(self.cfg, self.run_dir, summaries, self.failed, self._vlm_summary(),
+                           seconds)
 
     def _write_single(self, summary: dict[str, Any] | None) -> None:
         if summary is not None:
@@ -463,7 +407,47 @@ def _zones_and_rules(cfg: PipelineConfig, stream_id: str) -> tuple[Any, Any]:
     return ZoneMap(cfg.zones), rules
 
 
-def _union(specs: list[StreamConfig]) -> tuple[QuestionConfig, ...]:
+def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, source: Source,
+                    tracker: Callable[[Iterable], Iterator[FrameResult]], service: Any,
+                    models: dict[str, Any], extra_sinks: list) -> Pipeline:
+    """One stream of a run, writing into ``out_dir``; its crops go to ``service`` (a
+    :class:`VlmService`, or anything with its ``submit``, e.g. the Ray engine's client)."""
+    cfg = dataclasses.replace(cfg, source=spec.source, tracker=spec.tracker, roi=spec.roi,
+                              streams=(), vlm=dataclasses.replace(cfg.vlm,
+                                                                  questions=spec.questions))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = ServiceStage(service, [q.question for q in spec.questions], live=is_live(spec.source))
+    zones, rules = _zones_and_rules(cfg, spec.id)
+    return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage, models,
+                    stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones)
+
+
+def run_summary(cfg: PipelineConfig, run_dir: Path, summaries: dict[str, dict[str, Any]],
+                failed: dict[str, str], vlm: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The run's ``summary.json``: one stream's own summary with the VLM's, or (several
+    streams) the totals, each stream in brief and the streams that could not start."""
+    if not cfg.streams:
+        return {**summaries["0"], "vlm": {**vlm, "stream": summaries["0"]["vlm"]}}
+    summaries = {**summaries, **{sid: {"stream_id": sid, "end_reason": "error", "error": why,
+                                       "frames": 0, "answers": 0} for sid, why in failed.items()}}
+    end = _run_end({s["end_reason"] for s in summaries.values()})
+    frames = sum(s.get("frames", 0) for s in summaries.values())
+    return {
+        "schema_version": SCHEMA_VERSION, "end_reason": end, "exit_code": EXIT_CODES[end],
+        "streams": {sid: _brief(s) for sid, s in sorted(summaries.items())},
+        "failed_streams": dict(failed),
+        "frames": frames, "answers": sum(s.get("answers", 0) for s in summaries.values()),
+        "seconds": round(seconds, 3), "fps": round(frames / seconds, 3) if seconds else 0.0,
+        "peak_rss_bytes": psutil.Process().memory_info().rss,
+        "models": next(iter(summaries.values())).get("models") if summaries else None,
+        "vlm": vlm,
+        "outputs": {"events": str(run_dir / "events.jsonl"),
+                    "streams": {sid: str(run_dir / sid) for sid in summaries}},
+        "config": cfg.to_dict(),
+    }
+
+
+def all_questions(specs: list[StreamConfig]) -> tuple[QuestionConfig, ...]:
     """Every question asked by any stream, once, in order of first appearance."""
     seen: dict[str, QuestionConfig] = {}
     for spec in specs:

@@ -25,7 +25,8 @@ class PersonTracker:
     bridge such a gap, and a stale track would hand its id to a different person.
     """
 
-    def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0) -> None:
+    def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0,
+                 threads: int | None = None) -> None:
         assets.configure_offline_ultralytics()
         import ultralytics  # imported late: the offline settings must come first
         from ultralytics import YOLO
@@ -47,6 +48,7 @@ class PersonTracker:
         if unknown:
             raise ConfigError(f"tracker.classes {unknown} not in the detector's classes {names}")
         self.device = None if cfg.device == "auto" else cfg.device
+        self._threads = threads  # torch threads once running; None = every core
         self._threads_set = False
         self.ids = TrackIds()
         self.resets = 0
@@ -86,9 +88,10 @@ class PersonTracker:
         return False
 
     def _use_all_threads(self) -> None:
-        # ultralytics pins torch to cpu_count - 1 threads on its first call; take them all back.
+        # ultralytics pins torch to cpu_count - 1 threads on its first call; take them all back
+        # (or the share this process was given, e.g. a Ray actor's CPUs).
         if not self._threads_set:
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(self._threads or os.cpu_count() or 1)
             self._threads_set = True
 
 

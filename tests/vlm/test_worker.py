@@ -9,8 +9,8 @@ from factories import make_rois
 
 from vidqa.assets import resolve_vlm
 from vidqa.config import load_config
+from vidqa.engines import run_pipeline
 from vidqa.errors import ModelError
-from vidqa.pipeline import run_pipeline
 from vidqa.run import prepare_run_dir
 from vidqa.vlm.service import ServiceClosed
 from vidqa.vlm.worker import ProcessVlmService

@@ -14,7 +14,8 @@ import yaml
 from web_factories import wait_until
 
 from vidqa.config import PipelineConfig, load_config
-from vidqa.pipeline import Run, run_pipeline
+from vidqa.engines import run_pipeline
+from vidqa.pipeline import Run
 from vidqa.run import prepare_run_dir
 
 # Ask about a person from the first frame it is tracked in: on two busy cores the tracker may

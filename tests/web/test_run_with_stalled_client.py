@@ -23,7 +23,7 @@ from web.served_run import ServedRun, port_is_free, sample_config
 from web_factories import wait_until
 
 import vidqa.web
-from vidqa.pipeline import run_pipeline
+from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
 from vidqa.web import LiveView
 

@@ -57,7 +57,7 @@ class VlmService:
         self._queue: queue.Queue[Request | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._serve, name="vlm-service", daemon=True)
         self._closed = threading.Event()
-        self._stats = _ServiceStats()
+        self._stats = ServiceStats()
 
     # ------------------------------------------------------------------------------- callers
 
@@ -148,7 +148,7 @@ class VlmService:
         self._stats.add(batch, started, time.perf_counter())
 
 
-class _ServiceStats:
+class ServiceStats:
     """Batch sizes, busy time and queue waits of the service."""
 
     def __init__(self) -> None:

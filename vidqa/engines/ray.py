@@ -1,0 +1,201 @@
+"""``run.engine: ray``: each stream a Ray actor, the VLM a Ray Serve deployment.
+
+The driver (this process) checks the streams' files, joins ``run.ray_address`` or starts a local
+Ray for the run, deploys the VLM (one replica per GPU of the cluster, asking for it; one CPU
+replica when there is none), starts one :class:`~vidqa.engines.ray_workers.StreamActor` per
+stream and waits for them; Ctrl-C or SIGTERM stops every stream at its next frame, as in the
+local engine. The outputs are the local engine's: per stream ``annotated.mp4``, ``events.jsonl``
+and ``summary.json`` (in ``run_dir/<id>/`` when there are several streams, else in
+``run_dir``), the merged ``events.jsonl`` and the run's ``summary.json``, which also says
+``"engine": "ray"``. Stream actors write where they run: on a cluster of several machines,
+``run_dir`` must be a folder every machine sees (the merged events are written on this one).
+
+Replicas share plans through a named plan board (:mod:`vidqa.engines.fleet_plans`): a question
+is profiled once for the whole run, not once per replica.
+
+Ray is an optional extra, imported only here and only when the engine is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+import vidqa
+from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
+from vidqa.errors import ConfigError, VidqaError
+from vidqa.pipeline import all_questions, json_of, run_summary
+from vidqa.run import Terminated, sigterm_raises
+from vidqa.sources import open_source, source_path
+from vidqa.storage import write_json
+
+INSTALL_HINT = "pip install 'vidqa[ray]'"
+STOP_WAIT_S = 60.0  # after Ctrl-C / SIGTERM: how long the streams get to close their outputs
+
+
+def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Run every stream of ``cfg`` on Ray; writes and returns the run's summary."""
+    ray, serve = _import_ray()
+    specs, multi = cfg.stream_configs(), bool(cfg.streams)
+    paths, failed = _check_files(specs, multi)
+    with _ray_session(ray, cfg.run.ray_address) as started_here:
+        from vidqa.engines import ray_workers as workers  # imports Ray at its top
+
+        app = f"vidqa-{uuid.uuid4().hex[:8]}"
+        serve.start(proxy_location="Disabled")  # crops go through handles: no HTTP at all
+        try:
+            return _run(ray, workers, cfg, run_dir, app, specs, paths, failed)
+        finally:
+            if not started_here:  # a cluster we joined keeps running; our app does not
+                serve.delete(app)
+
+
+def _run(ray: Any, workers: Any, cfg: PipelineConfig, run_dir: Path, app: str,
+         specs: list[StreamConfig], paths: dict[str, Path | None],
+         failed: dict[str, str]) -> dict[str, Any]:
+    board = workers.start_board(f"{app}-plans")
+    replicas, gpus = _replicas(ray, cfg.vlm)
+    writer = None
+    if cfg.streams:
+        writer = workers.start_writer(run_dir / "events.jsonl",
+                                      ray.get_runtime_context().get_node_id())
+    logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
+                "GPU" if gpus else "CPU")
+    vlm_cfg = dataclasses.replace(cfg.vlm, questions=all_questions(specs))
+    # First the replicas, then the streams: created the other way round, the replica waited
+    # for its CPU (a Serve scheduling stall seen on a 2-CPU local Ray) until the run hung.
+    handle = workers.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, replicas, gpus)
+    models = {"vlm": handle.info.remote().result()}
+    cpus = _stream_cpus(ray, len(specs), replicas)  # a replica takes one CPU
+    actors = {spec.id: workers.start_stream(cfg, spec, run_dir, paths[spec.id], app, writer,
+                                            cpus)
+              for spec in specs if spec.id not in failed}
+    started = time.perf_counter()
+    try:
+        summaries = _wait(ray, actors, models)
+    except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
+        _write_single(run_dir, _vlm_summary(ray.get(board.summaries.remote())))
+        raise (err.cause if isinstance(err.cause, BaseException) else err) from None
+    finally:
+        if writer is not None:
+            ray.get(writer.close.remote())
+    vlm = _vlm_summary(ray.get(board.summaries.remote()))
+    summary = {**run_summary(cfg, run_dir, summaries, failed, vlm,
+                             time.perf_counter() - started), "engine": "ray"}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _wait(ray: Any, actors: dict[str, Any], models: dict[str, Any]
+          ) -> dict[str, dict[str, Any]]:
+    """Every stream's summary; Ctrl-C or SIGTERM here stops them all cleanly first."""
+    refs = {stream_id: actor.run.remote(models) for stream_id, actor in actors.items()}
+    with sigterm_raises():
+        try:
+            pending = list(refs.values())
+            while pending:  # short waits keep the driver responsive to signals
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        except (KeyboardInterrupt, Terminated) as err:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+            logger.warning("{}: stopping every stream", reason)
+            for actor in actors.values():
+                actor.stop.remote(reason)
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_WAIT_S)
+    return {stream_id: ray.get(ref) for stream_id, ref in refs.items()}
+
+
+def _import_ray() -> tuple[Any, Any]:
+    try:
+        import ray
+        from ray import serve
+    except ImportError as err:
+        raise ConfigError(f"run.engine is 'ray' but Ray is not installed ({err.name} is "
+                          f"missing): {INSTALL_HINT}, or set run.engine: local") from None
+    return ray, serve
+
+
+@contextmanager
+def _ray_session(ray: Any, address: str) -> Iterator[bool]:
+    """Ray for the run: the one already connected (left as is), the cluster at ``address``
+    (disconnected at the end) or a local one started here and bound to 127.0.0.1 (shut down at
+    the end). Yields whether this run started Ray."""
+    if ray.is_initialized():
+        yield False
+        return
+    if address:
+        logger.info("ray: joining the cluster at {}", address)
+        ray.init(address=address, logging_level="warning")
+    else:
+        logger.info("ray: starting a local Ray on 127.0.0.1")
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="warning", runtime_env={"env_vars": _worker_env()})
+    try:
+        yield not address
+    finally:
+        ray.shutdown()
+
+
+def _worker_env() -> dict[str, str]:
+    """The local Ray's workers import this very vidqa (a checkout on PYTHONPATH too)."""
+    here = str(Path(vidqa.__file__).resolve().parent.parent)
+    inherited = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                 if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([here, *inherited]))}
+
+
+def _check_files(specs: list[StreamConfig], multi: bool
+                 ) -> tuple[dict[str, Path | None], dict[str, str]]:
+    """Open every file and MOT folder once before Ray starts, as the local engine does before it
+    loads the model: a missing or unreadable one fails the run fast (one stream) or is
+    reported and skipped (several). Live sources are opened by their actors."""
+    paths: dict[str, Path | None] = {}
+    failed: dict[str, str] = {}
+    for spec in specs:
+        try:
+            paths[spec.id] = source_path(spec.source)
+            if paths[spec.id] is not None:
+                open_source(spec.source, paths[spec.id]).close()
+        except VidqaError as err:
+            if not multi:
+                raise
+            logger.error("stream {} cannot start and is skipped: {}", spec.id, err)
+            failed[spec.id] = str(err)
+    return paths, failed
+
+
+def _replicas(ray: Any, cfg: VlmConfig) -> tuple[int, bool]:
+    """One replica per GPU of the cluster (each asks for one), else one CPU replica."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus == 0 or cfg.device == "cpu":
+        return 1, False
+    return gpus, True
+
+
+def _stream_cpus(ray: Any, streams: int, replica_cpus: int) -> float:
+    """A CPU per stream actor when the cluster has them (so they spread), else a fair share."""
+    free = ray.cluster_resources().get("CPU", 1.0) - replica_cpus
+    return round(max(0.01, min(1.0, free / max(streams, 1))), 2)
+
+
+def _vlm_summary(replicas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The local engine's ``vlm`` section (stage figures and ``service`` batching); with
+    several replicas the first one's, plus every replica's under ``replicas``."""
+    ordered = [replicas[key] for key in sorted(replicas)]
+    if len(ordered) <= 1:
+        return ordered[0] if ordered else {}
+    return {**ordered[0], "replicas": ordered}
+
+
+def _write_single(run_dir: Path, vlm: dict[str, Any]) -> None:
+    stream = json_of(run_dir / "summary.json")
+    if stream is not None:
+        write_json(run_dir / "summary.json",
+                   {**stream, "vlm": {**vlm, "stream": stream.get("vlm")}, "engine": "ray"})

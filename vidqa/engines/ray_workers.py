@@ -1,0 +1,305 @@
+"""What runs inside Ray for ``run.engine: ray``: the VLM as a Ray Serve deployment, one actor per
+stream, the client between them, the merged events writer.
+
+* :class:`VlmDeployment` — one model per replica. ``@serve.batch`` gathers crops from every
+  stream until ``vlm.batch_size`` or ``vlm.max_wait_ms``; the batch is grouped by question tuple
+  and answered by the same :class:`~vidqa.vlm.stage.VlmStage` the local engine uses, on a worker
+  thread (one batch at a time), so the replica keeps accepting crops meanwhile.
+* :class:`StreamActor` — the local engine's front half, unchanged: a
+  :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose VLM stage is the
+  same :class:`~vidqa.vlm.stage.ServiceStage`, talking to :class:`RayVlmClient`.
+* :class:`RayVlmClient` — ``VlmService.submit`` over the deployment handle: one crop in, one
+  ``concurrent.futures.Future`` out, at most ``vlm.queue_size`` crops of the stream in flight
+  (files wait for room, live streams get None and keep the crop).
+
+This module imports Ray at the top: only :mod:`vidqa.engines.ray` imports it, once Ray is known
+to be installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import ray
+from loguru import logger
+from ray import serve
+
+from vidqa import assets
+from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
+from vidqa.engines.fleet_plans import PlanBoard, fleet_answerers
+from vidqa.errors import VidqaError
+from vidqa.messages import Answer, FrameResult, Roi
+from vidqa.pipeline import json_of, stream_pipeline
+from vidqa.run import LOG_NAME, run_log
+from vidqa.sinks import EventsSink
+from vidqa.sources import open_source
+from vidqa.tracking import PersonTracker
+from vidqa.vlm.service import Request, ServiceClosed, ServiceStats
+from vidqa.vlm.stage import VlmStage
+
+DEPLOYMENT = "VlmDeployment"
+# One crop as it travels to the deployment: the crop, its questions, when it was submitted
+# (wall clock: the stream and the replica may be different processes or machines).
+Crop = tuple[Roi, tuple[str, ...], float]
+
+
+class BoardProxy:
+    """The board actor called like a local :class:`PlanBoard` (each call waits for its reply)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._handle, name)
+        return lambda *args: ray.get(method.remote(*args))
+
+
+class VlmDeployment:
+    """The run's VLM: each replica loads the model and answers batches of crops. Made a
+    deployment by :func:`start_vlm` (at import time it could not be pickled by reference)."""
+
+    def __init__(self, cfg: VlmConfig, board_name: str, run_dir: str) -> None:
+        logger.add(Path(run_dir) / LOG_NAME, level="INFO")  # the model's lines in the run's log
+        self.cfg = cfg
+        info = assets.resolve_vlm(cfg.model, cfg.revision)
+        vlm = assets.load_vlm(cfg, info)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.board = BoardProxy(ray.get_actor(board_name))
+        self.stage = VlmStage(vlm, cfg, fleet_answerers(vlm, cfg, self.board, self.replica))
+        self.stats = ServiceStats()
+        self._answer_batch.set_max_batch_size(cfg.batch_size)
+        self._answer_batch.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
+        self._post_summary()
+        logger.info("VLM replica {} ready: {} on {}", self.replica, vlm.info.name, vlm.device)
+
+    def info(self) -> Any:
+        """The model that actually runs (stand-in or not), for the summaries."""
+        return self.stage.vlm.info
+
+    async def answer(self, crop: Crop) -> list[Answer]:
+        """One crop's answers, one per question; a failed batch fails only its own crops."""
+        result = await self._answer_batch(crop)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # set from the config in __init__
+    async def _answer_batch(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
+        # The model runs off the event loop (which keeps gathering the next batch); serve.batch
+        # runs one batch at a time, so the stage is never entered twice.
+        return await asyncio.to_thread(self._run, crops)
+
+    def _run(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
+        started = time.time()
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for index, (_, questions, _) in enumerate(crops):
+            groups.setdefault(questions, []).append(index)
+        results: list[list[Answer] | Exception] = [[] for _ in crops]
+        for questions, indices in groups.items():
+            try:
+                per_roi = self.stage.answer([crops[i][0] for i in indices], questions)
+            except Exception as err:  # one bad batch fails its callers, not the replica
+                logger.opt(exception=True).error("VLM batch of {} crops failed: {}",
+                                                 len(indices), err)
+                for i in indices:
+                    results[i] = err
+                continue
+            for i, answers in zip(indices, per_roi, strict=True):
+                queue_ms = 1000 * (started - crops[i][2])
+                results[i] = [dataclasses.replace(a, queue_ms=queue_ms) for a in answers]
+        self.stats.add([Request(roi, questions, submitted) for roi, questions, submitted in crops],
+                       started, time.time())
+        self._post_summary()
+        return results
+
+    def _post_summary(self) -> None:
+        """This replica's stage and batching figures, to the board (the run's summary reads
+        them there: a handle cannot address one replica)."""
+        service = self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000)
+        self.board.post(self.replica, {**self.stage.summary(), "service": service})
+
+
+class RayVlmClient:
+    """A stream's side of the deployment, with :class:`~vidqa.vlm.service.VlmService`'s
+    ``submit``: the answers come back on a private event loop thread as plain futures."""
+
+    def __init__(self, handle: Any, max_in_flight: int) -> None:
+        self._handle = handle
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vlm-client",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.refused = 0
+
+    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+               timeout: float | None = None) -> Future[list[Answer]] | None:
+        """Send one crop; its future resolves to one answer per question. When the stream has
+        ``max_in_flight`` crops out, ``block=False`` returns None at once, ``block=True`` waits
+        for one to come back (at most ``timeout`` seconds)."""
+        if self._closed:
+            raise ServiceClosed("the VLM client is closed: no more crops can be answered")
+        if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
+            self.refused += 1
+            return None
+        crop = (roi, tuple(questions), time.time())
+        future = asyncio.run_coroutine_threadsafe(self._ask(crop), self._loop)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    async def _ask(self, crop: Crop) -> list[Answer]:
+        return await self._handle.answer.remote(crop)
+
+    def close(self) -> None:
+        """Stop the loop (answers still in flight are abandoned; the stage has waited)."""
+        if not self._closed:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+
+class EventsWriter:
+    """The merged ``events.jsonl`` of a multi-stream run, an actor that every stream sends its
+    answers to (see :func:`start_writer`)."""
+
+    def __init__(self, path: str) -> None:
+        self.sink = EventsSink(Path(path))
+
+    def write_answers(self, answers: list[Answer]) -> None:
+        self.sink.write_answers(answers)
+
+    def sync(self) -> None:
+        """Returns once every answer this caller sent before is written (actor calls from
+        one caller run in order)."""
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class RemoteEventsSink:
+    """A stream's sink that forwards its answers to the :class:`EventsWriter`."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def write(self, result: FrameResult) -> None:
+        self.write_answers(result.answers)
+
+    def write_answers(self, answers: Sequence[Answer]) -> None:
+        if answers:
+            self.writer.write_answers.remote(list(answers))
+
+    def close(self) -> None:
+        ray.get(self.writer.sync.remote())
+
+
+class StreamActor:
+    """One stream of the run: the local engine's front half, its VLM behind the deployment.
+    An actor through :func:`start_stream`; it loads its tracker as soon as it starts and opens
+    its source in :meth:`run`."""
+
+    def __init__(self, cfg: PipelineConfig, spec: StreamConfig, run_dir: str, path: str | None,
+                 app: str, writer: Any | None) -> None:
+        self.cfg, self.spec, self.app, self.writer = cfg, spec, app, writer
+        self.run_dir = Path(run_dir)
+        self.out_dir = self.run_dir / spec.id if cfg.streams else self.run_dir
+        self.path = Path(path) if path else None
+        self.pipeline = None
+        self.stop_reason: str | None = None
+        self.tracker: PersonTracker | None = None
+        self.error: Exception | None = None  # raised by run(): a constructor error is opaque
+        # The actor's CPUs, not every core of the machine (which other streams share).
+        threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        with run_log(self.run_dir):  # every process appends to the run's one vidqa.log
+            try:
+                self.tracker = PersonTracker(spec.tracker,
+                                             reset_after_s=spec.source.reset_tracks_after_s,
+                                             threads=threads)
+            except Exception as err:
+                self.error = err
+
+    def run(self, models: dict[str, Any]) -> dict[str, Any]:
+        """The stream to its end; its summary. In a multi-stream run a failure is summarised,
+        not raised (the other streams go on)."""
+        with run_log(self.run_dir):
+            try:
+                return self._run(models)
+            except VidqaError as err:
+                if not self.cfg.streams:
+                    raise
+                logger.error("stream {} cannot start and is skipped: {}", self.spec.id, err)
+                return {"stream_id": self.spec.id, "end_reason": "error", "error": str(err),
+                        "frames": 0, "answers": 0}
+            except Exception:  # logged and summarised by the pipeline
+                summary = json_of(self.out_dir / "summary.json")
+                if not self.cfg.streams or summary is None:
+                    raise
+                return summary
+
+    def _run(self, models: dict[str, Any]) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        source = open_source(self.spec.source, self.path)
+        client = RayVlmClient(serve.get_deployment_handle(DEPLOYMENT, app_name=self.app),
+                              self.cfg.vlm.queue_size)
+        extra = [RemoteEventsSink(self.writer)] if self.writer is not None else []
+        pipeline = stream_pipeline(self.cfg, self.spec, self.out_dir, source, self.tracker,
+                                   client, {**models, "detector": self.tracker.detector}, extra)
+        pipeline.on_end.append(client.close)
+        self.pipeline = pipeline
+        pipeline.stop_reason = self.stop_reason
+        return pipeline.run()
+
+    def stop(self, reason: str) -> None:
+        """Stop at the next frame, as the local engine does on Ctrl-C or SIGTERM."""
+        self.stop_reason = reason
+        if self.pipeline is not None:
+            self.pipeline.stop_reason = reason
+            self.pipeline.vlm_stage.stop.set()
+
+
+# Ray-ified at use, not with decorators at import: a class Ray wraps while its module is still
+# importing is pickled by value (with its module's globals, the logger's open files included).
+
+def start_stream(cfg: PipelineConfig, spec: StreamConfig, run_dir: Path, path: Path | None,
+                 app: str, writer: Any | None, num_cpus: float) -> Any:
+    """The stream's actor; ``run()`` and ``stop()`` may run at the same time."""
+    actor = ray.remote(StreamActor).options(num_cpus=num_cpus, max_concurrency=2,
+                                            name=f"{app}-{spec.id}")
+    return actor.remote(cfg, spec, str(run_dir), None if path is None else str(path), app,
+                        writer)
+
+
+def start_writer(path: Path, node_id: str) -> Any:
+    """The merged events writer, on ``node_id`` (the driver's machine)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return ray.remote(EventsWriter).options(num_cpus=0, scheduling_strategy=strategy).remote(
+        str(path))
+
+
+def start_board(name: str) -> Any:
+    """The run's plan board, a named actor the replicas look up."""
+    return ray.remote(PlanBoard).options(name=name, num_cpus=0).remote()
+
+
+def start_vlm(cfg: VlmConfig, app: str, board_name: str, run_dir: Path, num_replicas: int,
+              gpus: bool) -> Any:
+    """Deploy the VLM as application ``app`` and wait until its replicas are up."""
+    deployment = serve.deployment(
+        VlmDeployment, name=DEPLOYMENT, num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 1},
+        # Every stream may have vlm.queue_size crops out; a replica must take a whole batch.
+        max_ongoing_requests=max(cfg.queue_size, cfg.batch_size),
+        logging_config={"enable_access_log": False})  # no log line per crop
+    return serve.run(deployment.bind(cfg, board_name, str(run_dir)), name=app,
+                     route_prefix=None)
