@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import pickle
 import queue
 import threading
@@ -30,6 +31,7 @@ from vidqa.messages import Answer, Roi
 from vidqa.vlm.service import ServiceClosed
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
+CPU_NICENESS = 10  # a CPU worker yields the cores to the streams' trackers
 
 
 class ProcessVlmService:
@@ -155,6 +157,10 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: Any
     except Exception as err:  # reported to the parent, which raises it
         results.put(("failed", _picklable(err)))
         return
+    if vlm.device.type == "cpu" and hasattr(os, "nice"):
+        # A model on the CPU must not take the cores from the trackers: live cameras keep
+        # their frame rate and answers take what is left.
+        os.nice(CPU_NICENESS)
     results.put(("ready", vlm.info))
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
     while (item := requests.get()) is not None:
