@@ -236,3 +236,15 @@ def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_pat
 
     assert first[0].plan_id == bag.plan.id != second[0].plan_id == skip.plan.id
     assert compressor.current.id == "full"
+
+
+def test_plan_offline_when_sample_crops_given_returns_a_checked_plan_entry(
+        identity_model, tmp_path, fixed_seconds):
+    cfg = config(tmp_path)
+    entry = adaptive.plan_offline(identity_model, QUERY, rois([1, 2, 3, 4]), cfg,
+                                  batch_size=2)
+
+    plan = Plan.from_dict(entry["plan"])
+    assert plan.paths("skip") and entry["phase"] == "compressed"
+    assert entry["held_out_rois"] == 2 and entry["agreement_held_out"] == 1.0
+    assert entry["planning_s"] > 0

@@ -93,8 +93,8 @@ class Ledger:
         return self.planning_s / saving if saving > 0 else None
 
     def _per_roi_costs(self) -> tuple[float, float, float] | None:
-        ratio, _ = self.paired_ratio()
-        pairs = [p for p in self.pairs if p.rois]
+        ratio, source = self.paired_ratio()
+        pairs = [p for p in self.pairs if p.rois and p.source == source]
         if ratio is None or not pairs:
             return None
         compressed = sum(p.compressed_s for p in pairs) / sum(p.rois for p in pairs)
