@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pickle
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from loguru import logger
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
@@ -142,6 +144,8 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
     from bench_vlm import load_model  # the stand-in, random-256m or a model, as bench_vlm
 
     vlm = load_model(model, device, "auto")
+    if vlm.device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # importing ultralytics leaves it at 1
     clip = clip_rois(source, crops, count)
     stream = looped(clip, stream_s)
     base = AdaptiveConfig(cache_dir=tempfile.mkdtemp(prefix="vidqa-plans-"), compile=compile)

@@ -71,7 +71,7 @@ class SharedVision:
         if self._inputs and not self.vlm.image_splitting:
             like = next(iter(self._inputs.values()))
             inputs = self._inputs[question] = self.vlm.prompt_inputs(question, like)
-            return inputs, self._encode_s - (time.perf_counter() - start)
+            return inputs, max(0.0, self._encode_s - (time.perf_counter() - start))
         inputs = self._inputs[question] = self.vlm.encode(self.images, question)
         self._encode_s = time.perf_counter() - start
         return inputs, 0.0

@@ -25,8 +25,8 @@ def test_forecast_when_rois_are_announced_counts_down():
     assert forecast.remaining()[0] == 7
 
 
-@pytest.mark.parametrize(("seconds", "expected"), [(None, 100.0), (50.0, 50.0)])
-def test_forecast_when_rate_is_known_uses_announced_seconds_or_horizon(seconds, expected):
+@pytest.mark.parametrize(("seconds", "expected"), [(None, 100.0), (50.0, 40.0), (5.0, 0.0)])
+def test_forecast_when_rate_is_known_uses_seconds_left_or_horizon(seconds, expected):
     forecast = RoiForecast(horizon_s=100)
     for t in range(11):  # 11 ROIs over 10 s of stream
         forecast.observe("0", float(t))

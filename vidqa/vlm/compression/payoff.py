@@ -42,7 +42,8 @@ class RoiForecast:
         self.seen = 0
 
     def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
-        """Announce what is still to come: ``rois`` (exact) or ``seconds`` of stream."""
+        """Announce what is still to come: ``rois`` (exact), or ``seconds`` of stream from
+        the first ROI on (a file's duration: ``frame_count / fps``)."""
         self._expected, self._seconds, self._since = rois, seconds, 0
 
     def observe(self, stream_id: str, time_s: float) -> None:
@@ -64,7 +65,10 @@ class RoiForecast:
         if rate is None:
             return 0.0, "no rate yet (under 1 s of stream seen)"
         if self._seconds is not None:
-            return rate * self._seconds, f"{rate:.2f} ROI/s x {self._seconds:.0f} s announced"
+            # Streams run side by side: the longest span seen is the stream time elapsed.
+            elapsed = max(last - first for first, last in self._spans.values())
+            left = max(0.0, self._seconds - elapsed)
+            return rate * left, f"{rate:.2f} ROI/s x {left:.0f} s of {self._seconds:.0f} s left"
         return rate * self.horizon_s, f"{rate:.2f} ROI/s x horizon {self.horizon_s:.0f} s"
 
 
