@@ -142,7 +142,7 @@ class AdaptiveAnswerer:
             return self._answer_borrow(rois, shared)
         if self.phase == "profile":
             return self._answer_profile(rois, shared)
-        asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared)
+        asked = self._ask_full(rois, shared)
         self.ledger.add("full", asked.seconds, len(rois))
         return self._answers(rois, asked, phase=self.phase)
 
@@ -171,6 +171,12 @@ class AdaptiveAnswerer:
         self._tracks.update(roi.key for roi in rois)
         return asked
 
+    def _ask_full(self, rois: list[Roi], shared: SharedVision | None) -> Asked:
+        """The full model on a batch: compiled like the plans when compiling (fair pairs)."""
+        if self.compiled is not None and self.question.answer == "yesno":
+            return self._ask_plan(rois, Plan.keep_all(self.compressor.paths), shared)
+        return ask(self.vlm, self.question, rois, self.max_new_tokens, shared)
+
     def _ask_plan(self, rois: list[Roi], plan: Plan, shared: SharedVision | None) -> Asked:
         """A batch under ``plan``: its compiled module, or its layers swapped in and back."""
         key = _vision_key(plan)
@@ -190,7 +196,7 @@ class AdaptiveAnswerer:
         if not audited:
             self.ledger.add("compressed", compressed.seconds, n)
             return answers
-        full = ask(self.vlm, self.question, rois, self.max_new_tokens, shared)
+        full = self._ask_full(rois, shared)
         self.ledger.add("audit_compressed", compressed.seconds, n)
         self.ledger.add("audit", full.seconds, n)
         self.ledger.pair(full.standalone_s, compressed.standalone_s, n, "audit")
@@ -340,8 +346,13 @@ class AdaptiveAnswerer:
         for batch in self._trace.batches:
             asked = self._ask_plan(batch.rois, candidate.plan, None)
             self.ledger.add("confirm", asked.seconds)
-            self.ledger.pair(batch.seconds, asked.standalone_s, len(batch.rois), "profile")
-            compressed_s, full_s = compressed_s + asked.standalone_s, full_s + batch.seconds
+            reference_s = batch.seconds
+            if self.compiled is not None:  # the traced pass ran eager: time the compiled full
+                full = self._ask_plan(batch.rois, Plan.keep_all(self.compressor.paths), None)
+                self.ledger.add("confirm", full.seconds)
+                reference_s = full.standalone_s
+            self.ledger.pair(reference_s, asked.standalone_s, len(batch.rois), "profile")
+            compressed_s, full_s = compressed_s + asked.standalone_s, full_s + reference_s
             margins.append(np.asarray([r.margin for r in asked.results]))
         reference = np.concatenate([b.margins for b in self._trace.batches])
         agreement, dp = compare(np.concatenate(margins), reference)

@@ -131,15 +131,17 @@ class FullAnswerer:
     """Answers every ROI of one question with the uncompressed model."""
 
     def __init__(self, vlm: VisionLanguageModel, question: QuestionConfig,
-                 max_new_tokens: int = 16) -> None:
+                 max_new_tokens: int = 16, body: Any = None) -> None:
         self.vlm = vlm
+        self.body = body  # a compiled full model (yes/no only), or None: the model itself
         self.question = question
         self.max_new_tokens = max_new_tokens
         self.rois = 0
         self.seconds = 0.0
 
     def answer(self, rois: Sequence[Roi], shared: SharedVision | None = None) -> list[Answer]:
-        asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared)
+        body = self.body if self.question.answer == "yesno" else None
+        asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared, body=body)
         self.rois += len(rois)
         self.seconds += asked.seconds
         return build_answers(rois, self.question, asked.results, asked.seconds,

@@ -100,17 +100,22 @@ class VlmStage:
 def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig) -> list[Answerer]:
     """One answerer per question; adaptive ones share the plan file and compiled plans."""
     adaptive = cfg.adaptive
-    if not (adaptive.enabled and adaptive.mode != "off"):
+    on = adaptive.enabled and adaptive.mode != "off"
+    if not on and not adaptive.compile:
         return [FullAnswerer(vlm, q, cfg.max_new_tokens) for q in cfg.questions]
     from vidqa.vlm.compression.compressor import compressor_for  # compression loads lazily
 
     compressor = compressor_for(vlm.model)
-    library = _library(adaptive.plan, compressor.paths)
     compiled = None
     if adaptive.compile:
         from vidqa.vlm.compression.compiled import CompiledPlans
+        from vidqa.vlm.compression.plan import Plan
 
         compiled = CompiledPlans(vlm.model, compressor)
+        if not on:  # the full model compiled the same way, for fair comparisons
+            body = compiled.body(Plan.keep_all(compressor.paths))
+            return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
+    library = _library(adaptive.plan, compressor.paths)
     return [make_answerer(vlm, q, cfg, library, compiled) for q in cfg.questions]
 
 

@@ -35,3 +35,25 @@ def test_compiled_plans_when_a_plan_returns_reuses_its_module(tiny_vlm, monkeypa
     bodies = [plans.body(p) for p in (skip, full, skip, full)]
 
     assert bodies[0] is bodies[2] and bodies[1] is bodies[3] and len(plans) == 2
+
+
+def test_stage_when_compile_is_on_answers_like_swapping_and_leaves_the_model_full(
+        tiny_vlm, tmp_path, monkeypatch):
+    from factories import make_rois
+
+    from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
+    from vidqa.vlm.stage import VlmStage
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # no compiler here
+    rois = make_rois([1, 2, 3])
+
+    def answers(compile_: bool) -> list:
+        adaptive = AdaptiveConfig(mode="static", compile=compile_, audit_every=0,
+                                  cache_dir=str(tmp_path / "cache"))
+        cfg = VlmConfig(questions=(QuestionConfig("Is this person running?"),),
+                        adaptive=adaptive)
+        return [(a.margin, a.plan_id) for per in VlmStage(tiny_vlm, cfg).answer(rois)
+                for a in per]
+
+    assert answers(True) == answers(False)
+    assert all(type(m).__name__ != "Identity" for m in tiny_vlm.model.modules())

@@ -65,7 +65,8 @@ class CompiledPlans:
         self._bodies: dict[str, Any] = {}
 
     def body(self, plan: Plan) -> Any:
-        """The compiled module of ``plan`` (compiled at its first call, then reused)."""
+        """The compiled module of ``plan`` (compiled at its first call, then reused); the
+        full model is the plan "full"."""
         plan = self.compressor.effective(plan)
         if plan.id not in self._bodies:
             self.compressor.prepare(plan)
