@@ -81,7 +81,7 @@ def clip_rois(source: str, crops: Path | None, count: int) -> list[Roi]:
 def looped(rois: list[Roi], seconds: float) -> list[Roi]:
     """The clip replayed until ``seconds`` of stream: new track ids and times per loop."""
     span = max(r.time_s for r in rois) + 1.0
-    loops = int(np.ceil(seconds / span))
+    loops = int(np.ceil(seconds / span)) if seconds > 0 else 0
     out = []
     for loop in range(loops):
         out += [dataclasses.replace(r, track_id=r.track_id + 100_000 * loop,
@@ -157,24 +157,22 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
     tables: dict[str, list[dict[str, Any]]] = {}
     full_clip = run_mode(vlm, clip, modes["full"], batch_size)
     held = _held_from(clip, base.profile_tracks)
-    # The 5-minute stream's cold run fills the cache the warm runs use.
-    results_stream = {"adaptive cold": run_mode(vlm, stream, base, batch_size)}
+    # The 5-minute stream's cold run fills the cache the warm runs use; without a stream
+    # (--stream-s 0) the clip's own cold run with a fresh cache does.
+    results_stream = {"adaptive cold": run_mode(vlm, stream, base, batch_size)} if stream \
+        else {}
     results_clip = {"full": full_clip,
                     "static": run_mode(vlm, clip, modes["static"], batch_size),
-                    "adaptive cold": run_mode(vlm, clip, cold_cache, batch_size),
+                    "adaptive cold": run_mode(vlm, clip, cold_cache if stream else base,
+                                              batch_size),
                     "adaptive warm": run_mode(vlm, clip, base, batch_size)}
     tables["clip"] = [row(k, r, full_clip, held, full_clip["seconds"])
                       for k, r in results_clip.items()]
     loops = len(stream) // len(clip)
-    full_stream_run = run_mode(vlm, stream, modes["full"], batch_size) if full_stream else None
-    full_stream_s = full_stream_run["seconds"] if full_stream_run else loops * full_clip["seconds"]
-    results_stream["static"] = run_mode(vlm, stream, modes["static"], batch_size)
-    results_stream["adaptive warm"] = run_mode(vlm, stream, base, batch_size)
-    tables["stream"] = [{"mode": "full", "rois": len(stream), "vlm_s": round(full_stream_s, 2),
-                         "note": "measured" if full_stream else f"clip full x {loops} loops "
-                                 "(same crops), extrapolated"}]
-    tables["stream"] += [row(k, r, full_clip, held, full_stream_s)
-                         for k, r in results_stream.items()]
+    tables["stream"] = []
+    if stream:
+        tables["stream"] = stream_table(vlm, clip, stream, full_clip, results_stream, modes,
+                                        batch_size, full_stream, held)
     tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_rois], batch_size)
     summary = {"model": vlm.info.name, "device": str(vlm.device), "batch_size": batch_size,
                "clip_rois": len(clip), "stream_rois": len(stream), "loops": loops,
@@ -185,6 +183,20 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
     if out is not None:
         out.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def stream_table(vlm: Any, clip: list[Roi], stream: list[Roi], full_clip: dict[str, Any],
+                 results: dict[str, Any], modes: dict[str, AdaptiveConfig], batch_size: int,
+                 measure_full: bool, held: int) -> list[dict[str, Any]]:
+    loops = len(stream) // len(clip)
+    full_run = run_mode(vlm, stream, modes["full"], batch_size) if measure_full else None
+    full_s = full_run["seconds"] if full_run else loops * full_clip["seconds"]
+    results["static"] = run_mode(vlm, stream, modes["static"], batch_size)
+    results["adaptive warm"] = run_mode(vlm, stream, modes["adaptive warm"], batch_size)
+    table = [{"mode": "full", "rois": len(stream), "vlm_s": round(full_s, 2),
+              "note": "measured" if full_run else f"clip full x {loops} loops (same crops), "
+                      "extrapolated"}]
+    return table + [row(k, r, full_clip, held, full_s) for k, r in results.items()]
 
 
 def vision_reuse(vlm: Any, rois: list[Roi], batch_size: int) -> list[dict[str, Any]]:

@@ -288,8 +288,8 @@ class AdaptiveAnswerer:
                        "stopped": "" if chosen else stop}
         if chosen is None:
             self._become_full(f"profiled {len(self._tracks)} tracks; {stop}")
-            if rejected and len(trials) == len(rejected):
-                self._store(profile)  # every confirmed candidate failed: true of the question
+            if trials and not any(t["kept_answers"] for t in trials):
+                self._store(profile)  # every candidate changed the answers: the question's
             return
         self._adopt(chosen.plan, f"profiled {len(self._tracks)} tracks, confirmed "
                     f"{len(trials)} candidate(s)", "profiled")
@@ -358,7 +358,7 @@ class AdaptiveAnswerer:
         agreement, dp = compare(np.concatenate(margins), reference)
         saving = 1 - compressed_s / full_s if full_s else 0.0
         payback = expected_return(remaining, full_per_roi, saving, self.cfg.audit_every)
-        ok = agreement >= self.cfg.target_agreement and dp <= self.cfg.max_dp_yes
+        ok = kept = agreement >= self.cfg.target_agreement and dp <= self.cfg.max_dp_yes
         why = "" if ok else (f"{candidate.label}: agreement {agreement:.0%}, |dp| {dp:.3f} "
                              f"on the profiled tracks")
         if ok and payback <= 0:
@@ -369,7 +369,7 @@ class AdaptiveAnswerer:
                     saving, "accepted" if ok else "rejected")
         return {**candidate.to_dict(), "agreement": round(agreement, 4),
                 "mean_dp_yes": round(dp, 5), "saving": round(saving, 4), "accepted": ok,
-                "why": why}
+                "kept_answers": kept, "why": why}
 
     def _build(self, plan: Plan) -> None:
         """Build ``plan``'s int8 copies, timed as planning; learns the per-layer build cost."""
