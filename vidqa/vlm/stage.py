@@ -62,7 +62,9 @@ class VlmStage:
             chunk = rois[start:start + self.cfg.batch_size]
             shared = SharedVision(self.vlm, chunk) if share else None
             for answerer in asked:
-                for offset, answer in enumerate(answerer.answer(chunk, shared)):
+                answers = answerer.answer(chunk) if shared is None else \
+                    answerer.answer(chunk, shared)
+                for offset, answer in enumerate(answers):
                     per_roi[start + offset].append(answer)  # answerers keep the ROIs' order
             if shared is not None:
                 self._shared.update(shared.stats)
