@@ -106,6 +106,8 @@ def run_mode(vlm: Any, rois: list[Roi], adaptive: AdaptiveConfig, batch_size: in
         answers += stage.answer(rois[i:i + batch_size])
     seconds = time.perf_counter() - start
     summary = stage.summary()
+    logger.info("bench: {} ROIs x {} question(s), adaptive {} mode {}: {:.1f} s", len(rois),
+                len(questions), adaptive.enabled, adaptive.mode, seconds)
     return {"seconds": seconds, "answers": [[a.answer for a in per] for per in answers],
             "summary": summary}
 
