@@ -288,8 +288,9 @@ class AdaptiveAnswerer:
                        "stopped": "" if chosen else stop}
         if chosen is None:
             self._become_full(f"profiled {len(self._tracks)} tracks; {stop}")
-            if trials and not any(t["kept_answers"] for t in trials):
-                self._store(profile)  # every candidate changed the answers: the question's
+            if trials and not any(t["kept_answers"] for t in trials) and \
+                    next_candidate(ranked, rejected) is None:
+                self._store(profile)  # every candidate, down to the safest, changed answers
             return
         self._adopt(chosen.plan, f"profiled {len(self._tracks)} tracks, confirmed "
                     f"{len(trials)} candidate(s)", "profiled")
