@@ -1,4 +1,4 @@
-"""The ``vidqa`` command line: run, assets, eval, validate, compress-report."""
+"""The ``vidqa`` command line: run, assets, eval, plan, validate, compress-report."""
 
 from __future__ import annotations
 
@@ -123,6 +123,36 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
     rois, _ = collect_rois(cfg, args.rois)
     results = compression_report(load_vlm(cfg.vlm), rois, args.out, report_cfg, args.labels)
     _print_report(results, args.out)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan each question on sample crops now and store the plans in one file."""
+    import dataclasses
+
+    from vidqa.assets import load_vlm
+    from vidqa.config import QuestionConfig, load_config
+    from vidqa.experiments.common import collect_rois
+    from vidqa.vlm.adaptive import plan_offline
+    from vidqa.vlm.compression.compressor import compressor_for
+    from vidqa.vlm.compression.plan_library import save_library
+
+    overrides = list(args.set or []) + [f"vlm.device={args.device}"]
+    overrides += [f"source.path={args.source}"] if args.source else []
+    overrides += [f"vlm.model={args.model}"] if args.model else []
+    cfg = load_config(args.config, overrides)
+    questions = [QuestionConfig(q) for q in args.question] or \
+        [q for q in cfg.vlm.questions if q.answer == "yesno"]
+    rois, _ = collect_rois(cfg, args.rois)
+    vlm = load_vlm(cfg.vlm)
+    adaptive = dataclasses.replace(cfg.vlm.adaptive, profile_tracks=args.profile)
+    entries = [plan_offline(vlm, q, rois, adaptive, args.batch_size) for q in questions]
+    save_library(args.out, vlm.info.name, compressor_for(vlm.model).paths, entries)
+    for entry in entries:
+        print(f"{entry['question']}: plan {entry['plan']['id']} — {entry['reason']} "
+              f"(held-out agreement {entry['agreement_held_out']}, paired ratio "
+              f"{entry['paired_ratio']})")
+    print(f"wrote {args.out}: use it with --set vlm.adaptive.plan={args.out}")
     return 0
 
 
@@ -265,6 +295,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--labels", type=Path,
                         help="ground truth: JSON {track_id: yes|no} or CSV track_id,answer")
     report.set_defaults(handler=cmd_compress_report)
+
+    plan = commands.add_parser(
+        "plan", help="precompute compression plans for questions on sample crops",
+        description="Profile and confirm a plan per question on crops of the source's first "
+                    "tracks (the rest are held-out checks) and write a plan file for "
+                    "vlm.adaptive.plan. Plans are per model.")
+    _experiment_args(plan, default_out="plans.json", default_rois=24)
+    plan.set_defaults(out=Path("plans.json"))
+    plan.add_argument("--question", action="append", default=[],
+                      help="a yes/no question (repeatable; default: the config's questions)")
+    plan.add_argument("--profile", type=int, default=10, help="tracks profiled per question")
+    plan.set_defaults(handler=cmd_plan)
     return parser
 
 

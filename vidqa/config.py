@@ -124,13 +124,18 @@ class AdaptiveConfig:
     profile_tracks: int = 10  # K: tracks answered by the full model and profiled per query
     metric: Literal["block_influence", "activation", "task_skip", "task_int8"] = "block_influence"
     task_impact: bool = False  # also measure task impact while profiling (one pass per layer)
-    mode: Literal["auto", "bottom_fraction", "off"] = "auto"
+    mode: Literal["auto", "static", "bottom_fraction", "off"] = "auto"  # static: fixed plan
+    plan: str = "auto"  # auto: plan cache, else profile; PATH: a `vidqa plan` file or folder
+    horizon_s: float = 300.0  # live: seconds of stream a plan may count on to pay back
+    confirm: int = 2  # most candidate plans confirmed on the profiled batches
+    borrow: bool = True  # a new question tries the nearest cached question's plan first
+    compile: bool = False  # torch.compile one graph per plan (CUDA)
     fraction: float = 0.5  # bottom_fraction mode: share of layers to compress
     operator: Literal["int8", "skip"] = "int8"  # bottom_fraction mode: what to do to them
-    target_agreement: float = 0.98  # auto mode: a plan must agree this often on profiled ROIs
-    max_dp_yes: float = 0.05  # auto mode: and move p_yes by less than this on average
-    audit_every: int = 10  # answer every Nth compressed ROI with the full model too (0 = never)
-    audit_window: int = 20  # rolling window of audits for the agreement check
+    target_agreement: float = 0.98  # a plan must agree this often with the full model
+    max_dp_yes: float = 0.05  # and move p_yes by less than this on average
+    audit_every: int = 10  # answer 1 in N compressed ROIs with the full model too (0 = never)
+    audit_window: int = 20  # rolling window of audited ROIs for the agreement check
     cache_dir: str = "auto"  # profile/plan cache; "auto" = the user cache dir
 
     def __post_init__(self) -> None:
@@ -143,6 +148,9 @@ class AdaptiveConfig:
         _require(self.max_dp_yes > 0, "vlm.adaptive.max_dp_yes", self.max_dp_yes, "> 0")
         _require(self.audit_every >= 0, "vlm.adaptive.audit_every", self.audit_every, ">= 0")
         _require(self.audit_window >= 1, "vlm.adaptive.audit_window", self.audit_window, ">= 1")
+        _require(self.horizon_s >= 0, "vlm.adaptive.horizon_s", self.horizon_s, ">= 0")
+        _require(self.confirm >= 0, "vlm.adaptive.confirm", self.confirm, ">= 0")
+        _require(bool(self.plan.strip()), "vlm.adaptive.plan", self.plan, "auto or a path")
 
 
 @dataclass(frozen=True)

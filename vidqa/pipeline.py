@@ -267,6 +267,8 @@ class Run:
         run = cls(cfg, run_dir, [], failed, stage, service, models, view)
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
+        if stage is not None:
+            _announce_files(stage, cfg, [sources[s.id] for s in specs if s.id in sources])
         return run
 
     def _pipeline(self, spec: StreamConfig, source: Source, tracker: PersonTracker,
@@ -445,6 +447,23 @@ def run_summary(cfg: PipelineConfig, run_dir: Path, summaries: dict[str, dict[st
                     "streams": {sid: str(run_dir / sid) for sid in summaries}},
         "config": cfg.to_dict(),
     }
+
+
+def _announce_files(stage: VlmStage, cfg: PipelineConfig, sources: list[Source]) -> None:
+    """Tell adaptive planning how much of the files is still to come (the longest file's
+    seconds), so it never spends more on planning than the plan can return on them. Live
+    streams have no end: planning then uses its horizon."""
+    seconds = []
+    for source in sources:
+        stats = source.stats()
+        frames, fps = stats.get("frame_count") or 0, stats.get("fps") or 0
+        if stats.get("is_live") or not frames or not fps:
+            return
+        if cfg.run.max_frames:
+            frames = min(frames, cfg.run.max_frames)
+        seconds.append(frames / fps)
+    if seconds:
+        stage.expect(seconds=max(seconds))
 
 
 def all_questions(specs: list[StreamConfig]) -> tuple[QuestionConfig, ...]:

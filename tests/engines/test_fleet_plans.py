@@ -6,14 +6,14 @@ from __future__ import annotations
 import sys
 
 import pytest
-from factories import FakeProfile, make_rois
+from factories import make_rois
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig, load_config
 from vidqa.engines.fleet_plans import FleetAnswerer, PlanBoard, fleet_answerers
 from vidqa.errors import ConfigError
 from vidqa.vlm.adaptive import AdaptiveAnswerer
 from vidqa.vlm.answerers import FullAnswerer
-from vidqa.vlm.compression.compressor import Compressor, layer_paths
+from vidqa.vlm.compression.compressor import Compressor
 
 QUESTION = QuestionConfig(question="Is this person carrying a backpack?")
 
@@ -22,11 +22,12 @@ QUESTION = QuestionConfig(question="Is this person carrying a backpack?")
 def profiled(monkeypatch) -> list[list[int]]:
     """The track ids of every profiling run, by any replica (the profiler is faked)."""
     calls: list[list[int]] = []
+    plan = AdaptiveAnswerer._plan_from_stream
 
-    def profile(self, images, track_ids):
-        calls.append(list(track_ids))
-        return FakeProfile.of(layer_paths(self.vlm.model))
-    monkeypatch.setattr(AdaptiveAnswerer, "_profile", profile)
+    def recorded(self):
+        calls.append(sorted(track for _, track in self._tracks))
+        return plan(self)
+    monkeypatch.setattr(AdaptiveAnswerer, "_plan_from_stream", recorded)
     return calls
 
 
@@ -79,7 +80,7 @@ def test_fleet_when_two_replicas_start_together_then_one_profiles_and_both_compr
     assert [a.compressed for a in waiting + adopted] == [False, False, False]
     assert all(a.compressed and a.plan_id == first.plan.id for a in later)
     assert (first.phase, second.phase) == ("compressed", "compressed")
-    assert second.summary()["profiling"]["from_cache"] is True
+    assert second.summary()["plan_source"] == "cache"
 
 
 def test_fleet_when_plan_disproved_then_the_disproving_replica_profiles_again(
@@ -90,7 +91,7 @@ def test_fleet_when_plan_disproved_then_the_disproving_replica_profiles_again(
     second.answer(make_rois([3]))  # adopts the published plan
 
     second._audits.append(False)  # its audits disagree with the plan
-    second._check_agreement([])
+    second._check_agreement()
     second.answer(make_rois([4, 5], frame=1))
     first.answer(make_rois([6, 7], frame=1))
 

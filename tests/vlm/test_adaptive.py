@@ -1,11 +1,13 @@
-"""The per-query controller: profile the first tracks, compress, audit, re-plan, cache."""
+"""The per-question controller: profile inside the answers, plan only what pays, compress,
+audit in paired batches, re-plan, cache, static plans, plan files and borrowed plans."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
+import numpy as np
 import pytest
-from factories import FakeProfile, make_identity_layer, make_rois
+from factories import make_identity_layer, make_rois
 
 import vidqa.vlm.adaptive as adaptive
 from vidqa.config import AdaptiveConfig, QuestionConfig
@@ -13,178 +15,236 @@ from vidqa.vlm.adaptive import AdaptiveAnswerer
 from vidqa.vlm.compression.compressor import Compressor, layer_paths
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache
+from vidqa.vlm.compression.plan_library import load_library, save_library
 from vidqa.vlm.model import YesNo
-from vidqa.vlm.profiling.importance import Profile
+from vidqa.vlm.profiling.stream import StreamProfile
 
 QUERY = QuestionConfig(question="Is this person carrying a backpack?")
-
-
-@pytest.fixture()
-def fake_profiler(monkeypatch):
-    calls = []
-
-    def profile(self, images, track_ids):
-        calls.append(list(track_ids))
-        return FakeProfile.of(layer_paths(self.vlm.model))
-    monkeypatch.setattr(AdaptiveAnswerer, "_profile", profile)
-    return calls
-
-
+BAG = QuestionConfig(question="Is this person carrying a bag?")
 rois = make_rois
 
 
+@pytest.fixture()
+def identity_model(tiny_vlm):
+    """Every layer x -> x: any skip plan keeps the answers exactly."""
+    for path in layer_paths(tiny_vlm.model):
+        make_identity_layer(tiny_vlm.model, path)
+    return tiny_vlm
+
+
+@pytest.fixture()
+def fixed_seconds(monkeypatch):
+    """Deterministic costs: 1 s per ROI for the full model, 0.25 s under a plan, each of the
+    tiny model's 6 layers 0.16 s of it."""
+    monkeypatch.setattr(StreamProfile, "layer_seconds_per_roi",
+                        lambda self: np.full(len(self.layers), 0.16))
+    real_ask = adaptive.ask
+
+    def ask(vlm, question, batch, max_new_tokens, shared=None, vision_key="full", body=None,
+            trace=None):
+        asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace)
+        compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer")
+                         for m in vlm.model.modules())
+        seconds = len(batch) * (0.25 if compressed else 1.0)
+        return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
+    monkeypatch.setattr(adaptive, "ask", ask)
+
+
 def config(tmp_path, **overrides) -> AdaptiveConfig:
-    base = {"profile_tracks": 2, "mode": "bottom_fraction", "operator": "skip", "fraction": 0.5,
-            "audit_every": 0, "cache_dir": str(tmp_path / "cache")}
+    base = {"profile_tracks": 2, "audit_every": 0, "cache_dir": str(tmp_path / "cache"),
+            "borrow": False}
     return AdaptiveConfig(**{**base, **overrides})
 
 
-def make(tiny_vlm, cfg, **kwargs) -> AdaptiveAnswerer:
-    return AdaptiveAnswerer(tiny_vlm, QUERY, cfg, compressor=Compressor(tiny_vlm.model), **kwargs)
+def make(vlm, cfg, question=QUERY, **kwargs) -> AdaptiveAnswerer:
+    compressor = kwargs.pop("compressor", None) or Compressor(vlm.model, int8="none")
+    return AdaptiveAnswerer(vlm, question, cfg, compressor=compressor, **kwargs)
 
 
-def test_answer_when_k_tracks_profiled_compresses_later_tracks(tiny_vlm, tmp_path,
-                                                               fake_profiler):
-    query = make(tiny_vlm, config(tmp_path))
+def test_answer_when_k_tracks_profiled_and_plan_pays_compresses_later_tracks(
+        identity_model, tmp_path, fixed_seconds):
+    query = make(identity_model, config(tmp_path))
+    query.expect(rois=1000)
 
     first = query.answer(rois([1, 2]))
     later = query.answer(rois([3, 4], frame=1))
 
-    assert [a.compressed for a in first] == [False, False]
     assert {a.extra["phase"] for a in first} == {"profile"}
-    assert fake_profiler == [[1, 2]]
+    assert query.phase == "compressed" and query.plan.paths("skip")
     assert all(a.compressed and a.plan_id == query.plan.id for a in later)
-    assert query.plan.counts()["skip"] == len(query.compressor.paths) // 2
+    assert len(query.search["trials"]) == 1  # the first candidate confirmed, not six
     assert query.compressor.current.id == "full"  # compressed only inside answer()
 
 
-def test_audit_when_compressed_answers_are_wrong_reprofiles_then_falls_back(
-        tiny_vlm, tmp_path, fake_profiler, monkeypatch):
-    query = make(tiny_vlm, config(tmp_path, audit_every=1), max_replans=1)
-    real_ask = adaptive.ask
-
-    def flipped_when_compressed(vlm, q, batch, max_new_tokens):
-        results, seconds = real_ask(vlm, q, batch, max_new_tokens)
-        if query.compressor.current.compressed:
-            results = [YesNo(1 - r.p_yes, -r.margin) for r in results]
-        return results, seconds
-    monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
+def test_plan_when_too_few_rois_remain_does_not_search(identity_model, tmp_path,
+                                                       fixed_seconds):
+    query = make(identity_model, config(tmp_path))
+    query.expect(rois=3)
 
     query.answer(rois([1, 2]))
+
+    assert query.phase == "full" and "can pay back" in query.reason
+    assert query.search["trials"] == []
+    assert query.ledger.seconds["confirm"] == 0.0
+    assert query.cache.directory is not None and not list(query.cache.directory.glob("*.json"))
+
+
+def test_audit_when_due_runs_the_whole_batch_both_ways_and_pairs_it(
+        identity_model, tmp_path, fixed_seconds):
+    query = make(identity_model, config(tmp_path, audit_every=4))
+    query.expect(rois=1000)
+    query.answer(rois([1, 2]))
+
+    audited = query.answer(rois([3, 4], frame=1))
+    plain = query.answer(rois([5, 6], frame=2))
+
+    assert [a.extra["phase"] for a in audited] == ["audit", "audit"]
+    assert all(a.extra["audit_agree"] for a in audited)
+    assert [a.extra["phase"] for a in plain] == ["compressed", "compressed"]
+    accounting = query.summary()["accounting"]
+    assert accounting["paired_by"] == "audit" and accounting["paired_ratio"] == 4.0
+    # full answers 2 s + audit 2 s + compressed 0.5 s priced at 4x = 6 s of full-model time
+    assert accounting["full_equivalent_s"] == pytest.approx(2 + 2 + 0.5 * 4.0, abs=0.05)
+
+
+def test_audit_when_compressed_answers_are_wrong_reprofiles_then_falls_back(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    query = make(identity_model, config(tmp_path, audit_every=4), max_replans=1)
+    query.expect(rois=1000)
+    fixed = adaptive.ask
+
+    def flipped_when_compressed(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if query.compressor.current.compressed:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    query.answer(rois([1, 2]))
+    monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
+
     audited = query.answer(rois([3], frame=1))
     assert query.phase == "profile" and query.replans == 1
-    assert audited[0].extra["audit_agree"] is False
-    assert not audited[0].compressed  # the full model's answer is the one emitted
-    query.answer(rois([5, 6], frame=2))  # re-profile: the missed track 3 plus track 5
-    assert fake_profiler[-1] == [3, 5]
-    query.answer(rois([7], frame=3))
-
+    assert audited[0].extra["audit_agree"] is False and not audited[0].compressed
+    query.answer(rois([5, 6], frame=2))  # re-profile; the candidate now disagrees
     assert query.phase == "full"
-    assert "gave up" in query.summary()["reason"]
     assert query.summary()["agreement"]["audit"] == 0.0
 
 
-def test_audit_when_compressed_answers_agree_keeps_the_plan(tiny_vlm, tmp_path, fake_profiler):
-    # The plan skips the bottom half of the layer order; make those layers identity maps so
-    # the compressed answers equal the full ones exactly.
-    paths = layer_paths(tiny_vlm.model)
-    for path in paths[:len(paths) // 2]:
-        make_identity_layer(tiny_vlm.model, path)
-    query = make(tiny_vlm, config(tmp_path, audit_every=2))
-    query.answer(rois([1, 2]))
-
-    answers = query.answer(rois([3, 4, 5, 6], frame=1))
-
-    assert [a.extra["phase"] for a in answers] == ["compressed", "audit"] * 2
-    assert all(a.extra["audit_agree"] for a in answers[1::2])
-    assert query.phase == "compressed" and query.replans == 0
-    assert query.summary()["agreement"]["audit"] == 1.0
-
-
-def test_cache_when_second_run_starts_skips_profiling(tiny_vlm, tmp_path, fake_profiler):
+def test_cache_when_second_answerer_starts_skips_profiling_and_reports_saving(
+        identity_model, tmp_path, fixed_seconds):
     cfg = config(tmp_path)
-    first = make(tiny_vlm, cfg)
+    first = make(identity_model, cfg)
+    first.expect(rois=1000)
     first.answer(rois([1, 2]))
 
-    second = make(tiny_vlm, cfg, cache=PlanCache(tmp_path / "cache"))
+    second = make(identity_model, cfg, cache=PlanCache(tmp_path / "cache"))
     answers = second.answer(rois([8, 9]))
 
-    assert len(fake_profiler) == 1  # only the first run profiled
-    assert all(a.compressed for a in answers)
-    assert second.plan == first.plan
-    assert second.summary()["cache"]["hits"] == 1
-    assert first.summary()["cache"]["misses"] == 1
+    assert all(a.compressed for a in answers) and second.plan == first.plan
+    summary = second.summary()
+    assert summary["plan_source"] == "cache" and summary["cache"]["hits"] == 1
+    assert summary["cache"]["saved_s"] == pytest.approx(first.ledger.planning_s, abs=1e-3)
 
 
-def test_cache_when_settings_differ_misses(tiny_vlm, tmp_path, fake_profiler):
-    make(tiny_vlm, config(tmp_path)).answer(rois([1, 2]))
-    other = make(tiny_vlm, config(tmp_path, fraction=0.25))
-    assert other.phase == "profile"
-    assert other.cache.stats()["misses"] == 1
+def test_answer_when_mode_is_static_compresses_from_the_first_roi(tiny_vlm, tmp_path):
+    query = make(tiny_vlm, config(tmp_path, mode="static"))
+
+    answers = query.answer(rois([1]))
+
+    assert query.plan_source == "static" and answers[0].compressed
+    assert query.ledger.planning_s == pytest.approx(query.ledger.seconds["build"])
 
 
-def test_answer_when_question_is_text_uses_full_model(tiny_vlm, tmp_path, fake_profiler):
-    query = AdaptiveAnswerer(tiny_vlm,
-                             QuestionConfig(question="Describe the person.", answer="text"),
-                          config(tmp_path), max_new_tokens=3,
-                          compressor=Compressor(tiny_vlm.model))
+def test_answer_when_plan_file_names_the_question_uses_it(tiny_vlm, tmp_path):
+    paths = layer_paths(tiny_vlm.model)
+    plan = Plan({**{p: "keep" for p in paths}, paths[0]: "skip"}, "made ahead")
+    file = save_library(tmp_path / "plans.json", "tiny", paths,
+                        [{"question": QUERY.question, "plan": plan.to_dict(),
+                          "planning_s": 12.5}])
+    query = make(tiny_vlm, config(tmp_path, plan=str(file)),
+                 library=load_library(file, paths))
+
+    answers = query.answer(rois([1]))
+
+    assert query.plan == plan and query.plan_source == "plan file"
+    assert answers[0].compressed
+    assert query.summary()["accounting"]["cache_saved_s"] == 12.5
+
+
+@pytest.mark.parametrize(("flip", "source"), [(False, "borrowed"), (True, "profiled")])
+def test_borrow_when_nearest_question_has_a_plan_checks_it_on_held_out_tracks(
+        identity_model, tmp_path, fixed_seconds, monkeypatch, flip, source):
+    cfg = config(tmp_path, borrow=True)
+    first = make(identity_model, cfg)
+    first.expect(rois=1000)
+    first.answer(rois([1, 2]))
+    fixed = adaptive.ask
+    new = make(identity_model, cfg, question=BAG)
+    new.expect(rois=1000)
+
+    def flipped(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if flip and new.phase == "borrow" and new.compressor.current.compressed:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    monkeypatch.setattr(adaptive, "ask", flipped)
+
+    assert new.phase == "borrow"
+    checked = new.answer(rois([5, 6]))
+
+    assert {a.extra["phase"] for a in checked} == {"borrow"} and not checked[0].compressed
+    assert new.search["mode" if source == "borrowed" else "trials"] is not None
+    assert new.plan_source == source and new.phase == "compressed"
+
+
+def test_answer_when_question_is_text_uses_full_model(tiny_vlm, tmp_path):
+    query = make(tiny_vlm, config(tmp_path), QuestionConfig(question="Describe the person.",
+                                                             answer="text"),
+                 max_new_tokens=3)
     answers = query.answer(rois([1, 2, 3]))
-    assert [a.compressed for a in answers] == [False] * 3
-    assert query.phase == "text" and not fake_profiler
+    assert [a.compressed for a in answers] == [False] * 3 and query.phase == "text"
 
 
-def test_summary_when_compressing_reports_ratio_speedup_and_overhead(tiny_vlm, tmp_path,
-                                                                     fake_profiler):
-    query = make(tiny_vlm, config(tmp_path, audit_every=3))
+def test_summary_when_compressing_reports_accounting_without_unpaired_speedup(
+        identity_model, tmp_path, fixed_seconds):
+    query = make(identity_model, config(tmp_path, audit_every=3))
+    query.expect(rois=1000)
     for frame, tracks in enumerate([[1, 2], [3, 4], [5, 6], [7, 8]]):
         query.answer(rois(tracks, frame))
 
     summary = query.summary()
 
-    assert summary["weight_bytes"]["ratio"] > 1
-    assert summary["latency_ms"]["speedup"] > 0
-    assert summary["profiling"]["runs"] == 1 and 0 <= summary["profiling"]["share"] < 1
-    assert summary["answers"]["full"] == 2 and summary["answers"]["compressed"] == 6
-    assert summary["plan"]["id"] == query.plan.id
+    assert "speedup" not in summary["latency_ms"]
+    accounting = summary["accounting"]
+    assert set(accounting) >= {"vlm_s", "planning_s", "full_equivalent_s", "net_saving_s",
+                               "break_even_rois", "paired_ratio"}
+    assert accounting["rois"]["full"] == 2
+    assert "saved" in query.verdict() or "LOST" in query.verdict()
 
 
-def test_answer_when_auto_mode_chooses_plan_on_profiled_rois(tiny_vlm, tmp_path, fake_profiler):
-    query = make(tiny_vlm, config(tmp_path, mode="auto", profile_tracks=3))
-    query.answer(rois([1, 2, 3]))
-
-    search = query.summary()["search"]
-    assert search["mode"] == "auto" and search["trials"]
-    assert query.phase == ("compressed" if query.plan.compressed else "full")
-
-
-def test_answer_when_profiled_for_real_stores_profile_and_plan_in_cache(tiny_vlm, tmp_path):
-    cfg = config(tmp_path, mode="auto", profile_tracks=3)
-    query = make(tiny_vlm, cfg)
-
-    query.answer(rois([1, 2, 3]))
-
-    entries = list((tmp_path / "cache").glob("*.json"))
-    assert len(entries) == 1
-    entry = json.loads(entries[0].read_text())
-    profile = Profile.from_dict(entry["profile"])
-    assert profile.roi_ids == [1, 2, 3] and "block_influence" in profile.scores
-    assert Plan.from_dict(entry["plan"]) == query.plan
-    assert entry["key"]["question"] == QUERY.question
-
-
-def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_path,
-                                                                fake_profiler):
+def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_path):
     compressor = Compressor(tiny_vlm.model)
-    skip = AdaptiveAnswerer(tiny_vlm, QUERY, config(tmp_path), compressor=compressor)
-    int8 = AdaptiveAnswerer(tiny_vlm, QuestionConfig(question="Is this person running?"),
-                         config(tmp_path, operator="int8"), compressor=compressor)
-    for query in (skip, int8):
-        query.answer(rois([1, 2]))
+    skip = make(tiny_vlm, config(tmp_path, mode="static"), compressor=compressor)
+    paths = layer_paths(tiny_vlm.model)
+    other = Plan({**{p: "keep" for p in paths}, paths[-1]: "skip"})
+    file = save_library(tmp_path / "p.json", "tiny", paths,
+                        [{"question": BAG.question, "plan": other.to_dict()}])
+    bag = make(tiny_vlm, config(tmp_path, plan=str(file)), BAG, compressor=compressor,
+               library=load_library(file, paths))
 
-    first = int8.answer(rois([3], frame=1))
-    second = skip.answer(rois([3], frame=1))
+    first = bag.answer(rois([3]))
+    second = skip.answer(rois([3]))
 
-    assert first[0].plan_id == int8.plan.id != second[0].plan_id == skip.plan.id
-    assert int8.plan.paths("int8") and skip.plan.paths("skip")
-    assert compressor.cached_bytes() > 0  # int8's copies survived the other query's prune
+    assert first[0].plan_id == bag.plan.id != second[0].plan_id == skip.plan.id
     assert compressor.current.id == "full"
+
+
+def test_plan_offline_when_sample_crops_given_returns_a_checked_plan_entry(
+        identity_model, tmp_path, fixed_seconds):
+    cfg = config(tmp_path)
+    entry = adaptive.plan_offline(identity_model, QUERY, rois([1, 2, 3, 4]), cfg,
+                                  batch_size=2)
+
+    plan = Plan.from_dict(entry["plan"])
+    assert plan.paths("skip") and entry["phase"] == "compressed"
+    assert entry["held_out_rois"] == 2 and entry["agreement_held_out"] == 1.0
+    assert entry["planning_s"] > 0

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vidqa.config import QuestionConfig, VlmConfig
-from vidqa.messages import Roi
+from vidqa.messages import Answer, Roi
 from vidqa.vlm.adaptive import AdaptiveAnswerer
 from vidqa.vlm.compression.plan_cache import PlanCache
 from vidqa.vlm.model import VisionLanguageModel
@@ -110,12 +110,16 @@ class FleetAnswerer(AdaptiveAnswerer):
         self.board = board
         self.owner = owner
 
-    def _collect(self, rois: list[Roi]) -> None:
+    def _answer_profile(self, rois: list[Roi], shared: Any) -> list[Answer]:
         key = self.cache.key(self._key)
         if self.board.claim(key, self.owner):
-            super()._collect(rois)
-        elif self.board.plan(key) is not None:
+            return super()._answer_profile(rois, shared)
+        asked = self._ask_full(rois, shared)  # another replica profiles: full model meanwhile
+        self.ledger.add("full", asked.seconds, len(rois))
+        answers = self._answers(rois, asked, phase="profile")
+        if self.board.plan(key) is not None:
             self._load_cached()  # adopts the published plan: compressed from the next batch
+        return answers
 
 
 def fleet_answerers(vlm: VisionLanguageModel, cfg: VlmConfig, board: Board,

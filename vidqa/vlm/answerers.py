@@ -1,15 +1,21 @@
 """Answering one question on a batch of ROIs with the full model: the baseline every other
-answerer (profiling, compression) is measured against."""
+answerer (profiling, compression) is measured against; and the vision pass several questions
+about the same crops share (:class:`SharedVision`)."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from vidqa.clock import synchronize
 from vidqa.config import QuestionConfig
 from vidqa.messages import Answer, Roi
-from vidqa.vlm.model import VisionLanguageModel, YesNo
+from vidqa.vlm.model import VisionLanguageModel, YesNo, to_yes_no
 
 
 def build_answers(rois: Sequence[Roi], question: QuestionConfig, results: Sequence[YesNo | str],
@@ -31,34 +37,115 @@ def build_answers(rois: Sequence[Roi], question: QuestionConfig, results: Sequen
     return answers
 
 
+@dataclass
+class Asked:
+    """What one batch of one question cost: its results, the wall seconds it spent, and the
+    seconds it would have spent alone (``standalone_s`` adds the vision pass another question
+    paid for; paired measurements compare standalone seconds, so sharing never flatters a
+    plan)."""
+
+    results: list[YesNo | str]
+    seconds: float
+    standalone_s: float
+
+
+class SharedVision:
+    """One batch of crops asked several questions: the pixels are prepared once, and the
+    vision encoder + connector run once per vision plan (``vision_key``: the vision part of a
+    question's plan, "full" for the full model). Idefics3 takes the features in place of the
+    pixels, so every question's answers equal those of its own independent pass."""
+
+    def __init__(self, vlm: VisionLanguageModel, rois: Sequence[Roi]) -> None:
+        self.vlm = vlm
+        self.images = [roi.image for roi in rois]
+        self._inputs: dict[str, Any] = {}
+        self._features: dict[str, tuple[torch.Tensor, float]] = {}
+        self._encode_s = 0.0
+        self.stats: Counter[str] = Counter()
+
+    def inputs(self, question: str) -> tuple[Any, float]:
+        """Prepared inputs for ``question`` and the seconds another question paid for them."""
+        if question in self._inputs:
+            return self._inputs[question], 0.0
+        start = time.perf_counter()
+        if self._inputs and not self.vlm.image_splitting:
+            like = next(iter(self._inputs.values()))
+            inputs = self._inputs[question] = self.vlm.prompt_inputs(question, like)
+            return inputs, max(0.0, self._encode_s - (time.perf_counter() - start))
+        inputs = self._inputs[question] = self.vlm.encode(self.images, question)
+        self._encode_s = time.perf_counter() - start
+        return inputs, 0.0
+
+    def features(self, key: str, inputs: Any, body: Any = None) -> tuple[torch.Tensor, float]:
+        """Image features under the vision plan ``key`` (computed now, under whatever plan is
+        applied, when missing) and the seconds another question paid for them (0 if now)."""
+        if key in self._features:
+            self.stats["reused"] += 1
+            features, seconds = self._features[key]
+            return features, seconds
+        synchronize(self.vlm.device)
+        start = time.perf_counter()
+        features = self.vlm.image_features(inputs, body)
+        synchronize(self.vlm.device)
+        self._features[key] = (features, time.perf_counter() - start)
+        self.stats["computed"] += 1
+        return features, 0.0
+
+
 def ask(vlm: VisionLanguageModel, question: QuestionConfig, rois: Sequence[Roi],
-        max_new_tokens: int) -> tuple[list[YesNo | str], float]:
-    """Run one batch through the model as it is now; returns results and wall seconds."""
+        max_new_tokens: int, shared: SharedVision | None = None, vision_key: str = "full",
+        body: Any = None, trace: Any = None) -> Asked:
+    """Run one batch through the model as it is now (or through ``body``, a plan's compiled
+    module). ``shared``: the batch's shared pixels and vision features; ``trace``: a
+    :class:`~vidqa.vlm.profiling.stream.StreamProfile` the pass also profiles into (it runs
+    its own vision tower then, whose layers it measures)."""
     images = [roi.image for roi in rois]
+    synchronize(vlm.device)
     start = time.perf_counter()
-    if question.answer == "yesno":
-        results: list[YesNo | str] = list(vlm.answer_yes_no(images, question.question))
+    paid_by_others = 0.0
+    if question.answer != "yesno":
+        results: list[YesNo | str] = list(vlm.answer_text(images, question.question,
+                                                          max_new_tokens))
     else:
-        results = list(vlm.answer_text(images, question.question, max_new_tokens))
-    return results, time.perf_counter() - start
+        if shared is not None:
+            inputs, paid_by_others = shared.inputs(question.question)
+        else:
+            inputs = vlm.encode(images, question.question)
+        if trace is not None:
+            from vidqa.vlm.profiling.stream import traced_margins  # profiling loads lazily
+
+            margins = traced_margins(vlm, inputs, trace)
+        elif shared is not None:
+            features, vision_s = shared.features(vision_key, inputs, body)
+            paid_by_others += vision_s
+            margins = vlm.margins(inputs, features=features, body=body)
+        else:
+            margins = vlm.margins(inputs, body=body)
+        results = list(to_yes_no(margins))
+    synchronize(vlm.device)
+    seconds = time.perf_counter() - start
+    return Asked(results, seconds, seconds + paid_by_others)
 
 
 class FullAnswerer:
     """Answers every ROI of one question with the uncompressed model."""
 
     def __init__(self, vlm: VisionLanguageModel, question: QuestionConfig,
-                 max_new_tokens: int = 16) -> None:
+                 max_new_tokens: int = 16, body: Any = None) -> None:
         self.vlm = vlm
+        self.body = body  # a compiled full model (yes/no only), or None: the model itself
         self.question = question
         self.max_new_tokens = max_new_tokens
         self.rois = 0
         self.seconds = 0.0
 
-    def answer(self, rois: Sequence[Roi]) -> list[Answer]:
-        results, seconds = ask(self.vlm, self.question, rois, self.max_new_tokens)
+    def answer(self, rois: Sequence[Roi], shared: SharedVision | None = None) -> list[Answer]:
+        body = self.body if self.question.answer == "yesno" else None
+        asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared, body=body)
         self.rois += len(rois)
-        self.seconds += seconds
-        return build_answers(rois, self.question, results, seconds, self.vlm.info.name)
+        self.seconds += asked.seconds
+        return build_answers(rois, self.question, asked.results, asked.seconds,
+                             self.vlm.info.name)
 
     def summary(self) -> dict[str, Any]:
         return {"question": self.question.question, "mode": "full", "vlm_rois": self.rois,

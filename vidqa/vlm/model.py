@@ -10,9 +10,10 @@ maps prepared inputs to that number.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,23 +144,81 @@ class VisionLanguageModel:
         return inputs
 
     @torch.inference_mode()
-    def last_logits(self, inputs: BatchFeature) -> torch.Tensor:
-        """Next-token logits after each prompt, (B, V) float32. Inputs must be right-padded."""
-        hidden = self.model.model(**inputs).last_hidden_state  # (B, T, C)
+    def image_features(self, inputs: BatchFeature, body: Any = None) -> torch.Tensor:
+        """Vision encoder + connector output of prepared inputs: one row of C per image token
+        of the batch, in order (the shape differs between transformers releases; only the
+        order and the count matter to the merge).
+
+        What ``last_logits(inputs, features=...)`` takes instead of running the vision tower:
+        several questions about the same crops share one vision pass.
+        """
+        out = (body or self.model.model).get_image_features(inputs["pixel_values"],
+                                                  inputs.get("pixel_attention_mask"))
+        pooled = getattr(out, "pooler_output", out)  # newer transformers: a model output
+        if isinstance(pooled, (list, tuple)):
+            pooled = torch.cat(list(pooled), dim=0)  # (image tokens, C)
+        return pooled
+
+    @torch.inference_mode()
+    def last_logits(self, inputs: BatchFeature, features: torch.Tensor | None = None,
+                    body: Callable[..., Any] | None = None) -> torch.Tensor:
+        """Next-token logits after each prompt, (B, V) float32. Inputs must be right-padded.
+
+        ``features``: this batch's :meth:`image_features`, so the vision tower does not run.
+        ``body``: what runs in place of ``model.model`` (a plan's compiled module).
+        """
+        body = body or self.model.model
+        if features is None:
+            hidden = body(**inputs).last_hidden_state  # (B, T, C)
+        else:
+            hidden = body(inputs_embeds=self._merged(inputs, features),
+                          attention_mask=inputs["attention_mask"]).last_hidden_state  # (B, T, C)
         last = inputs["attention_mask"].sum(dim=1) - 1  # (B,) index of each prompt's last token
         hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, C)
         return self.model.lm_head(hidden).float()  # (B, V)
 
-    def margins(self, inputs: BatchFeature) -> torch.Tensor:
+    def _merged(self, inputs: BatchFeature, features: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the image tokens replaced by ``features``, (B, T, C): what
+        Idefics3Model.forward builds before its text model, done here so it works with every
+        transformers release (the name of the features argument changed)."""
+        inner = self.model.model
+        embeds = inner.text_model.get_input_embeddings()(inputs["input_ids"])  # (B, T, C)
+        features = features.to(dtype=embeds.dtype, device=embeds.device)
+        return inner.inputs_merger(input_ids=inputs["input_ids"], inputs_embeds=embeds,
+                                   image_hidden_states=features)
+
+    def margins(self, inputs: BatchFeature, features: torch.Tensor | None = None,
+                body: Callable[..., Any] | None = None) -> torch.Tensor:
         """logsumexp(logit[yes words]) - logsumexp(logit[no words]) per crop, (B,)."""
-        logits = self.last_logits(inputs)
+        logits = self.last_logits(inputs, features, body)
         yes = torch.logsumexp(logits[:, self.yes_ids], dim=1)
         no = torch.logsumexp(logits[:, self.no_ids], dim=1)
         return yes - no
 
     def answer_yes_no(self, images: Sequence[np.ndarray], question: str) -> list[YesNo]:
-        margins = self.margins(self.encode(images, question)).cpu()
-        return [YesNo(p_yes=float(torch.sigmoid(m)), margin=float(m)) for m in margins]
+        return to_yes_no(self.margins(self.encode(images, question)))
+
+    def prompt_inputs(self, question: str, like: BatchFeature) -> BatchFeature:
+        """Inputs for ``question`` on the crops already prepared in ``like`` (another
+        question's inputs): its pixels are reused and only the prompt is tokenized.
+
+        Without image splitting every crop is one tile, so every row has the same prompt;
+        with it, rows differ and the crops are prepared again.
+        """
+        batch = like["input_ids"].shape[0]
+        if self.image_splitting:
+            raise ValueError("prompt_inputs needs image_splitting off: rows differ otherwise")
+        ids = self._prompt_ids(question).to(like["input_ids"].device)  # (1, T)
+        inputs = BatchFeature({"input_ids": ids.expand(batch, -1).clone(),
+                               "attention_mask": torch.ones_like(ids).expand(batch, -1).clone()})
+        for key in ("pixel_values", "pixel_attention_mask"):
+            if key in like:
+                inputs[key] = like[key]
+        return inputs
+
+    def _prompt_ids(self, question: str) -> torch.Tensor:
+        """The question's prompt ids, (1, T), tokenised once (by the tile encoder)."""
+        return self.tiles.prompt_ids(self.prompt(question))
 
     @torch.inference_mode()
     def answer_text(self, images: Sequence[np.ndarray], question: str,
@@ -178,6 +237,11 @@ class VisionLanguageModel:
         from vidqa.vlm.compression.operators import module_bytes  # knows the packed formats
 
         return module_bytes(self.model)
+
+
+def to_yes_no(margins: torch.Tensor) -> list[YesNo]:
+    """One :class:`YesNo` per margin."""
+    return [YesNo(p_yes=float(torch.sigmoid(m)), margin=float(m)) for m in margins.float().cpu()]
 
 
 def timed_margins(vlm: VisionLanguageModel, batches: Sequence[BatchFeature]

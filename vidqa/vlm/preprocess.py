@@ -79,6 +79,10 @@ class TileEncoder:
                                 align_corners=False).clamp_(0, 255).round_()  # as uint8 would
         return chw[0]
 
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """The prompt's token ids with the image placeholders expanded, (1, T)."""
+        return self._prompt(prompt)["input_ids"]
+
     def _prompt(self, prompt: str) -> BatchFeature:
         """The prompt's token ids with the image placeholders expanded, tokenised once."""
         if prompt not in self._prompts:

@@ -16,9 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any, Protocol
 
+from loguru import logger
+
 from vidqa.config import QuestionConfig, VlmConfig
 from vidqa.messages import Answer, FrameResult, Roi, VideoFrame
-from vidqa.vlm.answerers import FullAnswerer
+from vidqa.vlm.answerers import FullAnswerer, SharedVision
 from vidqa.vlm.model import VisionLanguageModel
 from vidqa.vlm.service import VlmService, percentile
 
@@ -26,35 +28,54 @@ from vidqa.vlm.service import VlmService, percentile
 class Answerer(Protocol):
     question: QuestionConfig
 
-    def answer(self, rois: list[Roi]) -> list[Answer]: ...
+    def answer(self, rois: list[Roi], shared: SharedVision | None = None) -> list[Answer]: ...
 
     def summary(self) -> dict[str, Any]: ...
 
 
 class VlmStage:
-    """Answers every question about every ROI, ``batch_size`` crops per forward pass."""
+    """Answers every question about every ROI, ``batch_size`` crops per forward pass.
+
+    When several yes/no questions are asked about the same crops, the crops are prepared once
+    and the vision encoder + connector run once per vision plan (:class:`SharedVision`); the
+    answers equal those of independent passes.
+    """
 
     def __init__(self, vlm: VisionLanguageModel, cfg: VlmConfig,
-                 answerers: list[Answerer] | None = None) -> None:
+                 answerers: list[Answerer] | None = None, share_vision: bool = True) -> None:
         self.vlm = vlm
         self.cfg = cfg
-        self.answerers = answerers if answerers is not None else \
-            [make_answerer(vlm, question, cfg) for question in cfg.questions]
+        self.share_vision = share_vision
+        self.answerers = answerers if answerers is not None else make_answerers(vlm, cfg)
+        self._shared: Counter[str] = Counter()
 
     def answer(self, rois: Sequence[Roi], questions: Sequence[str] | None = None
                ) -> list[list[Answer]]:
         """Per ROI, its answer to every question (or to those whose text is in
         ``questions``, in the stage's order), ``batch_size`` crops per forward pass."""
         rois = list(rois)
+        asked = [a for a in self.answerers
+                 if questions is None or a.question.question in questions]
+        share = self.share_vision and sum(a.question.answer == "yesno" for a in asked) > 1
         per_roi: list[list[Answer]] = [[] for _ in rois]
-        for answerer in self.answerers:
-            if questions is not None and answerer.question.question not in questions:
-                continue
-            for start in range(0, len(rois), self.cfg.batch_size):
-                chunk = answerer.answer(rois[start:start + self.cfg.batch_size])
-                for offset, answer in enumerate(chunk):  # answerers keep the ROIs' order
-                    per_roi[start + offset].append(answer)
+        for start in range(0, len(rois), self.cfg.batch_size):
+            chunk = rois[start:start + self.cfg.batch_size]
+            shared = SharedVision(self.vlm, chunk) if share else None
+            for answerer in asked:
+                answers = answerer.answer(chunk) if shared is None else \
+                    answerer.answer(chunk, shared)
+                for offset, answer in enumerate(answers):
+                    per_roi[start + offset].append(answer)  # answerers keep the ROIs' order
+            if shared is not None:
+                self._shared.update(shared.stats)
         return per_roi
+
+    def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
+        """What is still to come — ``rois`` ROIs or ``seconds`` of stream (e.g. a file's
+        ``frame_count / fps`` at start): adaptive questions plan only what can pay back."""
+        for answerer in self.answerers:
+            if hasattr(answerer, "expect"):
+                answerer.expect(rois, seconds)
 
     def update(self, result: FrameResult) -> FrameResult:
         if not result.rois:
@@ -67,20 +88,61 @@ class VlmStage:
             yield self.update(result)
 
     def summary(self) -> dict[str, Any]:
+        """Per question its summary (and, for adaptive ones, the accounting verdict logged)."""
+        for answerer in self.answerers:
+            if hasattr(answerer, "verdict"):
+                logger.info(answerer.verdict())
         return {"model": self.vlm.info.name, "standin": self.vlm.info.standin,
                 "encode_s": round(self.vlm.encode_seconds, 3),
                 "weight_bytes": self.vlm.weight_bytes(),
+                "vision_reuse": {"features_computed": self._shared["computed"],
+                                 "features_reused": self._shared["reused"]},
                 "questions": [answerer.summary() for answerer in self.answerers]}
 
 
-def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig) -> Answerer:
+def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig) -> list[Answerer]:
+    """One answerer per question; adaptive ones share the plan file and compiled plans."""
+    adaptive = cfg.adaptive
+    on = adaptive.enabled and adaptive.mode != "off"
+    if not on and not adaptive.compile:
+        return [FullAnswerer(vlm, q, cfg.max_new_tokens) for q in cfg.questions]
+    from vidqa.vlm.compression.compressor import compressor_for  # compression loads lazily
+
+    compressor = compressor_for(vlm.model)
+    compiled = None
+    if adaptive.compile:
+        from vidqa.vlm.compression.compiled import CompiledPlans
+        from vidqa.vlm.compression.plan import Plan
+
+        compiled = CompiledPlans(vlm.model, compressor)
+        if not on:  # the full model compiled the same way, for fair comparisons
+            body = compiled.body(Plan.keep_all(compressor.paths))
+            return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
+    library = _library(adaptive.plan, compressor.paths)
+    return [make_answerer(vlm, q, cfg, library, compiled) for q in cfg.questions]
+
+
+def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig,
+                  library: Sequence[Any] = (), compiled: Any = None) -> Answerer:
     """The adaptive answerer when ``vlm.adaptive`` is on, else the full model."""
     adaptive = cfg.adaptive
     if adaptive.enabled and adaptive.mode != "off":
         from vidqa.vlm.adaptive import AdaptiveAnswerer  # the compression machinery loads lazily
 
-        return AdaptiveAnswerer(vlm, question, adaptive, max_new_tokens=cfg.max_new_tokens)
+        return AdaptiveAnswerer(vlm, question, adaptive, max_new_tokens=cfg.max_new_tokens,
+                                library=library, compiled=compiled)
     return FullAnswerer(vlm, question, cfg.max_new_tokens)
+
+
+def _library(setting: str, paths: Sequence[str]) -> list[Any]:
+    """The plans of ``vlm.adaptive.plan`` (a file or folder), or none for ``auto``."""
+    if setting == "auto":
+        return []
+    from vidqa.vlm.compression.plan_library import load_library
+
+    library = load_library(setting, paths)
+    logger.info("plan file {}: {} plan(s) for this model", setting, len(library))
+    return library
 
 
 class ServiceStage:

@@ -137,6 +137,10 @@ class Compressor:
         keep = {(path, op) for plan in plans for path, op in plan.ops.items()}
         self._variants = {k: m for k, m in self._variants.items() if k in keep}
 
+    def module_for(self, path: str, op: str) -> nn.Module:
+        """The module ``op`` puts at ``path`` (built once and kept, as :meth:`apply` does)."""
+        return self._module(path, op)
+
     def _module(self, path: str, op: str) -> nn.Module:
         if op == "keep":
             return self.originals[path]

@@ -19,7 +19,7 @@ from loguru import logger
 from vidqa.assets.fetch import cache_dir
 from vidqa.storage import write_json
 
-CACHE_VERSION = 1  # bump when the stored format or the planning recipe changes
+CACHE_VERSION = 2  # bump when the stored format or the planning recipe changes
 
 
 def default_cache_dir() -> Path:
@@ -98,6 +98,24 @@ class PlanCache:
         path = self._path(fields)
         if path is not None:
             path.unlink(missing_ok=True)
+
+    def neighbours(self, fields: dict[str, Any]) -> list[dict[str, Any]]:
+        """Stored entries whose key equals ``fields`` in everything but the question: the
+        plans of other questions on the same model, device, dtype and settings."""
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        same = {k: v for k, v in fields.items() if k != "question"}
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                entry = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            key = entry.get("key", {})
+            if {k: v for k, v in key.items() if k != "question"} == same and \
+                    key.get("question") != fields.get("question"):
+                found.append(entry)
+        return found
 
     def stats(self) -> dict[str, Any]:
         lookups = self.hits + self.misses

@@ -1,0 +1,194 @@
+"""Will a plan pay for itself? Forecast the ROIs still to come, rank candidate plans from what
+profiling already measured, and price each confirmation before running it.
+
+A candidate's expected return is ``R * c_full * (saving - audit_share)``: ``R`` ROIs still to
+come, each saving its share of the full per-ROI cost, minus the audits (an audited ROI is also
+answered by the full model). A confirmation costs a compressed pass over the profiled
+batches (plus building its int8 copies). The planner confirms the best-ranked candidate only
+when the planning spent so far plus this confirmation stays below the expected return, and
+confirms at most ``confirm`` candidates: on a file it never spends more on planning than the
+plan can return on that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vidqa.vlm.compression.plan import Plan, tower_of
+
+SKIP_FRACTIONS = (0.25, 0.5, 0.75)
+INT8_GAIN = 0.4  # share of a layer's time int8 saves on CPU (1.5-2.1x per layer measured)
+
+
+# --------------------------------------------------------------------------------------------
+# How many ROIs are still to come
+
+
+class RoiForecast:
+    """ROIs still to come for one question, from an explicit count, a stream time still to
+    come, or the rate of new ROIs (per second of stream time) times the live horizon."""
+
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self._expected: int | None = None  # ROIs announced by the caller
+        self._seconds: float | None = None  # stream seconds still to come, announced
+        self._since = 0  # ROIs seen since the announcement
+        self._spans: dict[str, list[float]] = {}  # stream -> [first time_s, last time_s]
+        self.seen = 0
+
+    def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
+        """Announce what is still to come: ``rois`` (exact), or ``seconds`` of stream from
+        the first ROI on (a file's duration: ``frame_count / fps``)."""
+        self._expected, self._seconds, self._since = rois, seconds, 0
+
+    def observe(self, stream_id: str, time_s: float) -> None:
+        self.seen += 1
+        self._since += 1
+        span = self._spans.setdefault(stream_id, [time_s, time_s])
+        span[0], span[1] = min(span[0], time_s), max(span[1], time_s)
+
+    def rate(self) -> float | None:
+        """New ROIs per second of stream time, summed over streams (None before 1 s)."""
+        seconds = sum(last - first for first, last in self._spans.values())
+        return self.seen / seconds if seconds >= 1.0 else None
+
+    def remaining(self) -> tuple[float, str]:
+        """(ROIs expected from now on, how that was estimated)."""
+        if self._expected is not None:
+            return max(0.0, self._expected - self._since), "announced ROI count"
+        rate = self.rate()
+        if rate is None:
+            return 0.0, "no rate yet (under 1 s of stream seen)"
+        if self._seconds is not None:
+            # Streams run side by side: the longest span seen is the stream time elapsed.
+            elapsed = max(last - first for first, last in self._spans.values())
+            left = max(0.0, self._seconds - elapsed)
+            return rate * left, f"{rate:.2f} ROI/s x {left:.0f} s of {self._seconds:.0f} s left"
+        return rate * self.horizon_s, f"{rate:.2f} ROI/s x horizon {self.horizon_s:.0f} s"
+
+
+# --------------------------------------------------------------------------------------------
+# Candidates ranked from profiling signals
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A plan, its saving estimated from measured layer times, and its risk from block
+    influence (the share of each tower's influence it removes, skip counting fully, int8 a
+    tenth)."""
+
+    label: str
+    plan: Plan
+    est_saving: float  # share of the full per-ROI time
+    risk: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "plan_id": self.plan.id, "counts": self.plan.counts(),
+                "est_saving": round(self.est_saving, 4), "risk": round(self.risk, 4)}
+
+
+def candidates(paths: Sequence[str], influence: np.ndarray, layer_s: np.ndarray,
+               total_s: float, int8: bool) -> list[Candidate]:
+    """Every candidate, best first: skip the least influential 1/4, 1/2, 3/4 of a tower, int8
+    a whole tower (where an int8 kernel exists) and int8 with the skips, and the union of the
+    towers' best. Ranked by ``est_saving * (1 - risk)``."""
+    shares = _tower_shares(paths, influence)
+    found: list[Candidate] = []
+    for tower in ("vision", "text"):
+        layers = sorted((i for i, p in enumerate(paths) if tower_of(p) == tower),
+                        key=lambda i: influence[i])
+        for fraction in SKIP_FRACTIONS:
+            skipped = layers[:int(fraction * len(layers) + 0.5)]
+            if skipped:
+                found.append(_candidate(f"skip {fraction:g} of {tower}", paths,
+                                        {i: "skip" for i in skipped}, shares, layer_s, total_s))
+                if int8:
+                    ops = {**{i: "int8" for i in layers}, **{i: "skip" for i in skipped}}
+                    found.append(_candidate(f"skip {fraction:g} + int8 rest of {tower}", paths,
+                                            ops, shares, layer_s, total_s))
+        if int8 and layers:
+            found.append(_candidate(f"int8 {tower}", paths, {i: "int8" for i in layers},
+                                    shares, layer_s, total_s))
+    found = [c for c in found if c.est_saving > 0]
+    found += _unions(found, paths, shares, layer_s, total_s)
+    return sorted(found, key=lambda c: -c.est_saving * (1 - c.risk))
+
+
+def next_candidate(ranked: Sequence[Candidate], rejected: Sequence[Candidate]
+                   ) -> Candidate | None:
+    """The best-ranked candidate not tried, and after a rejection only a safer one (less
+    than half the rejected risk) that does not contain what was rejected."""
+    tried = {c.plan for c in rejected}
+    cap = min((c.risk for c in rejected), default=None)
+    for candidate in ranked:
+        if candidate.plan in tried:
+            continue
+        if cap is not None and candidate.risk > cap / 2:
+            continue
+        return candidate
+    return None
+
+
+def expected_return(rois: float, full_per_roi_s: float, saving: float,
+                    audit_every: int) -> float:
+    """Seconds a plan saving ``saving`` returns over ``rois`` ROIs, audits paid."""
+    audit_share = 1 / audit_every if audit_every else 0.0
+    return rois * full_per_roi_s * (saving - audit_share)
+
+
+def static_plan(paths: Sequence[str], int8: bool) -> Plan:
+    """The fixed, profile-free plan per model (``mode: static``): int8 on the whole vision
+    tower where an int8 kernel exists, else skip the last third of the vision tower but its
+    final layer (ShortGPT: deep layers but the last are the most redundant)."""
+    vision = [p for p in paths if tower_of(p) == "vision"]
+    if int8:
+        ops = {p: "int8" for p in vision}
+        note = "static: int8 on the vision tower"
+    else:
+        third = max(1, len(vision) // 3)
+        ops = {p: "skip" for p in vision[-third - 1:-1]}
+        note = f"static: skip {len(ops)} deep vision layers (not the last)"
+    return Plan({**{p: "keep" for p in paths}, **ops}, note)
+
+
+def _tower_shares(paths: Sequence[str], influence: np.ndarray) -> np.ndarray:
+    """Each layer's share of its tower's total block influence, (n_layers,)."""
+    shares = np.zeros(len(paths))
+    for tower in ("vision", "text"):
+        index = [i for i, p in enumerate(paths) if tower_of(p) == tower]
+        total = float(np.sum(influence[index])) if index else 0.0
+        for i in index:
+            shares[i] = influence[i] / total if total > 0 else 1 / len(index)
+    return shares
+
+
+def _candidate(label: str, paths: Sequence[str], ops: dict[int, str], shares: np.ndarray,
+               layer_s: np.ndarray, total_s: float) -> Candidate:
+    saved = sum(layer_s[i] * (1.0 if op == "skip" else INT8_GAIN) for i, op in ops.items())
+    risk = sum(shares[i] * (1.0 if op == "skip" else 0.1) for i, op in ops.items())
+    plan = Plan({**{p: "keep" for p in paths}, **{paths[i]: op for i, op in ops.items()}},
+                label)
+    return Candidate(label, plan, float(saved / total_s) if total_s > 0 else 0.0,
+                     float(min(1.0, risk)))
+
+
+def _unions(found: list[Candidate], paths: Sequence[str], shares: np.ndarray,
+            layer_s: np.ndarray, total_s: float) -> list[Candidate]:
+    """The vision and text candidates of the same rank merged (damage is roughly additive:
+    the union is ranked as such, and confirmed like any other)."""
+    by_tower = {t: sorted((c for c in found if c.label.endswith(t)),
+                          key=lambda c: -c.est_saving * (1 - c.risk))[:2]
+                for t in ("vision", "text")}
+    merged = []
+    for vision, text in zip(by_tower["vision"], by_tower["text"], strict=False):
+        ops = {paths.index(p): op for c in (vision, text) for p, op in c.plan.ops.items()
+               if op != "keep"}
+        union = _candidate(f"{vision.label} + {text.label}", paths, ops, shares, layer_s,
+                           total_s)
+        merged.append(dataclasses.replace(union, risk=min(1.0, vision.risk + text.risk)))
+    return merged
