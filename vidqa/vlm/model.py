@@ -152,8 +152,8 @@ class VisionLanguageModel:
         What ``last_logits(inputs, features=...)`` takes instead of running the vision tower:
         several questions about the same crops share one vision pass.
         """
-        out = (body or self.model.model).get_image_features(inputs["pixel_values"],
-                                                  inputs.get("pixel_attention_mask"))
+        body = body if body is not None else self.model.model
+        out = body.get_image_features(inputs["pixel_values"], inputs.get("pixel_attention_mask"))
         pooled = getattr(out, "pooler_output", out)  # newer transformers: a model output
         if isinstance(pooled, (list, tuple)):
             pooled = torch.cat(list(pooled), dim=0)  # (image tokens, C)
@@ -167,7 +167,7 @@ class VisionLanguageModel:
         ``features``: this batch's :meth:`image_features`, so the vision tower does not run.
         ``body``: what runs in place of ``model.model`` (a plan's compiled module).
         """
-        body = body or self.model.model
+        body = body if body is not None else self.model.model
         if features is None:
             hidden = body(**inputs).last_hidden_state  # (B, T, C)
         else:
