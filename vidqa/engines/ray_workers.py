@@ -122,7 +122,8 @@ class VlmDeployment:
     def _post_summary(self) -> None:
         """This replica's stage and batching figures, to the board (the run's summary reads
         them there: a handle cannot address one replica)."""
-        service = self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000)
+        service = {**self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000),
+                   "worker": "ray"}
         self.board.post(self.replica, {**self.stage.summary(), "service": service})
 
 
