@@ -48,12 +48,14 @@ def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
             f"vlm.max_wait_ms={args.max_wait_ms}", f"vlm.queue_size={args.queue_size}",
             f"vlm.adaptive.enabled={str(args.adaptive).lower()}",
             f"roi.reask_every={args.reask_every}", f"tracker.device={args.tracker_device}",
+            f"vlm.worker={args.worker}",
             "sinks.video=false", "sinks.mot=false"]
 
 
 def one_service(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """``count`` streams in one process, one VLM service, for ``args.seconds``."""
     overrides = stream_overrides(count, args) + (["vlm.worker=thread"] if args.no_vlm else [])
+    out.mkdir(parents=True, exist_ok=True)
     run = Run.from_config(load_config(None, overrides), out)
     if args.no_vlm:
         run.service.answer = lambda rois, questions: [[] for _ in rois]
@@ -189,6 +191,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="auto")
     parser.add_argument("--device", default="auto", help="VLM device")
     parser.add_argument("--tracker-device", default="auto")
+    parser.add_argument("--worker", default="auto", choices=["auto", "thread", "process"],
+                        help="vlm.worker: where the model runs")
     parser.add_argument("--questions", type=int, default=1, choices=range(1, 6))
     parser.add_argument("--reask-every", type=int, default=0, help="0 = once per track")
     parser.add_argument("--batch-size", type=int, default=32)
