@@ -31,7 +31,7 @@ from vidqa.messages import Answer, Roi
 from vidqa.vlm.service import ServiceClosed
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
-CPU_NICENESS = 10  # a CPU worker yields the cores to the streams' trackers
+CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
 
 
 class ProcessVlmService:
