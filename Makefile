@@ -35,7 +35,6 @@ $(STAMP): pyproject.toml
 # Debian packages the tests need: a real RTSP server on loopback, and Chromium for the web view.
 system-deps:
 	@bash tools/install_system_deps.sh
-	@bash tools/install_browser.sh
 
 bench: $(STAMP)
 	$(PY) tools/bench_pipeline.py

@@ -76,3 +76,19 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0
 def frames(count: int) -> Iterator[np.ndarray]:
     for index in range(count):
         yield moving_box_frame(index)
+
+
+def chromium_path() -> str:
+    """Debian's chromium, which playwright drives (it never downloads a browser); skips the
+    test with the fix when it is missing."""
+    import os
+    import shutil
+
+    import pytest
+
+    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no system chromium: run tools/install_system_deps.sh (apt-get install "
+                "chromium)")

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Debian packages for the live-stream tests: GStreamer's RTSP server (run by the system python3
-# through PyGObject) that tests/rtsp_server.py starts on 127.0.0.1. Skipped when present.
+# Debian packages the tests need, installed only when missing:
+# - GStreamer's RTSP server (run by the system python3 through PyGObject), which
+#   tests/rtsp_server.py starts on 127.0.0.1 for the live-stream tests;
+# - Chromium and a font, which playwright drives for the web-view tests (playwright's own
+#   browser download is never used).
 set -euo pipefail
-packages=(gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+packages=(gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base
+          gstreamer1.0-plugins-good chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-  echo "system deps: apt-get not found; install ${missing[*]} by hand or skip the RTSP tests (pytest -m 'not rtsp')" >&2
+  echo "system deps: apt-get not found; install ${missing[*]} by hand or skip those tests" \
+       "(pytest -m 'not rtsp and not browser')" >&2
   exit 1
 fi
 SUDO=""

@@ -1,20 +1,19 @@
 """The page in a real headless Chromium: the video plays, counters move, the table fills in.
 
-Needs Debian's chromium (tools/install_browser.sh) and the playwright package; playwright's own
+Needs Debian's chromium (tools/install_system_deps.sh) and the playwright package; playwright's own
 browser downloads are never used, the system chromium is launched by path.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factories import detections
-from web_factories import make_answer, moving_box_frame, wait_until
+from web_factories import chromium_path, make_answer, moving_box_frame, wait_until
 
 from vidqa.messages import FrameResult, VideoFrame
 from vidqa.web import LiveView, LiveViewSink
@@ -24,12 +23,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 STREAMS = ("0", "1")
 
 
-def _chromium() -> str:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no system chromium: run tools/install_browser.sh (apt-get install chromium)")
 
 
 def _pipeline(view: LiveView, stop: threading.Event) -> None:
@@ -88,7 +81,7 @@ def artifacts(tmp_path: Path) -> Path:
 def test_page_when_pipeline_publishes_then_video_counters_and_tracks_update(
         live_view: LiveView, artifacts: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    executable = _chromium()
+    executable = chromium_path()
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)

@@ -9,7 +9,7 @@ has seen what it needs.
 
 The page must show one video per stream that advances, a tracks table that fills in with
 answers, and the server must go away with the run. A screenshot is kept (``$VIDQA_ARTIFACTS``
-or the test's tmp folder). Needs Debian's chromium (tools/install_browser.sh) and playwright;
+or the test's tmp folder). Needs Debian's chromium (tools/install_system_deps.sh) and playwright;
 the system chromium is launched by path, playwright's own browser downloads are never used.
 """
 
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from web.served_run import ServedRun, port_is_free, sample_config
-from web_factories import wait_until
+from web_factories import chromium_path, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -30,12 +29,6 @@ WAIT_MS = 90_000  # a guard for two busy cores, not a timing assertion
 GUARD_FRAMES = 600  # the test stops the run once it has seen enough; this only bounds it
 
 
-def _chromium() -> str:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no system chromium: run tools/install_browser.sh (apt-get install chromium)")
 
 
 @pytest.fixture()
@@ -89,7 +82,7 @@ def test_page_when_real_run_serves_then_video_advances_tracks_fill_and_server_st
         tmp_path: Path, tiny_vlm_dir: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch,
         streams: tuple[str, ...]) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    executable = _chromium()
+    executable = chromium_path()
     cfg = sample_config(tmp_path, tiny_vlm_dir, streams=streams,
                         overrides=(f"run.max_frames={GUARD_FRAMES}",))
     expected = streams or ("0",)
