@@ -1,5 +1,7 @@
 """Several streams in one run, one VLM service: outputs per stream and merged, nothing lost
-through a full queue or at the end of a file, and one bad stream does not stop the others."""
+through a full queue or at the end of a file, and one bad stream does not stop the others —
+with the streams on threads of one process, and split over two stream processes that ask one
+VLM worker process (``run.processes``)."""
 
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 FRAMES = 40
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory, tiny_vlm_dir) -> tuple[Path, dict]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
+def fleet(request, tmp_path_factory, tiny_vlm_dir) -> tuple[Path, dict]:
     """Two cameras on the sample clip and one whose file is missing; a queue of 2 crops."""
     config = tmp_path_factory.mktemp("cfg") / "fleet.yaml"
     config.write_text(f"""
-run: {{max_frames: {FRAMES}}}
+run: {{max_frames: {FRAMES}, processes: {request.param}}}
 roi: {{min_hits: 2}}
 vlm:
   model: {tiny_vlm_dir}
@@ -87,3 +89,15 @@ def test_fleet_when_done_then_merged_events_are_every_streams_events_tagged(flee
     assert all(e["answered_frame"] >= e["frame"] for e in merged)
     assert all(e["latency_ms"] >= e["queue_ms"] >= 0 for e in merged)
     assert summary["answers"] == len(merged)
+
+
+def test_fleet_when_streams_share_a_process_then_one_detector_serves_them(fleet):
+    _, summary = fleet
+    detectors = summary["detectors"]
+    frames = sum(summary["streams"][s]["frames"] for s in ("gate", "hall"))
+
+    # One process: the two good streams share one detector. Two processes: the good streams
+    # land in different processes (round robin: gate, broken | hall), one detector each.
+    assert len(detectors) == summary.get("processes", 1)
+    assert sum(int(size) * count for d in detectors
+               for size, count in d["batch_histogram"].items()) == frames

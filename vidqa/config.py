@@ -29,9 +29,11 @@ class RunConfig:
     log_every_s: float = 5.0  # progress line interval in seconds
     engine: Literal["local", "ray"] = "local"  # local: threads in this process; ray: actors
     ray_address: str = ""  # engine ray: a cluster to join ("auto", "ray://h:10001"); "" = start one
+    processes: int = 0  # engine local: stream processes sharing the VLM worker; 0 = auto
 
     def __post_init__(self) -> None:
         _require(self.max_frames >= 0, "run.max_frames", self.max_frames, ">= 0")
+        _require(self.processes >= 0, "run.processes", self.processes, ">= 0 (0 = auto)")
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,14 @@ class TrackerConfig:
     imgsz: int = 640  # inference size in pixels
     classes: tuple[int, ...] | None = None  # detector classes that are persons; None = by name
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:0", ...
+    batch: int = 16  # most frames of this process's streams detected in one forward pass
 
     def __post_init__(self) -> None:
         _require(0 < self.conf < 1, "tracker.conf", self.conf, "between 0 and 1")
         _require(0 < self.iou <= 1, "tracker.iou", self.iou, "between 0 and 1")
         _require(self.imgsz >= 32 and self.imgsz % 32 == 0, "tracker.imgsz", self.imgsz,
                  "a multiple of 32, at least 32")
+        _require(self.batch >= 1, "tracker.batch", self.batch, "at least 1")
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,10 @@ from vidqa.sinks import (
 )
 from vidqa.sources import Source, is_camera, is_live, open_source, source_path
 from vidqa.storage import write_json
-from vidqa.tracking import PersonTracker
+from vidqa.tracking import Detector, PersonTracker, detector_key
 from vidqa.vlm.service import VlmService
 from vidqa.vlm.stage import ServiceStage, VlmStage
-from vidqa.vlm.worker import ProcessVlmService
+from vidqa.vlm.worker import ProcessVlmService, ServiceClient
 
 # How long a stream waits, after its last frame, for answers still with the VLM.
 FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
@@ -236,12 +236,19 @@ class Run:
         self.merged: EventsSink | None = None
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig, run_dir: Path, view: Any = None) -> Run:
+    def from_config(cls, cfg: PipelineConfig, run_dir: Path, view: Any = None,
+                    client: ServiceClient | None = None, merged: Any = None,
+                    threads: int | None = None) -> Run:
         """Open the streams' files, load the model once, then trackers and live sources.
 
         Checks that fail fast come first (files and MOT folders, the VLM id); live sources are
         opened last, so their readers do not start before the models are ready. In a
-        multi-stream run a stream that cannot start is reported and the others run.
+        multi-stream run a stream that cannot start is reported and the others run. Streams
+        with the same detector settings share one :class:`~vidqa.tracking.Detector`.
+
+        A stream process of ``run.processes`` passes the ``client`` of the run's VLM worker
+        (no model is loaded here), the ``merged`` events sink that forwards to the run's one
+        ``events.jsonl``, and its share of the CPU ``threads``.
         """
         specs, multi = cfg.stream_configs(), bool(cfg.streams)
         sources: dict[str, Source] = {}
@@ -250,11 +257,13 @@ class Run:
             for spec in specs:
                 if not is_camera(spec.source):
                     _open(spec, sources, failed, multi, source_path(spec.source))
-            stage, service, info = _vlm_service(
-                dataclasses.replace(cfg.vlm, questions=all_questions(specs)), run_dir / LOG_NAME)
-            trackers = {spec.id: PersonTracker(spec.tracker,
-                                               reset_after_s=spec.source.reset_tracks_after_s)
-                        for spec in specs if spec.id not in failed}
+            if client is None:
+                stage, service, info = vlm_service(
+                    dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
+                    run_dir / LOG_NAME)
+            else:
+                stage, service, info = None, client, client.info
+            trackers = _trackers([s for s in specs if s.id not in failed], threads)
             for spec in specs:
                 if is_camera(spec.source):
                     _open(spec, sources, failed, multi, None)
@@ -265,6 +274,7 @@ class Run:
         models = {"detector": next(iter(trackers.values())).detector if trackers else {},
                   "vlm": info}
         run = cls(cfg, run_dir, [], failed, stage, service, models, view)
+        run.merged = merged
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
         if stage is not None:
@@ -300,10 +310,7 @@ class Run:
         """Every stream to its end; the service answers until the last one is done."""
         started = time.perf_counter()
         try:
-            if not self.cfg.streams:
-                summaries = {"0": self._run_one(self.pipelines[0])}
-            else:
-                summaries = self._run_all()
+            summaries = self.run_streams()
         finally:
             self.service.close()
             if self.merged is not None:
@@ -311,6 +318,18 @@ class Run:
         summary = self._summary(summaries, time.perf_counter() - started)
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def run_streams(self) -> dict[str, dict[str, Any]]:
+        """Every stream to its end (each writes its own summary); their summaries by id."""
+        if not self.cfg.streams:
+            return {"0": self._run_one(self.pipelines[0])}
+        return self._run_all()
+
+    def detectors(self) -> list[dict[str, Any]]:
+        """How each of this process's detectors batched the streams' frames."""
+        shared = {id(p.tracker.detect): p.tracker.detect for p in self.pipelines
+                  if hasattr(p.tracker, "detect")}
+        return [d.summary() for d in shared.values()]
 
     def _run_one(self, pipeline: Pipeline) -> dict[str, Any]:
         try:
@@ -353,8 +372,9 @@ class Run:
         return {**stage, "service": self.service.summary()}
 
     def _summary(self, summaries: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
-        return run_summary(self.cfg, self.run_dir, summaries, self.failed, self._vlm_summary(),
-                           seconds)
+        summary = run_summary(self.cfg, self.run_dir, summaries, self.failed,
+                              self._vlm_summary(), seconds)
+        return {**summary, "detectors": self.detectors()} if self.cfg.streams else summary
 
     def _write_single(self, summary: dict[str, Any] | None) -> None:
         if summary is not None:
@@ -363,19 +383,32 @@ class Run:
                        {**summary, "vlm": {**vlm, "stream": summary["vlm"]}})
 
 
-def _vlm_service(cfg: VlmConfig, log_path: Path
-                 ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
+def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0
+                ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
     """The model and its service: in a worker process (``vlm.worker``; auto = on CUDA, where the
-    forward pass's Python would otherwise wait for the streams' interpreter lock), or on a
-    thread of this process."""
+    forward pass's Python would otherwise wait for the streams' interpreter lock; always when
+    ``clients`` stream processes will ask it too), or on a thread of this process."""
     info = assets.resolve_vlm(cfg.model, cfg.revision)
-    if _worker(cfg) == "process":
-        service = ProcessVlmService(cfg, info, log_path).start()
+    if clients or _worker(cfg) == "process":
+        service = ProcessVlmService(cfg, info, log_path, clients).start()
         return None, service, service.info
     vlm = assets.load_vlm(cfg, info)
     stage = VlmStage(vlm, cfg)
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size)
     return stage, service.start(), vlm.info
+
+
+def _trackers(specs: list[StreamConfig], threads: int | None) -> dict[str, PersonTracker]:
+    """One tracker per stream; streams with the same detector settings share one detector."""
+    detectors: dict[tuple, Detector] = {}
+    trackers = {}
+    for spec in specs:
+        key = detector_key(spec.tracker)
+        if key not in detectors:
+            detectors[key] = Detector(spec.tracker)
+        trackers[spec.id] = PersonTracker(spec.tracker, spec.source.reset_tracks_after_s,
+                                          threads, detectors[key])
+    return trackers
 
 
 def _worker(cfg: VlmConfig) -> str:

@@ -1,6 +1,7 @@
 """How a run's streams are executed: ``local`` (:class:`vidqa.pipeline.Run`: streams on threads,
-one VLM service in this process) or ``ray`` (:mod:`vidqa.engines.ray`: each stream a Ray actor,
-the VLM a Ray Serve deployment). Both write the same outputs.
+one VLM service; with ``run.processes`` > 1 the streams split over several processes that share
+one VLM worker, :mod:`vidqa.engines.processes`) or ``ray`` (:mod:`vidqa.engines.ray`: each
+stream a Ray actor, the VLM a Ray Serve deployment). All write the same outputs.
 
 This is the layer above the pipeline, so that the Ray engine can build its streams from
 :mod:`vidqa.pipeline` without the pipeline importing the engine back.
@@ -16,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from vidqa.config import PipelineConfig
+from vidqa.engines.processes import processes_for, run_in_processes
 from vidqa.errors import ConfigError
 from vidqa.pipeline import Run
 from vidqa.run import run_log
@@ -29,12 +31,18 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
     if serve is not None and cfg.run.engine == "ray":
         raise ConfigError("--serve (the live web view) works with run.engine: local only: drop "
                           "--serve, or set run.engine: local")
+    if serve is not None and cfg.run.processes > 1:
+        raise ConfigError("--serve (the live web view) shows the streams of one process: drop "
+                          "--serve, or set run.processes: 1")
     with run_log(run_dir), _live_view(serve, token) as view:
         logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
         if cfg.run.engine == "ray":
             from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
 
             return run_on_ray(cfg, run_dir)
+        processes = processes_for(cfg) if serve is None else 1
+        if processes > 1:
+            return run_in_processes(cfg, run_dir, processes)
         return Run.from_config(cfg, run_dir, view).run()
 
 

@@ -1,12 +1,13 @@
-"""The VLM service with its model in a child process.
+"""The VLM service with its model in a child process, and the clients that reach it.
 
 A GPU forward pass is thousands of small Python calls. In one process with many streams, every
 one of them waits for the interpreter lock that the streams' trackers and sinks hold most of the
-time, and a batch that takes milliseconds alone takes seconds. :class:`ProcessVlmService` keeps
-the interface of :class:`~vidqa.vlm.service.VlmService` (``submit`` returns a future, bounded
-queue, ``waiting``, ``close``, ``summary``) but loads the model in a spawned process that runs an
-ordinary :class:`VlmService`: crops go there through a bounded multiprocessing queue, answers
-come back through another and a reader thread resolves the callers' futures.
+time, and a batch that takes milliseconds alone takes seconds. :class:`ProcessVlmService` loads
+the model in a spawned process that runs an ordinary :class:`~vidqa.vlm.service.VlmService`.
+Crops go there through one bounded multiprocessing queue; each client (this process, and the
+stream processes of ``run.processes``) has its own queue for answers, read by a thread that
+resolves its callers' futures. A :class:`ServiceClient` has the interface the streams use of
+:class:`~vidqa.vlm.service.VlmService`: ``submit`` returns a future, ``waiting``, ``close``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from loguru import logger
 
 from vidqa.assets.types import ModelInfo
@@ -34,37 +38,36 @@ START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
 
 
-class ProcessVlmService:
-    """Answers crops with a model that lives in a child process (see the module doc)."""
+@dataclass(frozen=True)
+class ClientEnd:
+    """What a stream process needs to reach the worker (passed when the process is created:
+    multiprocessing queues travel only that way)."""
 
-    def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None) -> None:
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        self._requests = context.Queue(maxsize=cfg.queue_size)
-        self._results = context.Queue()
-        self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
-                                        args=(cfg, info, self._requests, self._results,
-                                              log_path))
+    requests: Any  # the worker's bounded request queue, shared by every client
+    results: Any  # this client's answer queue
+    client: int  # this client's index
+    worker_pid: int
+    info: ModelInfo  # the model the worker runs
+
+    def connect(self) -> ServiceClient:
+        return ServiceClient(self, lambda: _pid_alive(self.worker_pid)).start()
+
+
+class ServiceClient:
+    """Submits crops to the worker process and resolves the futures as answers come back."""
+
+    def __init__(self, end: ClientEnd, alive: Callable[[], bool]) -> None:
+        self.end = end
+        self.info = end.info
+        self._alive = alive
         self._futures: dict[int, Future[list[Answer]]] = {}
         self._ids = itertools.count()
         self._reader = threading.Thread(target=self._read, name="vlm-results", daemon=True)
         self._closed = threading.Event()
-        self._refused = 0
-        self.info: ModelInfo | None = None
-        self._summaries: dict[str, Any] = {"service": {}, "stage": {}}
+        self.refused = 0
+        self.worker_summaries: tuple[dict[str, Any], dict[str, Any]] | None = None
 
-    def start(self) -> ProcessVlmService:
-        """Start the child and wait until its model is loaded; a failure raises here."""
-        self._process.start()
-        try:
-            kind, payload = self._results.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            self._process.kill()
-            raise ModelError(f"the VLM worker did not load its model within "
-                             f"{START_TIMEOUT_S:g} s") from None
-        if kind != "ready":
-            self._process.join(timeout=10)
-            raise payload if isinstance(payload, Exception) else ModelError(str(payload))
-        self.info = payload
+    def start(self) -> ServiceClient:
         self._reader.start()
         return self
 
@@ -76,57 +79,46 @@ class ProcessVlmService:
         request_id, future = next(self._ids), Future()
         self._futures[request_id] = future
         try:
-            self._requests.put((request_id, roi, tuple(questions)), block=block,
-                               timeout=timeout)
+            self.end.requests.put((self.end.client, request_id, roi, tuple(questions)),
+                                  block=block, timeout=timeout)
         except queue.Full:
             del self._futures[request_id]
-            self._refused += 1
+            self.refused += 1
             return None
         return future
 
     @property
     def waiting(self) -> int:
         try:
-            return self._requests.qsize()
+            return self.end.requests.qsize()
         except NotImplementedError:  # macOS has no sem_getvalue
             return 0
 
     def close(self) -> None:
-        """Answer what is queued, collect the child's summaries, stop it (idempotent)."""
+        """Stop reading answers (idempotent). The worker itself is closed by its owner."""
         if self._closed.is_set():
             return
         self._closed.set()
-        self._requests.put(None)
+        if self.end.client:  # the owner's reader ends on the worker's "closed" message
+            self.end.results.put(("stop",))
         self._reader.join(timeout=START_TIMEOUT_S)
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
 
     def summary(self) -> dict[str, Any]:
-        return {**self._summaries["service"], "worker": "process",
-                "refused_when_full": self._refused}
-
-    def stage_summary(self) -> dict[str, Any]:
-        """The VLM stage's summary (per question: phase, plan, accounting) from the child."""
-        return self._summaries["stage"]
-
-    def __enter__(self) -> ProcessVlmService:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return {"worker": "process", "refused_when_full": self.refused}
 
     def _read(self) -> None:
         while True:
             try:
-                kind, *payload = self._results.get(timeout=1.0)
+                kind, *payload = self.end.results.get(timeout=1.0)
             except queue.Empty:
-                if not self._process.is_alive():
+                if not self._alive():
                     self._fail_all(ModelError("the VLM worker process died"))
                     return
                 continue
+            if kind == "stop":
+                return
             if kind == "closed":
-                self._summaries = {"service": payload[0], "stage": payload[1]}
+                self.worker_summaries = (payload[0], payload[1])
                 return
             request_id, answers = payload
             future = self._futures.pop(request_id)
@@ -142,34 +134,115 @@ class ProcessVlmService:
         self._futures.clear()
 
 
-def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: Any,
+class ProcessVlmService:
+    """Answers crops with a model that lives in a child process (see the module doc).
+
+    It is itself client 0; ``clients`` more answer queues are made for stream processes
+    (:meth:`client_end`)."""
+
+    def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
+                 clients: int = 0) -> None:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self._requests = context.Queue(maxsize=cfg.queue_size)
+        self._results = [context.Queue() for _ in range(1 + clients)]
+        self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
+                                        args=(cfg, info, self._requests, self._results,
+                                              log_path))
+        self.client: ServiceClient | None = None
+        self.info: ModelInfo | None = None
+
+    def start(self) -> ProcessVlmService:
+        """Start the child and wait until its model is loaded; a failure raises here."""
+        self._process.start()
+        try:
+            kind, payload = self._results[0].get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            self._process.kill()
+            raise ModelError(f"the VLM worker did not load its model within "
+                             f"{START_TIMEOUT_S:g} s") from None
+        if kind != "ready":
+            self._process.join(timeout=10)
+            raise payload if isinstance(payload, Exception) else ModelError(str(payload))
+        self.info = payload
+        self.client = ServiceClient(self.client_end(0), self._process.is_alive).start()
+        return self
+
+    def client_end(self, client: int) -> ClientEnd:
+        """Client ``client``'s end (1 .. clients), for a stream process."""
+        return ClientEnd(self._requests, self._results[client], client, self._process.pid,
+                         self.info)
+
+    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+               timeout: float | None = None) -> Future[list[Answer]] | None:
+        return self.client.submit(roi, questions, block, timeout)
+
+    @property
+    def waiting(self) -> int:
+        return self.client.waiting
+
+    def close(self) -> None:
+        """Answer what is queued, collect the child's summaries, stop it (idempotent)."""
+        if self.client is None or self._process.exitcode is not None:
+            return
+        self._requests.put(None)  # the child drains what is before it, then says "closed"
+        self.client.close()
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def summary(self) -> dict[str, Any]:
+        service = self.client.worker_summaries[0] if self.client.worker_summaries else {}
+        return {**service, **self.client.summary()}
+
+    def stage_summary(self) -> dict[str, Any]:
+        """The VLM stage's summary (per question: phase, plan, accounting) from the child."""
+        return self.client.worker_summaries[1] if self.client.worker_summaries else {}
+
+    def __enter__(self) -> ProcessVlmService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
                     log_path: Path | None) -> None:
     """The child: load the model, run a threaded VlmService, relay requests and answers."""
     from vidqa.assets import load_vlm
     from vidqa.vlm.service import VlmService
     from vidqa.vlm.stage import VlmStage
 
+    # Ctrl-C reaches the whole process group: the owner stops the streams, which wait for the
+    # answers in flight, and then closes this worker. Dying on SIGINT would lose those answers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
     try:
         vlm = load_vlm(cfg, info)
         stage = VlmStage(vlm, cfg)
     except Exception as err:  # reported to the parent, which raises it
-        results.put(("failed", _picklable(err)))
+        results[0].put(("failed", _picklable(err)))
         return
     if vlm.device.type == "cpu" and hasattr(os, "nice"):
         # A model on the CPU must not take the cores from the trackers: live cameras keep
         # their frame rate and answers take what is left.
         os.nice(CPU_NICENESS)
-    results.put(("ready", vlm.info))
+    results[0].put(("ready", vlm.info))
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
     while (item := requests.get()) is not None:
-        request_id, roi, questions = item
+        client, request_id, roi, questions = item
         future = service.submit(roi, questions, block=True)
-        future.add_done_callback(lambda done, rid=request_id: results.put(
+        future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
             ("answers", rid, _outcome(done))))
     service.close()
-    results.put(("closed", service.summary(), stage.summary()))
+    results[0].put(("closed", service.summary(), stage.summary()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _outcome(future: Future) -> list[Answer] | Exception:

@@ -1,0 +1,212 @@
+"""``run.engine: local`` with several stream processes (``run.processes``).
+
+One Python process tracks about 60 frames per second in all, however many cores the machine
+has: every stream's decoding, detection, tracking and sinks take turns at one interpreter lock.
+With ``run.processes: K`` the run starts the VLM worker process
+(:class:`~vidqa.vlm.worker.ProcessVlmService`) and K stream processes. Each runs its share of the
+streams exactly as the one-process engine does (:class:`~vidqa.pipeline.Run`: threads, one
+shared detector, the same files in ``run_dir/<id>/``) and asks the one worker through its own
+:class:`~vidqa.vlm.worker.ServiceClient`, so batches still gather crops from every stream and a
+question is profiled once for the run. This process writes the merged ``events.jsonl`` (the
+stream processes forward their answers to it), waits, and writes the run's ``summary.json``.
+
+Ctrl-C and SIGTERM stop every stream at its next frame, as in one process; a stream process
+that dies is reported with its streams, and the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from vidqa.config import PipelineConfig, StreamConfig
+from vidqa.messages import Answer, FrameResult
+from vidqa.pipeline import Run, all_questions, json_of, run_summary, vlm_service
+from vidqa.run import LOG_NAME, Terminated, run_log, sigterm_raises
+from vidqa.sinks import EventsSink
+from vidqa.storage import write_json
+from vidqa.vlm.worker import ClientEnd
+
+SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
+
+
+def processes_for(cfg: PipelineConfig) -> int:
+    """How many stream processes a run uses: ``run.processes``, or auto — one per stream up to
+    the cores less :data:`SPARE_CORES` when the trackers run on CUDA (their Python is then the
+    bottleneck), else 1 (on the CPU the trackers' forward passes already use every core)."""
+    streams = len(cfg.streams)
+    if streams < 2:
+        return 1
+    if cfg.run.processes:
+        return min(cfg.run.processes, streams)
+    if not _trackers_on_cuda(cfg):
+        return 1
+    return max(1, min(streams, (os.cpu_count() or 1) - SPARE_CORES))
+
+
+def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict[str, Any]:
+    """Every stream of ``cfg`` in ``processes`` stream processes; the run's summary."""
+    started = time.perf_counter()
+    specs = cfg.stream_configs()
+    groups = [specs[i::processes] for i in range(processes)]  # round robin
+    logger.info("{} streams in {} processes, one VLM worker", len(specs), processes)
+    _, service, _ = vlm_service(dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
+                                run_dir / LOG_NAME, clients=processes)
+    context = multiprocessing.get_context("spawn")
+    events, done = context.Queue(), context.Queue()
+    controls = [context.Queue() for _ in groups]
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    workers = [context.Process(
+        target=_stream_process, name=f"streams-{i + 1}", daemon=False,
+        args=(dataclasses.replace(cfg, streams=tuple(group)), run_dir, i + 1,
+              service.client_end(i + 1), events, controls[i], done, threads))
+        for i, group in enumerate(groups)]
+    merged = EventsSink(run_dir / "events.jsonl")
+    writer = threading.Thread(target=_write_events, args=(events, merged), name="events")
+    writer.start()
+    reports: dict[int, tuple] = {}
+    try:
+        for worker in workers:
+            worker.start()
+        _wait(workers, done, controls, reports)
+    finally:
+        for worker in workers:
+            worker.join()
+        events.put(None)
+        writer.join()
+        merged.close()
+        service.close()
+    summaries, failed, detectors = _gather(groups, workers, reports, run_dir)
+    vlm = {**service.stage_summary(), "service": service.summary()}
+    summary = {**run_summary(cfg, run_dir, summaries, failed, vlm, time.perf_counter() - started),
+               "processes": processes, "detectors": detectors}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _wait(workers: list, done: Any, controls: list, reports: dict[int, tuple]) -> None:
+    """Collect each stream process's report; Ctrl-C or SIGTERM here stops every stream."""
+    with sigterm_raises():
+        try:
+            _collect(workers, done, reports)
+        except (KeyboardInterrupt, Terminated) as err:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+            logger.warning("{}: stopping every stream", reason)
+            for control in controls:
+                control.put(reason)
+            _collect(workers, done, reports)
+
+
+def _collect(workers: list, done: Any, reports: dict[int, tuple]) -> None:
+    while len(reports) < len(workers):
+        try:
+            report = done.get(timeout=0.5)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                try:  # a last report may still be in the pipe
+                    report = done.get(timeout=1.0)
+                except queue.Empty:
+                    return
+            else:
+                continue
+        reports[report[0]] = report
+
+
+def _gather(groups: list[list[StreamConfig]], workers: list, reports: dict[int, tuple],
+            run_dir: Path) -> tuple[dict[str, Any], dict[str, str], list[dict[str, Any]]]:
+    """Per stream its summary, the streams that could not start, and each process's
+    detector batching; the streams of a process that died are summarised from their files."""
+    summaries: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    detectors: list[dict[str, Any]] = []
+    for index, (group, worker) in enumerate(zip(groups, workers, strict=True), start=1):
+        if index in reports:
+            _, done_summaries, done_failed, done_detectors = reports[index]
+            summaries.update(done_summaries)
+            failed.update(done_failed)
+            detectors += [{"process": index, **d} for d in done_detectors]
+            continue
+        why = f"its stream process exited with code {worker.exitcode}"
+        logger.error("streams {} lost: {}", [s.id for s in group], why)
+        for spec in group:
+            summary = json_of(run_dir / spec.id / "summary.json")
+            if summary is None:
+                failed[spec.id] = why
+            else:
+                summaries[spec.id] = summary
+    return summaries, failed, detectors
+
+
+def _write_events(events: Any, merged: EventsSink) -> None:
+    while (answers := events.get()) is not None:
+        merged.write_answers(answers)
+
+
+class ForwardedEvents:
+    """A stream process's share of the merged ``events.jsonl``: answers go to the run's
+    process, which writes them. The owner (the run) ends it."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events
+
+    def write(self, result: FrameResult) -> None:
+        self.write_answers(result.answers)
+
+    def write_answers(self, answers: Sequence[Answer]) -> None:
+        if answers:
+            self.events.put(list(answers))
+
+    def close(self) -> None:
+        """Nothing to close: the run's process owns the file."""
+
+
+def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientEnd,
+                    events: Any, control: Any, done: Any, threads: int) -> None:
+    """One stream process: its streams on threads, their crops to the VLM worker."""
+    # Ctrl-C reaches the whole process group; the run's process decides and tells us (control),
+    # so every stream stops once, the same way, and waits for its answers in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with run_log(run_dir):
+        client = end.connect()
+        try:
+            run = Run.from_config(cfg, run_dir, client=client, merged=ForwardedEvents(events),
+                                  threads=threads)
+        except Exception as err:  # every stream of this process is reported, the run goes on
+            logger.opt(exception=True).error("stream process {} cannot start: {}", index, err)
+            done.put((index, {}, {s.id: str(err) for s in cfg.streams}, []))
+            client.close()
+            return
+        threading.Thread(target=_stop_on_request, args=(control, run), daemon=True).start()
+        try:
+            summaries = run.run_streams()
+        finally:
+            client.close()
+        done.put((index, summaries, run.failed, run.detectors()))
+
+
+def _stop_on_request(control: Any, run: Run) -> None:
+    reason = control.get()
+    for pipeline in run.pipelines:
+        pipeline.stop_reason = reason
+
+
+def _trackers_on_cuda(cfg: PipelineConfig) -> bool:
+    devices = {spec.tracker.device for spec in cfg.stream_configs()}
+    if any(device.startswith("cuda") for device in devices):
+        return True
+    if "auto" not in devices:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
