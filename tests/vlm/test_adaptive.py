@@ -43,7 +43,8 @@ def fixed_seconds(monkeypatch):
     def ask(vlm, question, batch, max_new_tokens, shared=None, vision_key="full", body=None,
             trace=None):
         asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace)
-        compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer")
+        compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
+                         or type(m).__module__.startswith("torch.ao.nn.quantized")
                          for m in vlm.model.modules())
         seconds = len(batch) * (0.25 if compressed else 1.0)
         return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
@@ -87,6 +88,40 @@ def test_plan_when_too_few_rois_remain_does_not_search(identity_model, tmp_path,
     assert query.search["trials"] == []
     assert query.ledger.seconds["confirm"] == 0.0
     assert query.cache.directory is not None and not list(query.cache.directory.glob("*.json"))
+
+
+def test_plan_when_a_candidate_pays_only_if_it_surely_passes_does_not_confirm(
+        identity_model, tmp_path, fixed_seconds):
+    # 28 ROIs to come could return ~4.5 s on the best candidate, more than its ~1.7 s
+    # confirmation, but it keeps the answers only ~3 times in 10: expected value negative.
+    query = make(identity_model, config(tmp_path))
+    query.expect(rois=30)
+
+    query.answer(rois([1, 2]))
+
+    assert query.phase == "full" and "p_pass" in query.reason
+    assert query.search["trials"] == [] and query.ledger.seconds["confirm"] == 0.0
+
+
+def test_confirm_when_a_batch_already_misses_the_target_stops_there(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    query = make(identity_model, config(tmp_path, profile_tracks=4))
+    query.expect(rois=1000)
+    fixed = adaptive.ask
+
+    def flipped_when_compressed(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if kwargs.get("body") is None and query.compressor.current.compressed:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
+
+    query.answer(rois([1, 2]))
+    query.answer(rois([3, 4], frame=1))  # two profiled batches
+
+    trials = query.search["trials"]
+    assert trials and all(t["batches_checked"] == 1 and not t["accepted"] for t in trials)
+    assert query.ledger.seconds["confirm"] == pytest.approx(0.5 * len(trials))  # 2 x 0.25 s
 
 
 def test_audit_when_due_runs_the_whole_batch_both_ways_and_pairs_it(
@@ -245,6 +280,6 @@ def test_plan_offline_when_sample_crops_given_returns_a_checked_plan_entry(
                                   batch_size=2)
 
     plan = Plan.from_dict(entry["plan"])
-    assert plan.paths("skip") and entry["phase"] == "compressed"
+    assert plan.compressed and entry["phase"] == "compressed"
     assert entry["held_out_rois"] == 2 and entry["agreement_held_out"] == 1.0
     assert entry["planning_s"] > 0

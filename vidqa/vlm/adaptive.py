@@ -54,6 +54,7 @@ from vidqa.vlm.compression.payoff import (
     RoiForecast,
     candidates,
     expected_return,
+    expected_value,
     next_candidate,
     static_plan,
 )
@@ -264,14 +265,10 @@ class AdaptiveAnswerer:
         ranked = self._ranked(profile)
         remaining, how = self.forecast.remaining()
         full_per_roi = self._trace.seconds / max(self._trace.rois, 1)
-        trials, rejected, chosen, stop = [], [], None, ""
+        trials, rejected, tried, chosen, stop = [], [], [], None, ""
         for _ in range(self.cfg.confirm):
-            # Only candidates whose expected return covers the planning so far and their own
-            # confirmation are worth confirming.
-            viable = [c for c in ranked if self.ledger.planning_s + self._confirm_cost(c) <
-                      expected_return(remaining, full_per_roi, c.est_saving,
-                                      self.cfg.audit_every)]
-            candidate = next_candidate(viable, rejected)
+            candidate = self._worth_confirming(ranked, rejected, tried, remaining,
+                                               full_per_roi)
             if candidate is None:
                 stop = self._why_not(ranked, rejected, remaining, how, full_per_roi)
                 break
@@ -280,7 +277,7 @@ class AdaptiveAnswerer:
             if trial["accepted"]:
                 chosen = candidate
                 break
-            rejected.append(candidate)
+            (tried if trial["kept_answers"] else rejected).append(candidate)
             stop = trial["why"]
         self.search = {"mode": "auto", "remaining_rois": round(remaining, 1), "forecast": how,
                        "full_per_roi_s": round(full_per_roi, 4),
@@ -296,6 +293,22 @@ class AdaptiveAnswerer:
                     f"{len(trials)} candidate(s)", "profiled")
         self._store(profile)
 
+    def _worth_confirming(self, ranked: list[Candidate], rejected: list[Candidate],
+                          tried: list[Candidate], remaining: float, full_per_roi: float
+                          ) -> Candidate | None:
+        """The untried candidate of highest expected value, if that value is positive and
+        the planning so far plus its confirmation stays below what it can return: the safe
+        plan first on a short file, and never more planning than the file can pay back."""
+        def returns(c: Candidate) -> float:
+            return expected_return(remaining, full_per_roi, c.est_saving, self.cfg.audit_every)
+
+        def value(c: Candidate) -> float:
+            return expected_value(c, returns(c), self._confirm_cost(c))
+
+        viable = [c for c in ranked if value(c) > 0 and
+                  self.ledger.planning_s + self._confirm_cost(c) < returns(c)]
+        return next_candidate(sorted(viable, key=value, reverse=True), rejected, tried)
+
     def _why_not(self, ranked: list[Candidate], rejected: list[Candidate], remaining: float,
                  how: str, full_per_roi: float) -> str:
         if not ranked:
@@ -306,8 +319,8 @@ class AdaptiveAnswerer:
         tail = f"; {len(rejected)} candidate(s) rejected" if rejected else ""
         return (f"no candidate left that can pay back (best ranked, {best.label}, would cost "
                 f"~{self._confirm_cost(best):.1f} s to confirm and can return "
-                f"~{max(payback, 0):.1f} s on ~{remaining:.0f} ROIs still to come: {how})"
-                f"{tail}")
+                f"~{max(payback, 0):.1f} s on ~{remaining:.0f} ROIs still to come if it "
+                f"passes, p_pass ~{best.p_pass:.2f}: {how}){tail}")
 
     def _ranked(self, profile: Any) -> list[Candidate]:
         metric = self.cfg.metric
@@ -341,10 +354,13 @@ class AdaptiveAnswerer:
 
     def _confirm(self, candidate: Candidate, full_per_roi: float, remaining: float
                  ) -> dict[str, Any]:
-        """Re-run the profiled batches under ``candidate``: agreement and paired time."""
+        """Re-run the profiled batches under ``candidate``: agreement and paired time. Stops
+        at the first batch after which the target can no longer be met."""
         self._build(candidate.plan)
         compressed_s, full_s, margins = 0.0, 0.0, []
         for batch in self._trace.batches:
+            if margins and self._target_out_of_reach(margins):
+                break
             asked = self._ask_plan(batch.rois, candidate.plan, None)
             self.ledger.add("confirm", asked.seconds)
             reference_s = batch.seconds
@@ -355,13 +371,14 @@ class AdaptiveAnswerer:
             self.ledger.pair(reference_s, asked.standalone_s, len(batch.rois), "profile")
             compressed_s, full_s = compressed_s + asked.standalone_s, full_s + reference_s
             margins.append(np.asarray([r.margin for r in asked.results]))
-        reference = np.concatenate([b.margins for b in self._trace.batches])
+        reference = np.concatenate([b.margins for b in self._trace.batches[:len(margins)]])
         agreement, dp = compare(np.concatenate(margins), reference)
         saving = 1 - compressed_s / full_s if full_s else 0.0
         payback = expected_return(remaining, full_per_roi, saving, self.cfg.audit_every)
+        checked = len(margins)
         ok = kept = agreement >= self.cfg.target_agreement and dp <= self.cfg.max_dp_yes
         why = "" if ok else (f"{candidate.label}: agreement {agreement:.0%}, |dp| {dp:.3f} "
-                             f"on the profiled tracks")
+                             f"on {checked} of {len(self._trace.batches)} profiled batches")
         if ok and payback <= 0:
             ok, why = False, f"{candidate.label}: measured saving {saving:.0%} does not pay " \
                              f"for its audits"
@@ -370,7 +387,18 @@ class AdaptiveAnswerer:
                     saving, "accepted" if ok else "rejected")
         return {**candidate.to_dict(), "agreement": round(agreement, 4),
                 "mean_dp_yes": round(dp, 5), "saving": round(saving, 4), "accepted": ok,
-                "kept_answers": kept, "why": why}
+                "kept_answers": kept, "batches_checked": checked, "why": why}
+
+    def _target_out_of_reach(self, margins: list[np.ndarray]) -> bool:
+        """Whether the batches confirmed so far already rule the candidate out: more
+        disagreements, or more summed |dp|, than the whole profiled set may hold."""
+        total = self._trace.rois
+        reference = np.concatenate([b.margins for b in self._trace.batches[:len(margins)]])
+        done = np.concatenate(margins)
+        agreement, dp = compare(done, reference)
+        disagree = (1 - agreement) * done.size
+        return disagree > (1 - self.cfg.target_agreement) * total + 1e-9 or \
+            dp * done.size > self.cfg.max_dp_yes * total
 
     def _build(self, plan: Plan) -> None:
         """Build ``plan``'s int8 copies, timed as planning; learns the per-layer build cost."""
