@@ -109,7 +109,7 @@ def run_mode(vlm: Any, rois: list[Roi], adaptive: AdaptiveConfig, batch_size: in
     logger.info("bench: {} ROIs x {} question(s), adaptive {} mode {}: {:.1f} s", len(rois),
                 len(questions), adaptive.enabled, adaptive.mode, seconds)
     return {"seconds": seconds, "answers": [[a.answer for a in per] for per in answers],
-            "summary": summary}
+            "summary": summary, "load_1m": os.getloadavg()[0]}
 
 
 def row(name: str, result: dict[str, Any], full: dict[str, Any], held_from: int,
@@ -131,7 +131,7 @@ def row(name: str, result: dict[str, Any], full: dict[str, Any], held_from: int,
             "audit_agreement": question.get("agreement", {}).get("audit"),
             "plan": question.get("plan", {}).get("note"), "phase": question.get("phase"),
             "plan_source": question.get("plan_source"), "reason": question.get("reason"),
-            "cache_saved_s": acc.get("cache_saved_s")}
+            "cache_saved_s": acc.get("cache_saved_s"), "load_1m": result["load_1m"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,13 +150,40 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
         torch.set_num_threads(os.cpu_count() or 1)  # importing ultralytics leaves it at 1
     clip = clip_rois(source, crops, count)
     stream = looped(clip, stream_s)
+    load_before = os.getloadavg()
+    warmup = None
+    if compile:
+        # Each plan's graph compiles at its first call. One untimed pass of every mode first
+        # (graphs are kept per model), so no timed mode below pays for compiling: the timed
+        # pass's own counters show whether anything still compiled while timing.
+        counters, start = _compile_counters(compile), time.perf_counter()
+        measure(vlm, clip, stream, batch_size, compile, full_stream)
+        warmup = {"seconds": round(time.perf_counter() - start, 1),
+                  "counters": _diff(counters, _compile_counters(compile))}
+    counters = _compile_counters(compile)
+    tables = measure(vlm, clip, stream, batch_size, compile, full_stream)
+    tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_rois], batch_size)
+    summary = {"model": vlm.info.name, "device": str(vlm.device), "batch_size": batch_size,
+               "clip_rois": len(clip), "stream_rois": len(stream),
+               "loops": len(stream) // len(clip), "compile": compile,
+               "compile_warmup": warmup,
+               "compile_counters_timed": _diff(counters, _compile_counters(compile)),
+               "load_1_5_15": {"before": load_before, "after": os.getloadavg()},
+               "tables": tables}
+    _print(summary)
+    if out is not None:
+        out.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def measure(vlm: Any, clip: list[Roi], stream: list[Roi], batch_size: int, compile: bool,
+            full_stream: bool) -> dict[str, list[dict[str, Any]]]:
+    """Every mode on the clip and, if there is one, the stream, with fresh plan caches."""
     base = AdaptiveConfig(cache_dir=tempfile.mkdtemp(prefix="vidqa-plans-"), compile=compile)
     cold_cache = dataclasses.replace(base, cache_dir=tempfile.mkdtemp(prefix="vidqa-cold-"))
     modes = {"full": dataclasses.replace(base, enabled=False),
              "static": dataclasses.replace(base, mode="static"),
              "adaptive cold": cold_cache, "adaptive warm": base}
-    counters_before = _compile_counters(compile)
-    tables: dict[str, list[dict[str, Any]]] = {}
     full_clip = run_mode(vlm, clip, modes["full"], batch_size)
     held = _held_from(clip, base.profile_tracks)
     # The 5-minute stream's cold run fills the cache the warm runs use; without a stream
@@ -168,23 +195,12 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
                     "adaptive cold": run_mode(vlm, clip, cold_cache if stream else base,
                                               batch_size),
                     "adaptive warm": run_mode(vlm, clip, base, batch_size)}
-    tables["clip"] = [row(k, r, full_clip, held, full_clip["seconds"])
-                      for k, r in results_clip.items()]
-    loops = len(stream) // len(clip)
-    tables["stream"] = []
+    tables = {"clip": [row(k, r, full_clip, held, full_clip["seconds"])
+                       for k, r in results_clip.items()], "stream": []}
     if stream:
         tables["stream"] = stream_table(vlm, clip, stream, full_clip, results_stream, modes,
                                         batch_size, full_stream, held)
-    tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_rois], batch_size)
-    summary = {"model": vlm.info.name, "device": str(vlm.device), "batch_size": batch_size,
-               "clip_rois": len(clip), "stream_rois": len(stream), "loops": loops,
-               "compile": compile, "compile_counters": _diff(counters_before,
-                                                             _compile_counters(compile)),
-               "tables": tables}
-    _print(summary)
-    if out is not None:
-        out.write_text(json.dumps(summary, indent=1))
-    return summary
+    return tables
 
 
 def stream_table(vlm: Any, clip: list[Roi], stream: list[Roi], full_clip: dict[str, Any],
@@ -196,6 +212,7 @@ def stream_table(vlm: Any, clip: list[Roi], stream: list[Roi], full_clip: dict[s
     results["static"] = run_mode(vlm, stream, modes["static"], batch_size)
     results["adaptive warm"] = run_mode(vlm, stream, modes["adaptive warm"], batch_size)
     table = [{"mode": "full", "rois": len(stream), "vlm_s": round(full_s, 2),
+              "load_1m": full_run["load_1m"] if full_run else None,
               "note": "measured" if full_run else f"clip full x {loops} loops (same crops), "
                       "extrapolated"}]
     return table + [row(k, r, full_clip, held, full_s) for k, r in results.items()]
@@ -240,12 +257,14 @@ def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def _print(summary: dict[str, Any]) -> None:
     print(f"model {summary['model']} on {summary['device']}, batch {summary['batch_size']}, "
           f"clip {summary['clip_rois']} ROIs, stream {summary['stream_rois']} ROIs "
-          f"({summary['loops']} loops), compile {summary['compile']} "
-          f"{summary['compile_counters']}")
+          f"({summary['loops']} loops), load (1, 5, 15 min) {summary['load_1_5_15']}")
+    if summary["compile"]:
+        print(f"compile: untimed warm-up pass of every mode {summary['compile_warmup']}; "
+              f"while timing {summary['compile_counters_timed']}")
     for name in ("clip", "stream"):
         print(f"\n{name}:")
         print(f"{'mode':<15}{'ROIs':>6}{'VLM s':>9}{'plan s':>8}{'paired':>8}{'claimed':>9}"
-              f"{'vs full':>9}{'agree':>8}{'held-out':>9}{'audits':>8}  plan / reason")
+              f"{'vs full':>9}{'agree':>8}{'held-out':>9}{'audits':>8}{'load':>6}  plan / reason")
         for r in summary["tables"][name]:
             if "note" in r:
                 print(f"{r['mode']:<15}{r['rois']:>6}{r['vlm_s']:>9.1f}  ({r['note']})")
@@ -253,8 +272,8 @@ def _print(summary: dict[str, Any]) -> None:
             print(f"{r['mode']:<15}{r['rois']:>6}{r['vlm_s']:>9.1f}{_f(r['planning_s']):>8}"
                   f"{_f(r['paired_ratio']):>8}{_f(r['net_ratio_claimed']):>9}"
                   f"{r['vs_full_run']:>8.2f}x{r['agreement']:>8.1%}"
-                  f"{_f(r['held_out_agreement']):>9}{_f(r['audit_agreement']):>8}  "
-                  f"{r['plan']} / {r['phase']}: {r['reason']}")
+                  f"{_f(r['held_out_agreement']):>9}{_f(r['audit_agreement']):>8}"
+                  f"{r['load_1m']:>6.1f}  {r['plan']} / {r['phase']}: {r['reason']}")
     print("\nvision reuse:")
     for r in summary["tables"]["vision_reuse"]:
         print(f"  {r['questions']} question(s): independent {r['independent_s']:.1f} s, "

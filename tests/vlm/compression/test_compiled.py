@@ -37,6 +37,19 @@ def test_compiled_plans_when_a_plan_returns_reuses_its_module(tiny_vlm, monkeypa
     assert bodies[0] is bodies[2] and bodies[1] is bodies[3] and len(plans) == 2
 
 
+def test_compiled_plans_when_a_second_one_is_made_on_the_model_shares_its_modules(
+        tiny_vlm, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # no compiler here
+    compressor = Compressor(tiny_vlm.model, int8="none")
+    full = Plan.keep_all(compressor.paths)
+
+    first = CompiledPlans(tiny_vlm.model, compressor).body(full)
+    second = CompiledPlans(tiny_vlm.model, compressor).body(full)
+    other = CompiledPlans(tiny_vlm.model, Compressor(tiny_vlm.model, int8="none")).body(full)
+
+    assert first is second and other is not first
+
+
 def test_stage_when_compile_is_on_answers_like_swapping_and_leaves_the_model_full(
         tiny_vlm, tmp_path, monkeypatch):
     from factories import make_rois

@@ -5,12 +5,15 @@ per question) invalidates the compiled graph's guards at every swap: dynamo reco
 past its cache limit falls back to eager. Here each plan gets its own module instead — a copy
 of the model's containers (``model.model`` down to the layer lists) whose slots hold the plan's
 layers, sharing every weight with the model — compiled once, the first time the plan runs.
-The full model is a plan too ("full"). Swapping plans is then a dictionary lookup.
+The full model is a plan too ("full"). Swapping plans is then a dictionary lookup. The
+compiled modules belong to the model's compressor, not to one stage: a stage built later on the
+same model (the next mode of a benchmark, a restarted run in the same process) reuses them.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import torch
@@ -53,8 +56,14 @@ def _clone(module: nn.Module, clones: dict[int, nn.Module]) -> nn.Module:
     return clones[id(module)]
 
 
+# Per compressor (one per model), the compiled module of each (root, compile mode, plan id).
+_BODIES: weakref.WeakKeyDictionary[Compressor, dict[tuple[str, str | None, str], Any]] = \
+    weakref.WeakKeyDictionary()
+
+
 class CompiledPlans:
-    """``torch.compile`` of one plan module per plan id, built on first use and kept."""
+    """``torch.compile`` of one plan module per plan id, built on first use and kept with the
+    compressor, so every ``CompiledPlans`` of one model shares them."""
 
     def __init__(self, model: nn.Module, compressor: Compressor, root: str = "model",
                  mode: str | None = None) -> None:
@@ -62,19 +71,20 @@ class CompiledPlans:
         self.compressor = compressor
         self.root = root
         self.mode = mode
-        self._bodies: dict[str, Any] = {}
+        self._bodies = _BODIES.setdefault(compressor, {})
 
     def body(self, plan: Plan) -> Any:
         """The compiled module of ``plan`` (compiled at its first call, then reused); the
         full model is the plan "full"."""
         plan = self.compressor.effective(plan)
-        if plan.id not in self._bodies:
+        key = (self.root, self.mode, plan.id)
+        if key not in self._bodies:
             self.compressor.prepare(plan)
             module = plan_module(self.model, self.root, self.compressor, plan)
-            self._bodies[plan.id] = torch.compile(module, mode=self.mode)
+            self._bodies[key] = torch.compile(module, mode=self.mode)
             logger.info("compiled graph for plan {} ({} plans compiled)", plan.id,
                         len(self._bodies))
-        return self._bodies[plan.id]
+        return self._bodies[key]
 
     def __len__(self) -> int:
         return len(self._bodies)
