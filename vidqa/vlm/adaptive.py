@@ -296,18 +296,17 @@ class AdaptiveAnswerer:
     def _worth_confirming(self, ranked: list[Candidate], rejected: list[Candidate],
                           tried: list[Candidate], remaining: float, full_per_roi: float
                           ) -> Candidate | None:
-        """The untried candidate of highest expected value, if that value is positive and
-        the planning so far plus its confirmation stays below what it can return: the safe
-        plan first on a short file, and never more planning than the file can pay back."""
+        """The best-ranked untried candidate (expected saving, ``est_saving * p_pass``: the
+        safe plan first) whose expected value is positive and whose confirmation, added to
+        the planning so far, stays below what it can return: never more planning than the
+        ROIs still to come can pay back."""
         def returns(c: Candidate) -> float:
             return expected_return(remaining, full_per_roi, c.est_saving, self.cfg.audit_every)
 
-        def value(c: Candidate) -> float:
-            return expected_value(c, returns(c), self._confirm_cost(c))
-
-        viable = [c for c in ranked if value(c) > 0 and
+        viable = [c for c in ranked if
+                  expected_value(c, returns(c), self._confirm_cost(c)) > 0 and
                   self.ledger.planning_s + self._confirm_cost(c) < returns(c)]
-        return next_candidate(sorted(viable, key=value, reverse=True), rejected, tried)
+        return next_candidate(viable, rejected, tried)
 
     def _why_not(self, ranked: list[Candidate], rejected: list[Candidate], remaining: float,
                  how: str, full_per_roi: float) -> str:

@@ -7,9 +7,10 @@ is also answered by the full model). Whether it passes is a prior, ``p_pass = ex
 the block influence the plan removes: int8 rarely flips a yes/no answer, skipping a layer often
 does. A confirmation costs a compressed pass over the profiled batches (plus building its int8
 copies), paid whether the candidate passes or not. So candidates are confirmed in order of
-expected value, ``p_pass * return - confirmation``, only while that value is positive and the
-planning spent so far plus the confirmation stays below the return, at most ``confirm`` of
-them: on a file, planning never spends more than the plan can return on that file.
+expected saving, ``est_saving * p_pass`` (the safe plan first), each only while its expected
+value, ``p_pass * return - confirmation``, is positive and the planning spent so far plus the
+confirmation stays below the return, at most ``confirm`` of them: on a file, planning never
+spends more than the plan can return on that file.
 """
 
 from __future__ import annotations
