@@ -118,3 +118,40 @@ def test_tracker_yaml_when_unsupported_then_config_error_says_what_works(tmp_pat
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         _ultralytics_tracker(str(path))
+
+
+@pytest.mark.slow
+def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_local():
+    import itertools
+    import queue
+    from concurrent.futures import Future
+
+    from vidqa.config import TrackerConfig
+    from vidqa.tracking import DetectionServer, RemoteDetector
+
+    requests: queue.Queue = queue.Queue()
+    futures: dict[int, Future] = {}
+    ids = itertools.count()
+
+    def reply(client: int, request_id: int, outcome) -> None:
+        futures.pop(request_id).set_result(outcome)
+
+    def submit(index: int, buffer: str, shape: tuple) -> Future:
+        request_id = next(ids)
+        futures[request_id] = Future()
+        requests.put((0, request_id, index, buffer, shape))
+        return futures[request_id]
+
+    server = DetectionServer([TrackerConfig(device="cpu")], requests, reply).start()
+    local = server.detectors[0]
+    remote = RemoteDetector(submit, 0, local.cfg, local.stride, local.info)
+    try:
+        for frame in clip_frames(6):
+            mine, theirs = remote(frame.image), local(frame.image)
+            assert len(mine) == len(theirs) > 0
+            assert np.allclose(mine.data, theirs.data, atol=0.5)
+    finally:
+        requests.put(None)
+        server.join()
+        remote.close()
+    assert server.summary()[0]["passes"] == 12  # six frames each way, one model

@@ -6,12 +6,15 @@ camera's would. For each N the run lasts ``--seconds`` and reports, per stream a
 processed frames per second against the camera's rate, frames dropped, crops answered and lost
 (submitted but never answered: must be 0), crop->answer latency p50/p95, the VLM's batch-size
 histogram, ROI/s and GPU memory; the largest N at which every tracker holds ``--hold`` of the
-camera's rate is "real time". ``--no-vlm`` answers nothing (the trackers alone: the reference
-for "the tracker keeps 90% of its rate"). ``--separate`` runs the same N as separate processes,
-one model each (vidqa before the service), in the same invocation.
+camera's rate is "real time". ``--processes`` runs the streams in that many stream processes
+(``run.processes``; 0 = auto, 1 = threads of one process), every one asking the one VLM worker;
+the detector batches of each process are reported too. ``--no-vlm`` answers nothing (the
+trackers alone: the reference for "the tracker keeps 90% of its rate"). ``--separate`` runs the
+same N as separate processes, one model each (vidqa before the service), in the same invocation.
 
     python tools/bench_streams.py --streams 1,2,4 --seconds 30 --reask-every 10 --questions 3
     python tools/bench_streams.py --streams 1 --seconds 60 --no-vlm   # tracker alone
+    python tools/bench_streams.py --streams 16,64,100 --processes 1,0 --seconds 60   # GPU
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from loguru import logger
 
 from vidqa.config import load_config
+from vidqa.engines.processes import ProcessRun, processes_for
 from vidqa.pipeline import Run
 
 QUESTIONS = ("Is this person wearing jeans?", "Is this person wearing something red?",
@@ -52,14 +56,24 @@ def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
             "sinks.video=false", "sinks.mot=false"]
 
 
-def one_service(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """``count`` streams in one process, one VLM service, for ``args.seconds``."""
-    overrides = stream_overrides(count, args) + (["vlm.worker=thread"] if args.no_vlm else [])
+def one_service(count: int, processes: int, detect: str, args: argparse.Namespace, out: Path
+                ) -> dict[str, Any]:
+    """``count`` streams, one VLM service, for ``args.seconds`` of streaming: on threads of this
+    process, or in ``processes`` stream processes (which start inside the timed run, so they
+    get ``--startup-s`` more)."""
+    overrides = stream_overrides(count, args) + [f"run.processes={processes}"]
+    if args.no_vlm:
+        overrides += ["vlm.worker=thread", "run.processes=1"]
     out.mkdir(parents=True, exist_ok=True)
-    run = Run.from_config(load_config(None, overrides), out)
+    cfg = load_config(None, overrides)
+    used = processes_for(cfg)
+    if used > 1:
+        run = ProcessRun(cfg, out, used, {"worker": True, "streams": False}.get(detect))
+    else:
+        run = Run.from_config(cfg, out)
     if args.no_vlm:
         run.service.answer = lambda rois, questions: [[] for _ in rois]
-    timer = threading.Timer(args.seconds, _stop, args=(run,))
+    timer = threading.Timer(args.seconds + (args.startup_s if used > 1 else 0), run.stop)
     timer.start()
     started = time.perf_counter()
     summary = run.run()
@@ -68,12 +82,11 @@ def one_service(count: int, args: argparse.Namespace, out: Path) -> dict[str, An
     busy, encode_s = summary["vlm"]["service"]["busy_s"], summary["vlm"].get("encode_s")
     row["preprocess_share"] = round(encode_s / busy, 4) if busy and encode_s else None
     row["worker"] = summary["vlm"]["service"].get("worker")
+    row["processes"] = used
+    row["detect"] = (run.detect_in_worker and "worker" or "streams") if used > 1 else "thread"
+    row["stage_seconds"] = _stage_seconds(out, summary)
+    row["detector_batches"] = [d["mean_batch"] for d in summary.get("detectors", [])]
     return row
-
-
-def _stop(run: Run) -> None:
-    for pipeline in run.pipelines:
-        pipeline.stop_reason = "stopped"
 
 
 def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Namespace
@@ -99,12 +112,22 @@ def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Nam
         "latency_ms_p50_max": max(latencies, default=None),
         "latency_ms_p95_max": max(p95, default=None),
         "batch_histogram": service["batch_histogram"], "mean_batch": service["mean_batch"],
-        "roi_per_s": round(service["rois"] / seconds, 2),
+        "roi_per_s": round(service["rois"] / service["span_s"], 2) if service["span_s"] else 0,
         "answers_per_s": round(summary["answers"] / seconds, 2),
         "roi_per_busy_s": service["rois_per_busy_s"],
         "vlm_utilisation": service["utilisation"],
         "gpu_used_bytes": _gpu_used(),  # every process on the device: trackers and VLM worker
     }
+
+
+def _stage_seconds(out: Path, summary: dict[str, Any]) -> dict[str, float]:
+    """Each stage's own seconds, summed over the streams (wall time on the streams' threads)."""
+    total: dict[str, float] = {}
+    for stream_id in summary["streams"]:
+        stream = json.loads((out / stream_id / "summary.json").read_text())
+        for stage, seconds in stream["stage_seconds"].items():
+            total[stage] = round(total.get(stage, 0.0) + seconds, 2)
+    return total
 
 
 def _gpu_used() -> int | None:
@@ -145,9 +168,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                "separate": []}
     with tempfile.TemporaryDirectory(prefix="vidqa-bench-streams-") as tmp:
         for count in args.streams:
-            row = one_service(count, args, Path(tmp) / f"one-{count}")
-            results["one_service"].append(row)
-            print(json.dumps(row), flush=True)
+            for processes in args.processes:
+                for detect in args.detect if processes != 1 else ["-"]:
+                    row = one_service(count, processes, detect, args,
+                                      Path(tmp) / f"one-{count}-{processes}-{detect}")
+                    results["one_service"].append(row)
+                    print(json.dumps(row), flush=True)
             if args.separate:
                 row = separate(count, args, Path(tmp) / f"sep-{count}")
                 results["separate"].append(row)
@@ -168,10 +194,10 @@ def _device() -> str:
 
 def _print(results: dict[str, Any]) -> None:
     print(f"\n{results['device']}; settings {results['settings']}")
-    print(f"{'N':>4}{'fps min':>9}{'fps mean':>10}{'RT':>4}{'dropped':>9}{'asked':>7}"
+    print(f"{'N':>4}{'proc':>5}{'fps min':>9}{'fps mean':>10}{'RT':>4}{'dropped':>9}{'asked':>7}"
           f"{'lost':>6}{'deferred':>9}{'p50 ms':>9}{'p95 ms':>9}{'ROI/s':>8}{'batch':>7}")
     for r in results["one_service"]:
-        print(f"{r['streams']:>4}{r['fps_min']:>9.2f}{r['fps_mean']:>10.2f}"
+        print(f"{r['streams']:>4}{r['processes']:>5}{r['fps_min']:>9.2f}{r['fps_mean']:>10.2f}"
               f"{'yes' if r['real_time'] else 'no':>4}{r['frames_dropped']:>9}"
               f"{r['crops_submitted']:>7}{r['crops_lost']:>6}{r['deferred_tracks']:>9}"
               f"{r['latency_ms_p50_max'] or 0:>9.0f}{r['latency_ms_p95_max'] or 0:>9.0f}"
@@ -188,6 +214,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2, 4], help="stream counts to try, e.g. 1,2,4,8")
     parser.add_argument("--seconds", type=float, default=30.0, help="wall time per count")
+    parser.add_argument("--detect", type=lambda s: s.split(","), default=["auto"],
+                        help="with --processes > 1, where detection runs: worker (one CUDA "
+                             "context), streams (each stream process), auto, or a list")
+    parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1], help="run.processes values to try (0 = auto), e.g. 1,0")
     parser.add_argument("--model", default="auto")
     parser.add_argument("--device", default="auto", help="VLM device")
     parser.add_argument("--tracker-device", default="auto")
@@ -205,7 +236,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--separate", action="store_true",
                         help="also N separate `vidqa run` processes")
     parser.add_argument("--startup-s", type=float, default=30.0,
-                        help="--separate: extra seconds for each process to load its models")
+                        help="seconds for processes to load their models (--separate, "
+                             "--processes > 1)")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     return parser.parse_args(argv)
 

@@ -17,7 +17,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vidqa import assets
 from vidqa.clock import StageClock
-from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig, VlmConfig
+from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig, TrackerConfig, VlmConfig
 from vidqa.errors import VidqaError
 from vidqa.messages import FrameResult
 from vidqa.roi import RoiPolicy
@@ -51,7 +51,7 @@ from vidqa.sinks import (
 )
 from vidqa.sources import Source, is_camera, is_live, open_source, source_path
 from vidqa.storage import write_json
-from vidqa.tracking import Detector, PersonTracker, detector_key
+from vidqa.tracking import Detector, PersonTracker, RemoteDetector, detector_key
 from vidqa.vlm.service import VlmService
 from vidqa.vlm.stage import ServiceStage, VlmStage
 from vidqa.vlm.worker import ProcessVlmService, ServiceClient
@@ -263,7 +263,7 @@ class Run:
                     run_dir / LOG_NAME)
             else:
                 stage, service, info = None, client, client.info
-            trackers = _trackers([s for s in specs if s.id not in failed], threads)
+            trackers = _trackers([s for s in specs if s.id not in failed], threads, client)
             for spec in specs:
                 if is_camera(spec.source):
                     _open(spec, sources, failed, multi, None)
@@ -319,6 +319,11 @@ class Run:
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop every stream at its next frame (from any thread)."""
+        for pipeline in self.pipelines:
+            pipeline.stop_reason = reason
+
     def run_streams(self) -> dict[str, dict[str, Any]]:
         """Every stream to its end (each writes its own summary); their summaries by id."""
         if not self.cfg.streams:
@@ -328,7 +333,7 @@ class Run:
     def detectors(self) -> list[dict[str, Any]]:
         """How each of this process's detectors batched the streams' frames."""
         shared = {id(p.tracker.detect): p.tracker.detect for p in self.pipelines
-                  if hasattr(p.tracker, "detect")}
+                  if isinstance(getattr(p.tracker, "detect", None), Detector)}
         return [d.summary() for d in shared.values()]
 
     def _run_one(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -355,8 +360,7 @@ class Run:
             except (KeyboardInterrupt, Terminated) as err:
                 reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
                 logger.warning("{}: stopping every stream", reason)
-                for pipeline in self.pipelines:
-                    pipeline.stop_reason = reason
+                self.stop(reason)
                 for thread in threads:
                     thread.join()
         return summaries
@@ -383,14 +387,16 @@ class Run:
                        {**summary, "vlm": {**vlm, "stream": summary["vlm"]}})
 
 
-def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0
+def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0,
+                detectors: Sequence[TrackerConfig] = ()
                 ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
     """The model and its service: in a worker process (``vlm.worker``; auto = on CUDA, where the
     forward pass's Python would otherwise wait for the streams' interpreter lock; always when
-    ``clients`` stream processes will ask it too), or on a thread of this process."""
+    ``clients`` stream processes will ask it too, and then it also runs ``detectors`` for
+    them), or on a thread of this process."""
     info = assets.resolve_vlm(cfg.model, cfg.revision)
     if clients or _worker(cfg) == "process":
-        service = ProcessVlmService(cfg, info, log_path, clients).start()
+        service = ProcessVlmService(cfg, info, log_path, clients, detectors).start()
         return None, service, service.info
     vlm = assets.load_vlm(cfg, info)
     stage = VlmStage(vlm, cfg)
@@ -398,16 +404,24 @@ def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0
     return stage, service.start(), vlm.info
 
 
-def _trackers(specs: list[StreamConfig], threads: int | None) -> dict[str, PersonTracker]:
-    """One tracker per stream; streams with the same detector settings share one detector."""
+def _trackers(specs: list[StreamConfig], threads: int | None,
+              client: ServiceClient | None = None) -> dict[str, PersonTracker]:
+    """One tracker per stream. A stream detects through the model worker when it runs a
+    detector with the stream's settings (``client``), else streams with the same detector
+    settings share one detector in this process."""
+    remote = {detector_key(cfg): (index, stride, info) for index, (cfg, stride, info)
+              in enumerate(client.end.detectors)} if client is not None else {}
     detectors: dict[tuple, Detector] = {}
     trackers = {}
     for spec in specs:
         key = detector_key(spec.tracker)
-        if key not in detectors:
-            detectors[key] = Detector(spec.tracker)
+        if key in remote:
+            index, stride, info = remote[key]
+            detector = RemoteDetector(client.detect, index, spec.tracker, stride, info)
+        else:
+            detector = detectors.get(key) or detectors.setdefault(key, Detector(spec.tracker))
         trackers[spec.id] = PersonTracker(spec.tracker, spec.source.reset_tracks_after_s,
-                                          threads, detectors[key])
+                                          threads, detector)
     return trackers
 
 

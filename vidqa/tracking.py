@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,7 @@ class Detector:
         self.device = None if cfg.device == "auto" else cfg.device
         self.max_batch = max(1, cfg.batch)
         self.batches: Counter[int] = Counter()  # frames per forward pass -> passes
+        self.busy_s = 0.0  # seconds inside the forward passes (with pre- and postprocessing)
         self._pending: list[_Frame] = []
         self._busy = False
         self._turn = threading.Condition()
@@ -93,7 +98,7 @@ class Detector:
     def summary(self) -> dict[str, Any]:
         passes = sum(self.batches.values())
         frames = sum(size * count for size, count in self.batches.items())
-        return {"max_batch": self.max_batch, "passes": passes,
+        return {"max_batch": self.max_batch, "passes": passes, "busy_s": round(self.busy_s, 3),
                 "mean_batch": round(frames / passes, 2) if passes else None,
                 "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())}}
 
@@ -105,20 +110,31 @@ class Detector:
         self._pending = [f for f in self._pending if id(f) not in taken]
         return batch
 
+    def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over same-sized images: per image its boxes, rows ``[x1, y1, x2,
+        y2, conf, cls]`` in that image's pixels."""
+        started = time.perf_counter()
+        results = self.model.predict(images, conf=self.cfg.conf, iou=self.cfg.iou,
+                                     imgsz=self.cfg.imgsz, classes=self.classes,
+                                     device=self.device, verbose=False)
+        self.batches[len(images)] += 1
+        self.busy_s += time.perf_counter() - started
+        return [result.boxes.data.cpu().numpy() for result in results]
+
+    @property
+    def stride(self) -> int:
+        """The detector's largest stride: letterboxed frames are padded to a multiple of it."""
+        return max(int(self.model.model.stride.max()), 32)
+
     def _detect(self, batch: list[_Frame]) -> None:
         try:
-            results = self.model.predict([f.image for f in batch], conf=self.cfg.conf,
-                                         iou=self.cfg.iou, imgsz=self.cfg.imgsz,
-                                         classes=self.classes, device=self.device,
-                                         verbose=False)
-            for frame, result in zip(batch, results, strict=True):
-                frame.boxes = result.boxes.cpu().numpy()
+            for frame, data in zip(batch, self.predict([f.image for f in batch]), strict=True):
+                frame.boxes = _boxes(data, frame.image.shape)
         except Exception as err:  # every frame of the batch fails, the next batch may not
             for frame in batch:
                 frame.error = err
         for frame in batch:
             frame.done = True
-        self.batches[len(batch)] += 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,6 +143,124 @@ class _Frame:
     boxes: Any = None
     error: Exception | None = None
     done: bool = False
+
+
+class RemoteDetector:
+    """A stream's detector in another process (the model worker, which owns the GPU): the frame
+    is letterboxed here, exactly as ultralytics' predictor does it, and handed over in shared
+    memory; the worker batches the frames of every stream process into one forward pass and
+    sends back the boxes, which are mapped back to the frame here.
+
+    ``submit(index, buffer_name, shape)`` sends one request to detector ``index`` of the worker
+    and returns a future of its boxes (in letterboxed pixels).
+    """
+
+    def __init__(self, submit: Callable[[int, str, tuple], Future], index: int,
+                 cfg: TrackerConfig, stride: int, info: Any) -> None:
+        from ultralytics.data.augment import LetterBox
+
+        self.submit = submit
+        self.index = index
+        self.info = info
+        self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
+        # One frame in flight per stream: one buffer the size of the largest letterboxed frame.
+        self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+
+    def __call__(self, image: np.ndarray) -> Any:
+        framed = self.letterbox(image=image)
+        np.ndarray(framed.shape, np.uint8, self.buffer.buf)[:] = framed
+        data = self.submit(self.index, self.buffer.name, framed.shape).result()
+        if len(data):
+            from ultralytics.utils.ops import scale_boxes
+
+            data[:, :4] = scale_boxes(framed.shape[:2], data[:, :4], image.shape[:2])
+        return _boxes(data, image.shape)
+
+    def close(self) -> None:
+        self.buffer.close()
+        self.buffer.unlink()
+
+
+class DetectionServer:
+    """The worker's side of :class:`RemoteDetector`: one thread takes every request waiting (up
+    to ``tracker.batch``), groups them by detector and frame size, runs one forward pass per
+    group and answers each stream process on its own queue (``reply(client, request_id,
+    boxes_or_error)``)."""
+
+    def __init__(self, configs: Sequence[TrackerConfig], requests: Any,
+                 reply: Callable[[int, int, Any], None]) -> None:
+        self.detectors = [Detector(cfg) for cfg in configs]
+        self.requests = requests
+        self.reply = reply
+        self.max_batch = max(d.max_batch for d in self.detectors)
+        self._buffers: dict[str, SharedMemory] = {}
+        self._thread = threading.Thread(target=self._serve, name="detection", daemon=True)
+
+    def start(self) -> DetectionServer:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [d.summary() for d in self.detectors]
+
+    def _serve(self) -> None:
+        while (first := self.requests.get()) is not None:
+            batch, stop = [first], False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            groups: dict[tuple, list] = {}
+            for request in batch:  # (client, request_id, detector index, buffer name, shape)
+                groups.setdefault((request[2], tuple(request[4])), []).append(request)
+            for (index, shape), requests in groups.items():
+                self._detect(self.detectors[index], shape, requests)
+            if stop:
+                break
+        for buffer in self._buffers.values():
+            buffer.close()
+
+    def _detect(self, detector: Detector, shape: tuple, requests: list) -> None:
+        try:
+            images = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf).copy()
+                      for r in requests]
+            results: list[Any] = detector.predict(images)
+        except Exception as err:  # these frames fail, the next batch may not
+            results = [err] * len(requests)
+        for request, result in zip(requests, results, strict=True):
+            self.reply(request[0], request[1], result)
+
+    def _buffer(self, name: str) -> SharedMemory:
+        if name not in self._buffers:
+            self._buffers[name] = _attach(name)
+        return self._buffers[name]
+
+
+def _attach(name: str) -> SharedMemory:
+    """A stream's buffer, without handing it to this process's resource tracker (which would
+    remove it when this process ends: its owner removes it)."""
+    try:
+        return SharedMemory(name=name, track=False)  # Python >= 3.13
+    except TypeError:
+        from multiprocessing import resource_tracker
+
+        buffer = SharedMemory(name=name)
+        resource_tracker.unregister(buffer._name, "shared_memory")
+        return buffer
+
+
+def _boxes(data: np.ndarray, shape: tuple) -> Any:
+    from ultralytics.engine.results import Boxes
+
+    return Boxes(data, shape[:2])
 
 
 def detector_key(cfg: TrackerConfig) -> tuple:
@@ -144,7 +278,8 @@ class PersonTracker:
     """
 
     def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0,
-                 threads: int | None = None, detector: Detector | None = None) -> None:
+                 threads: int | None = None, detector: Detector | RemoteDetector | None = None
+                 ) -> None:
         self.cfg = cfg
         self.reset_after_s = reset_after_s
         self.detect = detector or Detector(cfg)
@@ -163,6 +298,12 @@ class PersonTracker:
         tracks = self.tracker.update(boxes, frame.image)
         detections = _to_detections(tracks)
         return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
+
+    def close(self) -> None:
+        """Release the detector's shared frame buffer, if it has one (a remote detector)."""
+        close = getattr(self.detect, "close", None)
+        if close is not None:
+            close()
 
     def reset(self) -> None:
         """Forget every track. Ids keep counting up, so old and new ids never collide."""

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 from loguru import logger
 
 from vidqa.config import PipelineConfig, StreamConfig
@@ -35,6 +36,7 @@ from vidqa.pipeline import Run, all_questions, json_of, run_summary, vlm_service
 from vidqa.run import LOG_NAME, Terminated, run_log, sigterm_raises
 from vidqa.sinks import EventsSink
 from vidqa.storage import write_json
+from vidqa.tracking import detector_key
 from vidqa.vlm.worker import ClientEnd
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
@@ -56,55 +58,82 @@ def processes_for(cfg: PipelineConfig) -> int:
 
 def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict[str, Any]:
     """Every stream of ``cfg`` in ``processes`` stream processes; the run's summary."""
-    started = time.perf_counter()
-    specs = cfg.stream_configs()
-    groups = [specs[i::processes] for i in range(processes)]  # round robin
-    logger.info("{} streams in {} processes, one VLM worker", len(specs), processes)
-    _, service, _ = vlm_service(dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
-                                run_dir / LOG_NAME, clients=processes)
-    context = multiprocessing.get_context("spawn")
-    events, done = context.Queue(), context.Queue()
-    controls = [context.Queue() for _ in groups]
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    workers = [context.Process(
-        target=_stream_process, name=f"streams-{i + 1}", daemon=False,
-        args=(dataclasses.replace(cfg, streams=tuple(group)), run_dir, i + 1,
-              service.client_end(i + 1), events, controls[i], done, threads))
-        for i, group in enumerate(groups)]
-    merged = EventsSink(run_dir / "events.jsonl")
-    writer = threading.Thread(target=_write_events, args=(events, merged), name="events")
-    writer.start()
-    reports: dict[int, tuple] = {}
-    try:
-        for worker in workers:
-            worker.start()
-        _wait(workers, done, controls, reports)
-    finally:
-        for worker in workers:
-            worker.join()
-        events.put(None)
-        writer.join()
-        merged.close()
-        service.close()
-    summaries, failed, detectors = _gather(groups, workers, reports, run_dir)
-    vlm = {**service.stage_summary(), "service": service.summary()}
-    summary = {**run_summary(cfg, run_dir, summaries, failed, vlm, time.perf_counter() - started),
-               "processes": processes, "detectors": detectors}
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    return ProcessRun(cfg, run_dir, processes).run()
 
 
-def _wait(workers: list, done: Any, controls: list, reports: dict[int, tuple]) -> None:
-    """Collect each stream process's report; Ctrl-C or SIGTERM here stops every stream."""
-    with sigterm_raises():
+class ProcessRun:
+    """The VLM worker, the stream processes and the merged events of one run."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, processes: int,
+                 detect_in_worker: bool | None = None) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        # On CUDA the worker detects for every stream process: one CUDA context on the GPU.
+        # Processes that each own a context take turns on the GPU (time slices, no overlap).
+        self.detect_in_worker = _trackers_on_cuda(cfg) if detect_in_worker is None \
+            else detect_in_worker
+        specs = cfg.stream_configs()
+        self.groups = [specs[i::processes] for i in range(processes)]  # round robin
+        context = multiprocessing.get_context("spawn")
+        self._events, self._done = context.Queue(), context.Queue()
+        self._controls = [context.Queue() for _ in self.groups]
+        self._context = context
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop every stream at its next frame (from any thread)."""
+        for control in self._controls:
+            control.put(reason)
+
+    def run(self) -> dict[str, Any]:
+        started, cfg, processes = time.perf_counter(), self.cfg, len(self.groups)
+        logger.info("{} streams in {} processes, one VLM worker",
+                    sum(map(len, self.groups)), processes)
+        specs = cfg.stream_configs()
+        detectors = list({detector_key(s.tracker): s.tracker for s in specs}.values()) \
+            if self.detect_in_worker else []
+        _, service, _ = vlm_service(dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
+                                    self.run_dir / LOG_NAME, processes, detectors)
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        workers = [self._context.Process(
+            target=_stream_process, name=f"streams-{i + 1}",
+            args=(dataclasses.replace(cfg, streams=tuple(group)), self.run_dir, i + 1,
+                  service.client_end(i + 1), self._events, self._controls[i], self._done,
+                  threads))
+            for i, group in enumerate(self.groups)]
+        merged = EventsSink(self.run_dir / "events.jsonl")
+        writer = threading.Thread(target=_write_events, args=(self._events, merged),
+                                  name="events")
+        writer.start()
+        reports: dict[int, tuple] = {}
         try:
-            _collect(workers, done, reports)
-        except (KeyboardInterrupt, Terminated) as err:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
-            logger.warning("{}: stopping every stream", reason)
-            for control in controls:
-                control.put(reason)
-            _collect(workers, done, reports)
+            for worker in workers:
+                worker.start()
+            self._wait(workers, reports)
+        finally:
+            for worker in workers:
+                worker.join()
+            self._events.put(None)
+            writer.join()
+            merged.close()
+            service.close()
+        summaries, failed, detectors = _gather(self.groups, workers, reports, self.run_dir)
+        vlm = {**service.stage_summary(), "service": service.summary()}
+        detectors += [{"process": "worker", **d} for d in service.detection_summary()]
+        summary = {**run_summary(cfg, self.run_dir, summaries, failed, vlm,
+                                 time.perf_counter() - started),
+                   "processes": processes, "detectors": detectors}
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _wait(self, workers: list, reports: dict[int, tuple]) -> None:
+        """Collect each stream process's report; Ctrl-C or SIGTERM here stops every stream."""
+        with sigterm_raises():
+            try:
+                _collect(workers, self._done, reports)
+            except (KeyboardInterrupt, Terminated) as err:
+                reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
+                logger.warning("{}: stopping every stream", reason)
+                self.stop(reason)
+                _collect(workers, self._done, reports)
 
 
 def _collect(workers: list, done: Any, reports: dict[int, tuple]) -> None:
@@ -176,6 +205,7 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
     # Ctrl-C reaches the whole process group; the run's process decides and tells us (control),
     # so every stream stops once, the same way, and waits for its answers in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(threads)
     with run_log(run_dir):
         client = end.connect()
         try:
@@ -191,13 +221,13 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
             summaries = run.run_streams()
         finally:
             client.close()
+            for pipeline in run.pipelines:
+                pipeline.tracker.close()
         done.put((index, summaries, run.failed, run.detectors()))
 
 
 def _stop_on_request(control: Any, run: Run) -> None:
-    reason = control.get()
-    for pipeline in run.pipelines:
-        pipeline.stop_reason = reason
+    run.stop(control.get())
 
 
 def _trackers_on_cuda(cfg: PipelineConfig) -> bool:

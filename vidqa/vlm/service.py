@@ -176,7 +176,7 @@ class ServiceStats:
             "batches": sum(self.batches.values()), "rois": self.rois,
             "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())},
             "mean_batch": round(self.rois / max(sum(self.batches.values()), 1), 2),
-            "busy_s": round(self.busy_s, 3),
+            "busy_s": round(self.busy_s, 3), "span_s": round(span, 3),
             "rois_per_busy_s": round(self.rois / self.busy_s, 2) if self.busy_s else None,
             "utilisation": round(self.busy_s / span, 3) if span else None,
             "queue_ms_p50": percentile(waits, 50), "queue_ms_p95": percentile(waits, 95),

@@ -29,7 +29,7 @@ import psutil
 from loguru import logger
 
 from vidqa.assets.types import ModelInfo
-from vidqa.config import VlmConfig
+from vidqa.config import TrackerConfig, VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Roi
 from vidqa.vlm.service import ServiceClosed
@@ -48,6 +48,8 @@ class ClientEnd:
     client: int  # this client's index
     worker_pid: int
     info: ModelInfo  # the model the worker runs
+    frames: Any = None  # the worker's detection requests (None: it detects nothing)
+    detectors: tuple = ()  # per detector the worker runs: (its TrackerConfig, stride, info)
 
     def connect(self) -> ServiceClient:
         return ServiceClient(self, lambda: _pid_alive(self.worker_pid)).start()
@@ -65,7 +67,7 @@ class ServiceClient:
         self._reader = threading.Thread(target=self._read, name="vlm-results", daemon=True)
         self._closed = threading.Event()
         self.refused = 0
-        self.worker_summaries: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.worker_summaries: tuple | None = None  # service, stage, detection
 
     def start(self) -> ServiceClient:
         self._reader.start()
@@ -85,6 +87,16 @@ class ServiceClient:
             del self._futures[request_id]
             self.refused += 1
             return None
+        return future
+
+    def detect(self, index: int, buffer: str, shape: tuple) -> Future:
+        """Ask the worker's detector ``index`` for the boxes of the frame in shared memory
+        ``buffer`` (see :class:`~vidqa.tracking.RemoteDetector`)."""
+        if self._closed.is_set():
+            raise ServiceClosed("the model worker is closed: no more frames can be detected")
+        request_id, future = next(self._ids), Future()
+        self._futures[request_id] = future
+        self.end.frames.put((self.end.client, request_id, index, buffer, shape))
         return future
 
     @property
@@ -118,7 +130,7 @@ class ServiceClient:
             if kind == "stop":
                 return
             if kind == "closed":
-                self.worker_summaries = (payload[0], payload[1])
+                self.worker_summaries = tuple(payload)
                 return
             request_id, answers = payload
             future = self._futures.pop(request_id)
@@ -141,15 +153,17 @@ class ProcessVlmService:
     (:meth:`client_end`)."""
 
     def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
-                 clients: int = 0) -> None:
+                 clients: int = 0, detectors: Sequence[TrackerConfig] = ()) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._requests = context.Queue(maxsize=cfg.queue_size)
         self._results = [context.Queue() for _ in range(1 + clients)]
+        self._frames = context.Queue() if detectors else None
         self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
                                         args=(cfg, info, self._requests, self._results,
-                                              log_path))
+                                              log_path, tuple(detectors), self._frames))
         self.client: ServiceClient | None = None
         self.info: ModelInfo | None = None
+        self.detectors: tuple = ()  # (TrackerConfig, stride, info) of each detector it runs
 
     def start(self) -> ProcessVlmService:
         """Start the child and wait until its model is loaded; a failure raises here."""
@@ -163,14 +177,14 @@ class ProcessVlmService:
         if kind != "ready":
             self._process.join(timeout=10)
             raise payload if isinstance(payload, Exception) else ModelError(str(payload))
-        self.info = payload
+        self.info, self.detectors = payload
         self.client = ServiceClient(self.client_end(0), self._process.is_alive).start()
         return self
 
     def client_end(self, client: int) -> ClientEnd:
         """Client ``client``'s end (1 .. clients), for a stream process."""
         return ClientEnd(self._requests, self._results[client], client, self._process.pid,
-                         self.info)
+                         self.info, self._frames, self.detectors)
 
     def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
@@ -185,6 +199,8 @@ class ProcessVlmService:
         if self.client is None or self._process.exitcode is not None:
             return
         self._requests.put(None)  # the child drains what is before it, then says "closed"
+        if self._frames is not None:
+            self._frames.put(None)
         self.client.close()
         self._process.join(timeout=30)
         if self._process.is_alive():
@@ -198,6 +214,10 @@ class ProcessVlmService:
         """The VLM stage's summary (per question: phase, plan, accounting) from the child."""
         return self.client.worker_summaries[1] if self.client.worker_summaries else {}
 
+    def detection_summary(self) -> list[dict[str, Any]]:
+        """How the child's detectors batched the stream processes' frames."""
+        return self.client.worker_summaries[2] if self.client.worker_summaries else []
+
     def __enter__(self) -> ProcessVlmService:
         return self.start()
 
@@ -206,9 +226,12 @@ class ProcessVlmService:
 
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
-                    log_path: Path | None) -> None:
-    """The child: load the model, run a threaded VlmService, relay requests and answers."""
+                    log_path: Path | None, detectors: tuple[TrackerConfig, ...] = (),
+                    frames: Any = None) -> None:
+    """The child: load the model (and the detectors, if asked), run a threaded VlmService (and
+    a DetectionServer), relay requests and answers."""
     from vidqa.assets import load_vlm
+    from vidqa.tracking import DetectionServer
     from vidqa.vlm.service import VlmService
     from vidqa.vlm.stage import VlmStage
 
@@ -217,9 +240,16 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
+
+    def reply(client: int, request_id: int, outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            outcome = _picklable(outcome)
+        results[client].put(("answer", request_id, outcome))
+
     try:
         vlm = load_vlm(cfg, info)
         stage = VlmStage(vlm, cfg)
+        detection = DetectionServer(detectors, frames, reply) if detectors else None
     except Exception as err:  # reported to the parent, which raises it
         results[0].put(("failed", _picklable(err)))
         return
@@ -227,15 +257,21 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
         # A model on the CPU must not take the cores from the trackers: live cameras keep
         # their frame rate and answers take what is left.
         os.nice(CPU_NICENESS)
-    results[0].put(("ready", vlm.info))
+    served = tuple((d.cfg, d.stride, d.info) for d in detection.detectors) if detection else ()
+    results[0].put(("ready", (vlm.info, served)))
+    if detection is not None:
+        detection.start()
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
     while (item := requests.get()) is not None:
         client, request_id, roi, questions = item
         future = service.submit(roi, questions, block=True)
-        future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
-            ("answers", rid, _outcome(done))))
+        future.add_done_callback(lambda done, c=client, rid=request_id: reply(
+            c, rid, done.exception() or done.result()))
     service.close()
-    results[0].put(("closed", service.summary(), stage.summary()))
+    if detection is not None:
+        detection.join()
+    results[0].put(("closed", service.summary(), stage.summary(),
+                    detection.summary() if detection else []))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -243,11 +279,6 @@ def _pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _outcome(future: Future) -> list[Answer] | Exception:
-    error = future.exception()
-    return _picklable(error) if error is not None else future.result()
 
 
 def _picklable(error: BaseException) -> Exception:
