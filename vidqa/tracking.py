@@ -114,12 +114,45 @@ class Detector:
         """One forward pass over same-sized images: per image its boxes, rows ``[x1, y1, x2,
         y2, conf, cls]`` in that image's pixels."""
         started = time.perf_counter()
-        results = self.model.predict(images, conf=self.cfg.conf, iou=self.cfg.iou,
-                                     imgsz=self.cfg.imgsz, classes=self.classes,
-                                     device=self.device, verbose=False)
-        self.batches[len(images)] += 1
-        self.busy_s += time.perf_counter() - started
+        results = self.model.predict(images, **self._arguments())
+        self._count(len(images), started)
         return [result.boxes.data.cpu().numpy() for result in results]
+
+    def predict_framed(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`predict` for frames already letterboxed as ultralytics' predictor does it
+        (:class:`RemoteDetector`): the predictor's own tensor steps, model and NMS, without
+        its per-image letterbox and result objects; boxes in the letterboxed frames' pixels."""
+        from ultralytics.utils.nms import non_max_suppression
+
+        started = time.perf_counter()
+        predictor = self._predictor()
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.stack(frames)).to(predictor.device)
+            batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
+            batch = (batch.half() if predictor.model.fp16 else batch.float()).div_(255)
+            kept = non_max_suppression(
+                predictor.inference(batch), predictor.args.conf, predictor.args.iou,
+                predictor.args.classes, predictor.args.agnostic_nms,
+                max_det=predictor.args.max_det, nc=0,
+                end2end=getattr(predictor.model, "end2end", False))
+            boxes = [k.float().cpu().numpy() for k in kept]
+        self._count(len(frames), started)
+        return boxes
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"conf": self.cfg.conf, "iou": self.cfg.iou, "imgsz": self.cfg.imgsz,
+                "classes": self.classes, "device": self.device, "half": True, "verbose": False}
+
+    def _predictor(self) -> Any:
+        """ultralytics' predictor, set up by a first (blank) frame if nothing ran yet."""
+        if self.model.predictor is None:
+            blank = np.zeros((self.cfg.imgsz, self.cfg.imgsz, 3), np.uint8)
+            self.model.predict(blank, **self._arguments())
+        return self.model.predictor
+
+    def _count(self, frames: int, started: float) -> None:
+        self.batches[frames] += 1
+        self.busy_s += time.perf_counter() - started
 
     @property
     def stride(self) -> int:
@@ -194,9 +227,10 @@ class DetectionServer:
         self.reply = reply
         self.max_batch = max(d.max_batch for d in self.detectors)
         self._buffers: dict[str, SharedMemory] = {}
-        self._thread = threading.Thread(target=self._serve, name="detection", daemon=True)
+        self._thread = threading.Thread(target=self.serve, name="detection", daemon=True)
 
     def start(self) -> DetectionServer:
+        """Serve on a thread of this process (:meth:`serve` serves on the caller's)."""
         self._thread.start()
         return self
 
@@ -206,7 +240,8 @@ class DetectionServer:
     def summary(self) -> list[dict[str, Any]]:
         return [d.summary() for d in self.detectors]
 
-    def _serve(self) -> None:
+    def serve(self) -> None:
+        """Answer requests until a None arrives."""
         while (first := self.requests.get()) is not None:
             batch, stop = [first], False
             while len(batch) < self.max_batch:
@@ -230,9 +265,8 @@ class DetectionServer:
 
     def _detect(self, detector: Detector, shape: tuple, requests: list) -> None:
         try:
-            images = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf).copy()
-                      for r in requests]
-            results: list[Any] = detector.predict(images)
+            frames = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf) for r in requests]
+            results: list[Any] = detector.predict_framed(frames)
         except Exception as err:  # these frames fail, the next batch may not
             results = [err] * len(requests)
         for request, result in zip(requests, results, strict=True):
@@ -242,6 +276,80 @@ class DetectionServer:
         if name not in self._buffers:
             self._buffers[name] = _attach(name)
         return self._buffers[name]
+
+
+class DetectionWorker:
+    """The run's detectors in their own process, serving every stream process (see
+    :class:`RemoteDetector`): one CUDA context for all their frames, and an interpreter of its
+    own, apart from the VLM worker's (a detector's Python and the VLM's would take turns).
+
+    ``frames``: the requests queue the stream processes' clients write; ``results``: each
+    client's answer queue, where the boxes go."""
+
+    def __init__(self, configs: Sequence[TrackerConfig], frames: Any, results: Sequence[Any],
+                 log_path: Path | None = None) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self.frames = frames
+        self._control = context.Queue()
+        self._process = context.Process(target=_detect_in_child, name="detection",
+                                        daemon=True, args=(tuple(configs), frames,
+                                                           list(results), self._control,
+                                                           log_path))
+        self.served: tuple = ()  # per detector: (its config, stride, info)
+        self.summary: list[dict[str, Any]] = []
+
+    def start(self, timeout_s: float = 600.0) -> DetectionWorker:
+        """Start the process and wait until its detectors are loaded; a failure raises."""
+        self._process.start()
+        try:
+            kind, payload = self._control.get(timeout=timeout_s)
+        except queue.Empty:
+            self._process.kill()
+            raise ModelError(f"the detection worker did not load within {timeout_s:g} s") \
+                from None
+        if kind != "ready":
+            self._process.join(timeout=10)
+            raise payload
+        self.served = payload
+        return self
+
+    def close(self) -> None:
+        """Detect what is queued, then stop (idempotent)."""
+        if not self._process.is_alive():
+            return
+        self.frames.put(None)
+        try:
+            _, self.summary = self._control.get(timeout=60)
+        except queue.Empty:
+            logger.warning("the detection worker did not report how it batched")
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, results: list[Any],
+                     control: Any, log_path: Path | None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops its streams, then us
+    if log_path is not None:
+        logger.add(log_path, level="INFO", enqueue=False)
+
+    def reply(client: int, request_id: int, outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            outcome = RuntimeError(f"{type(outcome).__name__}: {outcome}")  # always picklable
+        results[client].put(("answer", request_id, outcome))
+
+    try:
+        server = DetectionServer(configs, frames, reply)
+    except Exception as err:
+        control.put(("failed", ModelError(f"{type(err).__name__}: {err}")))
+        return
+    control.put(("ready", tuple((d.cfg, d.stride, d.info) for d in server.detectors)))
+    server.serve()
+    control.put(("closed", server.summary()))
 
 
 def _attach(name: str) -> SharedMemory:

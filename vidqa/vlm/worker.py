@@ -32,6 +32,7 @@ from vidqa.assets.types import ModelInfo
 from vidqa.config import TrackerConfig, VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Roi
+from vidqa.tracking import DetectionWorker
 from vidqa.vlm.service import ServiceClosed
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
@@ -67,7 +68,7 @@ class ServiceClient:
         self._reader = threading.Thread(target=self._read, name="vlm-results", daemon=True)
         self._closed = threading.Event()
         self.refused = 0
-        self.worker_summaries: tuple | None = None  # service, stage, detection
+        self.worker_summaries: tuple | None = None  # the worker's service and stage
 
     def start(self) -> ServiceClient:
         self._reader.start()
@@ -157,16 +158,20 @@ class ProcessVlmService:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._requests = context.Queue(maxsize=cfg.queue_size)
         self._results = [context.Queue() for _ in range(1 + clients)]
-        self._frames = context.Queue() if detectors else None
         self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
                                         args=(cfg, info, self._requests, self._results,
-                                              log_path, tuple(detectors), self._frames))
+                                              log_path))
+        # The stream processes' detection, in a process of its own (see DetectionWorker).
+        self.detection = DetectionWorker(detectors, context.Queue(), self._results, log_path) \
+            if detectors else None
         self.client: ServiceClient | None = None
         self.info: ModelInfo | None = None
-        self.detectors: tuple = ()  # (TrackerConfig, stride, info) of each detector it runs
 
     def start(self) -> ProcessVlmService:
-        """Start the child and wait until its model is loaded; a failure raises here."""
+        """Start the child (and the detection worker) and wait until the models are loaded; a
+        failure raises here."""
+        if self.detection is not None:
+            self.detection.start()
         self._process.start()
         try:
             kind, payload = self._results[0].get(timeout=START_TIMEOUT_S)
@@ -177,14 +182,16 @@ class ProcessVlmService:
         if kind != "ready":
             self._process.join(timeout=10)
             raise payload if isinstance(payload, Exception) else ModelError(str(payload))
-        self.info, self.detectors = payload
+        self.info = payload
         self.client = ServiceClient(self.client_end(0), self._process.is_alive).start()
         return self
 
     def client_end(self, client: int) -> ClientEnd:
         """Client ``client``'s end (1 .. clients), for a stream process."""
+        detection = self.detection
         return ClientEnd(self._requests, self._results[client], client, self._process.pid,
-                         self.info, self._frames, self.detectors)
+                         self.info, detection.frames if detection else None,
+                         detection.served if detection else ())
 
     def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
@@ -198,9 +205,9 @@ class ProcessVlmService:
         """Answer what is queued, collect the child's summaries, stop it (idempotent)."""
         if self.client is None or self._process.exitcode is not None:
             return
+        if self.detection is not None:
+            self.detection.close()
         self._requests.put(None)  # the child drains what is before it, then says "closed"
-        if self._frames is not None:
-            self._frames.put(None)
         self.client.close()
         self._process.join(timeout=30)
         if self._process.is_alive():
@@ -215,8 +222,8 @@ class ProcessVlmService:
         return self.client.worker_summaries[1] if self.client.worker_summaries else {}
 
     def detection_summary(self) -> list[dict[str, Any]]:
-        """How the child's detectors batched the stream processes' frames."""
-        return self.client.worker_summaries[2] if self.client.worker_summaries else []
+        """How the detection worker batched the stream processes' frames."""
+        return self.detection.summary if self.detection else []
 
     def __enter__(self) -> ProcessVlmService:
         return self.start()
@@ -226,12 +233,9 @@ class ProcessVlmService:
 
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
-                    log_path: Path | None, detectors: tuple[TrackerConfig, ...] = (),
-                    frames: Any = None) -> None:
-    """The child: load the model (and the detectors, if asked), run a threaded VlmService (and
-    a DetectionServer), relay requests and answers."""
+                    log_path: Path | None) -> None:
+    """The child: load the model, run a threaded VlmService, relay requests and answers."""
     from vidqa.assets import load_vlm
-    from vidqa.tracking import DetectionServer
     from vidqa.vlm.service import VlmService
     from vidqa.vlm.stage import VlmStage
 
@@ -240,16 +244,9 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
-
-    def reply(client: int, request_id: int, outcome: Any) -> None:
-        if isinstance(outcome, BaseException):
-            outcome = _picklable(outcome)
-        results[client].put(("answer", request_id, outcome))
-
     try:
         vlm = load_vlm(cfg, info)
         stage = VlmStage(vlm, cfg)
-        detection = DetectionServer(detectors, frames, reply) if detectors else None
     except Exception as err:  # reported to the parent, which raises it
         results[0].put(("failed", _picklable(err)))
         return
@@ -257,21 +254,20 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
         # A model on the CPU must not take the cores from the trackers: live cameras keep
         # their frame rate and answers take what is left.
         os.nice(CPU_NICENESS)
-    served = tuple((d.cfg, d.stride, d.info) for d in detection.detectors) if detection else ()
-    results[0].put(("ready", (vlm.info, served)))
-    if detection is not None:
-        detection.start()
+    results[0].put(("ready", vlm.info))
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
     while (item := requests.get()) is not None:
         client, request_id, roi, questions = item
         future = service.submit(roi, questions, block=True)
-        future.add_done_callback(lambda done, c=client, rid=request_id: reply(
-            c, rid, done.exception() or done.result()))
+        future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
+            ("answer", rid, _outcome(done))))
     service.close()
-    if detection is not None:
-        detection.join()
-    results[0].put(("closed", service.summary(), stage.summary(),
-                    detection.summary() if detection else []))
+    results[0].put(("closed", service.summary(), stage.summary()))
+
+
+def _outcome(future: Future) -> list[Answer] | Exception:
+    error = future.exception()
+    return _picklable(error) if error is not None else future.result()
 
 
 def _pid_alive(pid: int) -> bool:
