@@ -7,11 +7,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from factories import make_identity_layer, make_rois
 
 import vidqa.vlm.adaptive as adaptive
 from vidqa.config import AdaptiveConfig, QuestionConfig
 from vidqa.vlm.adaptive import AdaptiveAnswerer
+from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, layer_paths
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache
@@ -21,7 +23,7 @@ from vidqa.vlm.profiling.stream import StreamProfile
 
 QUERY = QuestionConfig(question="Is this person carrying a backpack?")
 BAG = QuestionConfig(question="Is this person carrying a bag?")
-rois = make_rois
+rois = rois_of = make_rois
 
 
 @pytest.fixture()
@@ -35,7 +37,7 @@ def identity_model(tiny_vlm):
 @pytest.fixture()
 def fixed_seconds(monkeypatch):
     """Deterministic costs: 1 s per ROI for the full model, 0.25 s under a plan, each of the
-    tiny model's 6 layers 0.16 s of it."""
+    tiny model's 6 layers 0.16 s of it (the model swapped, or a plan's own module)."""
     monkeypatch.setattr(StreamProfile, "layer_seconds_per_roi",
                         lambda self: np.full(len(self.layers), 0.16))
     real_ask = adaptive.ask
@@ -45,7 +47,7 @@ def fixed_seconds(monkeypatch):
         asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace)
         compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
                          or type(m).__module__.startswith("torch.ao.nn.quantized")
-                         for m in vlm.model.modules())
+                         for m in (vlm.model if body is None else body).modules())
         seconds = len(batch) * (0.25 if compressed else 1.0)
         return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
     monkeypatch.setattr(adaptive, "ask", ask)
@@ -111,7 +113,7 @@ def test_confirm_when_a_batch_already_misses_the_target_stops_there(
 
     def flipped_when_compressed(vlm, q, batch, *args, **kwargs):
         asked = fixed(vlm, q, batch, *args, **kwargs)
-        if kwargs.get("body") is None and query.compressor.current.compressed:
+        if query.compressor.current.compressed:
             asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
         return asked
     monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
@@ -122,6 +124,45 @@ def test_confirm_when_a_batch_already_misses_the_target_stops_there(
     trials = query.search["trials"]
     assert trials and all(t["batches_checked"] == 1 and not t["accepted"] for t in trials)
     assert query.ledger.seconds["confirm"] == pytest.approx(0.5 * len(trials))  # 2 x 0.25 s
+
+
+@pytest.fixture()
+def compiled(identity_model, monkeypatch):
+    """One module per plan, as with ``compile: true`` (torch.compile itself left out)."""
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    compressor = Compressor(identity_model.model, int8="none")
+    return compressor, CompiledPlans(identity_model.model, compressor)
+
+
+@pytest.mark.parametrize(("rois", "confirms"), [(1000, False), (100_000, True)])
+def test_plan_when_compiling_prices_each_graph_not_built_yet(
+        identity_model, tmp_path, fixed_seconds, compiled, rois, confirms):
+    # Two graphs (candidate and full) at ~30 s each: 1000 ROIs saving 0.16 s x p_pass ~0.29
+    # cannot pay for them; 100k can.
+    compressor, plans = compiled
+    query = make(identity_model, config(tmp_path, compile=True), compressor=compressor,
+                 compiled=plans)
+    query.expect(rois=rois)
+
+    query.answer(rois_of([1, 2]))
+
+    assert bool(query.search["trials"]) is confirms
+    assert ("can pay back" in query.reason) is not confirms
+
+
+def test_confirm_when_compiling_builds_both_graphs_outside_the_paired_passes(
+        identity_model, tmp_path, fixed_seconds, compiled):
+    compressor, plans = compiled
+    query = make(identity_model, config(tmp_path, compile=True), compressor=compressor,
+                 compiled=plans)
+    query.expect(rois=100_000)
+
+    query.answer(rois_of([1, 2]))
+
+    # the first call of each graph (it compiles): candidate 2 x 0.25 s, full 2 x 1 s
+    assert query.ledger.seconds["build"] == pytest.approx(0.5 + 2.0, abs=0.05)
+    assert query.ledger.paired_ratio() == (pytest.approx(4.0), "profile")
+    assert plans.built(query.plan) and plans.built(Plan.keep_all(compressor.paths))
 
 
 def test_audit_when_due_runs_the_whole_batch_both_ways_and_pairs_it(

@@ -66,6 +66,7 @@ from vidqa.vlm.model import VisionLanguageModel
 from vidqa.vlm.profiling.stream import ProfiledBatch, StreamProfile, new_stream_profile
 
 BUILD_S_PER_LAYER = 0.05  # prior cost of one int8 copy until one is measured
+COMPILE_S = 30.0  # prior cost of compiling one plan's graph (24-48 s for the 256M shape, H200)
 
 
 class AdaptiveAnswerer:
@@ -100,6 +101,7 @@ class AdaptiveAnswerer:
         self._audit_agree: list[bool] = []
         self._compressed_bytes = 0
         self._build_s_per_layer = BUILD_S_PER_LAYER
+        self._compile_s = COMPILE_S
         self._owner = f"{question.label}@{id(self):x}"  # its pin on the shared compressor
         self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), question.question,
                                      question.answer, cfg,
@@ -182,8 +184,10 @@ class AdaptiveAnswerer:
         """A batch under ``plan``: its compiled module, or its layers swapped in and back."""
         key = _vision_key(plan)
         if self.compiled is not None:
-            return ask(self.vlm, self.question, rois, self.max_new_tokens, shared, key,
-                       body=self.compiled.body(plan))
+            asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared, key,
+                        body=self.compiled.body(plan))
+            self.compiled.mark_built(plan)
+            return asked
         with self.compressor.using(plan):
             return ask(self.vlm, self.question, rois, self.max_new_tokens, shared, key)
 
@@ -347,15 +351,21 @@ class AdaptiveAnswerer:
         return profile
 
     def _confirm_cost(self, candidate: Candidate) -> float:
+        """A compressed pass over the profiled batches, its int8 copies and, when compiling,
+        each graph (the candidate's, the full model's) not compiled yet."""
         int8 = len(candidate.plan.paths("int8"))
+        graphs = 0 if self.compiled is None else sum(
+            not self.compiled.built(plan)
+            for plan in (candidate.plan, Plan.keep_all(self.compressor.paths)))
         return self._trace.seconds * (1 - candidate.est_saving) + \
-            int8 * self._build_s_per_layer
+            int8 * self._build_s_per_layer + graphs * self._compile_s
 
     def _confirm(self, candidate: Candidate, full_per_roi: float, remaining: float
                  ) -> dict[str, Any]:
         """Re-run the profiled batches under ``candidate``: agreement and paired time. Stops
         at the first batch after which the target can no longer be met."""
         self._build(candidate.plan)
+        self._compile_graphs(candidate.plan, self._trace.batches[0].rois)
         compressed_s, full_s, margins = 0.0, 0.0, []
         for batch in self._trace.batches:
             if margins and self._target_out_of_reach(margins):
@@ -398,6 +408,18 @@ class AdaptiveAnswerer:
         disagree = (1 - agreement) * done.size
         return disagree > (1 - self.cfg.target_agreement) * total + 1e-9 or \
             dp * done.size > self.cfg.max_dp_yes * total
+
+    def _compile_graphs(self, plan: Plan, rois: list[Roi]) -> None:
+        """Compile ``plan``'s graph and the full model's on one profiled batch before the
+        paired passes: compiling is building a plan (booked as ``build``), not answering, and
+        what it cost prices the next candidate."""
+        if self.compiled is None:
+            return
+        for graph in (plan, Plan.keep_all(self.compressor.paths)):
+            if self.compiled.built(graph):
+                continue
+            self._compile_s = self._ask_plan(rois, graph, None).seconds
+            self.ledger.add("build", self._compile_s)
 
     def _build(self, plan: Plan) -> None:
         """Build ``plan``'s int8 copies, timed as planning; learns the per-layer build cost."""

@@ -56,8 +56,11 @@ def _clone(module: nn.Module, clones: dict[int, nn.Module]) -> nn.Module:
     return clones[id(module)]
 
 
-# Per compressor (one per model), the compiled module of each (root, compile mode, plan id).
+# Per compressor (one per model), the compiled module of each (root, compile mode, plan id),
+# and the keys whose graph has been built (run once).
 _BODIES: weakref.WeakKeyDictionary[Compressor, dict[tuple[str, str | None, str], Any]] = \
+    weakref.WeakKeyDictionary()
+_BUILT: weakref.WeakKeyDictionary[Compressor, set[tuple[str, str | None, str]]] = \
     weakref.WeakKeyDictionary()
 
 
@@ -72,19 +75,32 @@ class CompiledPlans:
         self.root = root
         self.mode = mode
         self._bodies = _BODIES.setdefault(compressor, {})
+        self._built = _BUILT.setdefault(compressor, set())
 
     def body(self, plan: Plan) -> Any:
         """The compiled module of ``plan`` (compiled at its first call, then reused); the
         full model is the plan "full"."""
         plan = self.compressor.effective(plan)
-        key = (self.root, self.mode, plan.id)
+        key = self._key(plan)
         if key not in self._bodies:
             self.compressor.prepare(plan)
             module = plan_module(self.model, self.root, self.compressor, plan)
             self._bodies[key] = torch.compile(module, mode=self.mode)
-            logger.info("compiled graph for plan {} ({} plans compiled)", plan.id,
-                        len(self._bodies))
+            logger.info("torch.compile of plan {} ({} plans; it compiles at its first call)",
+                        plan.id, len(self._bodies))
         return self._bodies[key]
+
+    def built(self, plan: Plan) -> bool:
+        """Whether ``plan``'s graph has been compiled (see :meth:`mark_built`)."""
+        return self._key(plan) in self._built
+
+    def mark_built(self, plan: Plan) -> None:
+        """Record that ``plan``'s graph ran once: compilation happens at the first call, and
+        the caller that made it knows what it cost."""
+        self._built.add(self._key(plan))
+
+    def _key(self, plan: Plan) -> tuple[str, str | None, str]:
+        return self.root, self.mode, self.compressor.effective(plan).id
 
     def __len__(self) -> int:
         return len(self._bodies)
