@@ -129,3 +129,42 @@ def test_run_when_soaked_with_20000_frames_of_short_tracks_then_memory_stays_bou
     print(f"soak: RSS at frame 4000 {warm / 2**20:.0f} MiB, max {max(rss.values()) / 2**20:.0f} "
           f"MiB, growth {growth_mb:.1f} MiB over {frames - 4000} frames")
     assert growth_mb < 64, rss
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("signum, reason, code", [
+    (signal.SIGINT, "interrupted", 130),
+    (signal.SIGTERM, "terminated", 143),
+])
+def test_cli_run_in_stream_processes_when_signalled_then_every_stream_closes_its_outputs(
+        tmp_path, tiny_vlm_dir, signum, reason, code):
+    out = tmp_path / "run"
+    streams = "[{id: a, source: {path: auto}}, {id: b, source: {path: auto}}]"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidqa.cli", "run", "--out", str(out),
+         "--set", f"vlm.model={tiny_vlm_dir}", "--set", "vlm.adaptive.enabled=false",
+         "--set", f"streams={streams}", "--set", "run.processes=2"],
+        cwd=REPO, env={**os.environ, "VIDQA_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        answered = [out / s / "events.jsonl" for s in ("a", "b")]
+        if all(e.exists() and e.read_text().count("\n") >= 2 for e in answered):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signum)  # to the run's process only: it stops the stream processes
+    _, stderr = proc.communicate(timeout=300)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == code, stderr[-2000:]
+    assert summary["end_reason"] == reason and summary["processes"] == 2
+    merged = (out / "events.jsonl").read_text().splitlines()
+    for stream in ("a", "b"):
+        own = json.loads((out / stream / "summary.json").read_text())
+        assert own["end_reason"] == reason and 0 < own["frames"] < 795
+        assert video_frames(out / stream / "annotated.mp4") == own["frames"]
+        assert len((out / stream / "events.jsonl").read_text().splitlines()) == own["answers"]
+    assert len(merged) == summary["answers"] == sum(
+        summary["streams"][s]["answers"] for s in ("a", "b")) >= 4
+    assert "Traceback" not in stderr

@@ -58,9 +58,8 @@ def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
 
 def one_service(count: int, processes: int, detect: str, args: argparse.Namespace, out: Path
                 ) -> dict[str, Any]:
-    """``count`` streams, one VLM service, for ``args.seconds`` of streaming: on threads of this
-    process, or in ``processes`` stream processes (which start inside the timed run, so they
-    get ``--startup-s`` more)."""
+    """``count`` streams, one VLM service, for ``args.seconds`` of streaming once every stream
+    has started: on threads of this process, or in ``processes`` stream processes."""
     overrides = stream_overrides(count, args) + [f"run.processes={processes}"]
     if args.no_vlm:
         overrides += ["vlm.worker=thread", "run.processes=1"]
@@ -73,11 +72,11 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
         run = Run.from_config(cfg, out)
     if args.no_vlm:
         run.service.answer = lambda rois, questions: [[] for _ in rois]
-    timer = threading.Timer(args.seconds + (args.startup_s if used > 1 else 0), run.stop)
-    timer.start()
+    stopper = threading.Thread(target=_stop_when_streamed, daemon=True,
+                               args=(run, [out / f"s{i}" for i in range(count)], args))
     started = time.perf_counter()
+    stopper.start()
     summary = run.run()
-    timer.cancel()
     row = _row(count, summary, time.perf_counter() - started, args)
     busy, encode_s = summary["vlm"]["service"]["busy_s"], summary["vlm"].get("encode_s")
     row["preprocess_share"] = round(encode_s / busy, 4) if busy and encode_s else None
@@ -87,6 +86,18 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     row["stage_seconds"] = _stage_seconds(out, summary)
     row["detector_batches"] = [d["mean_batch"] for d in summary.get("detectors", [])]
     return row
+
+
+def _stop_when_streamed(run: Any, stream_dirs: list[Path], args: argparse.Namespace) -> None:
+    """Stop the run ``--seconds`` after its last stream began (a stream's ``events.jsonl``
+    appears when its front half starts), so that loading models and starting processes is not
+    counted as streaming; a stream that never starts is given up on after ``--startup-s``."""
+    deadline = time.monotonic() + args.startup_s
+    while time.monotonic() < deadline and not all((d / "events.jsonl").exists()
+                                                  for d in stream_dirs):
+        time.sleep(0.2)
+    time.sleep(args.seconds)
+    run.stop()
 
 
 def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Namespace
@@ -235,9 +246,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-vlm", action="store_true", help="trackers only (answer nothing)")
     parser.add_argument("--separate", action="store_true",
                         help="also N separate `vidqa run` processes")
-    parser.add_argument("--startup-s", type=float, default=30.0,
-                        help="seconds for processes to load their models (--separate, "
-                             "--processes > 1)")
+    parser.add_argument("--startup-s", type=float, default=60.0,
+                        help="seconds for processes to load their models: --separate waits "
+                             "this long, the one-service runs wait at most this long")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     return parser.parse_args(argv)
 

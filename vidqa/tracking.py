@@ -3,8 +3,12 @@ classes only.
 
 Detection and tracking are split so that the streams of one process share one detector: a
 :class:`Detector` answers every stream's frame, and frames that arrive while a batch runs form
-the next batch (one forward pass for several cameras). Each stream keeps its own ultralytics
-tracker object, exactly what ``model.track(persist=True)`` keeps inside its predictor.
+the next batch (one forward pass for several cameras). With stream processes on CUDA
+(``run.processes``) a :class:`DetectionWorker` process detects for all of them: each stream's
+:class:`RemoteDetector` letterboxes its frame and hands it over in shared memory, and the
+worker's :class:`DetectionServer` batches the frames of every process. Each stream keeps its
+own ultralytics tracker object, exactly what ``model.track(persist=True)`` keeps inside its
+predictor.
 """
 
 from __future__ import annotations
@@ -223,6 +227,8 @@ class DetectionServer:
     def __init__(self, configs: Sequence[TrackerConfig], requests: Any,
                  reply: Callable[[int, int, Any], None]) -> None:
         self.detectors = [Detector(cfg) for cfg in configs]
+        for detector in self.detectors:
+            detector._predictor()  # warm up before the first stream's frame
         self.requests = requests
         self.reply = reply
         self.max_batch = max(d.max_batch for d in self.detectors)
