@@ -68,11 +68,11 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
     assert summary["last_frame"] == summary["frames"] - 1
 
 
+SIGNALS = [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, reason, code", [
-    (signal.SIGINT, "interrupted", 130),
-    (signal.SIGTERM, "terminated", 143),
-])
+@pytest.mark.parametrize("signum, reason, code", SIGNALS)
 def test_cli_run_when_signalled_then_video_events_and_summary_survive(
         tmp_path, tiny_vlm_dir, signum, reason, code):
     out = tmp_path / "run"
@@ -133,10 +133,7 @@ def test_run_when_soaked_with_20000_frames_of_short_tracks_then_memory_stays_bou
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("signum, reason, code", [
-    (signal.SIGINT, "interrupted", 130),
-    (signal.SIGTERM, "terminated", 143),
-])
+@pytest.mark.parametrize("signum, reason, code", SIGNALS)
 def test_cli_run_in_stream_processes_when_signalled_then_every_stream_closes_its_outputs(
         tmp_path, tiny_vlm_dir, signum, reason, code):
     out = tmp_path / "run"

@@ -23,7 +23,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,9 @@ import cv2
 from loguru import logger
 
 from vidqa.config import PipelineConfig, StreamConfig
-from vidqa.messages import Answer, FrameResult
 from vidqa.pipeline import Run, all_questions, json_of, run_summary, vlm_service
 from vidqa.run import LOG_NAME, Terminated, run_log, sigterm_raises
-from vidqa.sinks import EventsSink
+from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.storage import write_json
 from vidqa.tracking import detector_key
 from vidqa.vlm.worker import ClientEnd
@@ -181,24 +179,6 @@ def _write_events(events: Any, merged: EventsSink) -> None:
         merged.write_answers(answers)
 
 
-class ForwardedEvents:
-    """A stream process's share of the merged ``events.jsonl``: answers go to the run's
-    process, which writes them. The owner (the run) ends it."""
-
-    def __init__(self, events: Any) -> None:
-        self.events = events
-
-    def write(self, result: FrameResult) -> None:
-        self.write_answers(result.answers)
-
-    def write_answers(self, answers: Sequence[Answer]) -> None:
-        if answers:
-            self.events.put(list(answers))
-
-    def close(self) -> None:
-        """Nothing to close: the run's process owns the file."""
-
-
 def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientEnd,
                     events: Any, control: Any, done: Any, threads: int) -> None:
     """One stream process: its streams on threads, their crops to the VLM worker."""
@@ -209,7 +189,7 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
     with run_log(run_dir):
         client = end.connect()
         try:
-            run = Run.from_config(cfg, run_dir, client=client, merged=ForwardedEvents(events),
+            run = Run.from_config(cfg, run_dir, client=client, merged=ForwardSink(events.put),
                                   threads=threads)
         except Exception as err:  # every stream of this process is reported, the run goes on
             logger.opt(exception=True).error("stream process {} cannot start: {}", index, err)

@@ -35,10 +35,10 @@ from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
 from vidqa.engines.fleet_plans import PlanBoard, fleet_answerers
 from vidqa.errors import VidqaError
-from vidqa.messages import Answer, FrameResult, Roi
+from vidqa.messages import Answer, Roi
 from vidqa.pipeline import json_of, stream_pipeline
 from vidqa.run import LOG_NAME, run_log
-from vidqa.sinks import EventsSink
+from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.service import Request, ServiceClosed, ServiceStats
@@ -185,23 +185,6 @@ class EventsWriter:
         self.sink.close()
 
 
-class RemoteEventsSink:
-    """A stream's sink that forwards its answers to the :class:`EventsWriter`."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def write(self, result: FrameResult) -> None:
-        self.write_answers(result.answers)
-
-    def write_answers(self, answers: Sequence[Answer]) -> None:
-        if answers:
-            self.writer.write_answers.remote(list(answers))
-
-    def close(self) -> None:
-        ray.get(self.writer.sync.remote())
-
-
 class StreamActor:
     """One stream of the run: the local engine's front half, its VLM behind the deployment.
     An actor through :func:`start_stream`; it loads its tracker as soon as it starts and opens
@@ -251,7 +234,9 @@ class StreamActor:
         source = open_source(self.spec.source, self.path)
         client = RayVlmClient(serve.get_deployment_handle(DEPLOYMENT, app_name=self.app),
                               self.cfg.vlm.queue_size)
-        extra = [RemoteEventsSink(self.writer)] if self.writer is not None else []
+        writer = self.writer
+        extra = [ForwardSink(writer.write_answers.remote, lambda: ray.get(writer.sync.remote()))
+                 ] if writer is not None else []
         pipeline = stream_pipeline(self.cfg, self.spec, self.out_dir, source, self.tracker,
                                    client, {**models, "detector": self.tracker.detector}, extra)
         pipeline.on_end.append(client.close)

@@ -15,12 +15,12 @@ from loguru import logger
 
 from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
-from vidqa.sinks.events import EventsSink, SharedSink
+from vidqa.sinks.events import EventsSink, ForwardSink, SharedSink
 from vidqa.sinks.mot import MotSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "EventsSink", "MotSink", "SharedSink", "Sink", "SinkSet",
+__all__ = ["AnswerBoard", "EventsSink", "ForwardSink", "MotSink", "SharedSink", "Sink", "SinkSet",
            "StopRequested", "VideoSink", "WindowSink", "annotate"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vidqa.messages import Answer, FrameResult
@@ -58,3 +58,25 @@ class SharedSink:
 
     def close(self) -> None:
         """The owner closes the shared sink."""
+
+
+class ForwardSink:
+    """A stream's share of a merged ``events.jsonl`` written elsewhere: its answers go to
+    ``send`` (another process's queue, a Ray actor); ``close``, if given, waits until they are
+    written."""
+
+    def __init__(self, send: Callable[[list[Answer]], object],
+                 close: Callable[[], object] | None = None) -> None:
+        self.send = send
+        self._close = close
+
+    def write(self, result: FrameResult) -> None:
+        self.write_answers(result.answers)
+
+    def write_answers(self, answers: Sequence[Answer]) -> None:
+        if answers:
+            self.send(list(answers))
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
