@@ -59,6 +59,18 @@ def config(tmp_path, **overrides) -> AdaptiveConfig:
     return AdaptiveConfig(**{**base, **overrides})
 
 
+def flip_when_compressed(query: AdaptiveAnswerer, monkeypatch) -> None:
+    """From now on, answers given while ``query``'s model is compressed are flipped."""
+    fixed = adaptive.ask
+
+    def flipped(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if query.compressor.current.compressed:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    monkeypatch.setattr(adaptive, "ask", flipped)
+
+
 def make(vlm, cfg, question=QUERY, **kwargs) -> AdaptiveAnswerer:
     compressor = kwargs.pop("compressor", None) or Compressor(vlm.model, int8="none")
     return AdaptiveAnswerer(vlm, question, cfg, compressor=compressor, **kwargs)
@@ -109,14 +121,7 @@ def test_confirm_when_a_batch_already_misses_the_target_stops_there(
         identity_model, tmp_path, fixed_seconds, monkeypatch):
     query = make(identity_model, config(tmp_path, profile_tracks=4))
     query.expect(rois=1000)
-    fixed = adaptive.ask
-
-    def flipped_when_compressed(vlm, q, batch, *args, **kwargs):
-        asked = fixed(vlm, q, batch, *args, **kwargs)
-        if query.compressor.current.compressed:
-            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
-        return asked
-    monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
+    flip_when_compressed(query, monkeypatch)
 
     query.answer(rois([1, 2]))
     query.answer(rois([3, 4], frame=1))  # two profiled batches
@@ -187,15 +192,8 @@ def test_audit_when_compressed_answers_are_wrong_reprofiles_then_falls_back(
         identity_model, tmp_path, fixed_seconds, monkeypatch):
     query = make(identity_model, config(tmp_path, audit_every=4), max_replans=1)
     query.expect(rois=1000)
-    fixed = adaptive.ask
-
-    def flipped_when_compressed(vlm, q, batch, *args, **kwargs):
-        asked = fixed(vlm, q, batch, *args, **kwargs)
-        if query.compressor.current.compressed:
-            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
-        return asked
     query.answer(rois([1, 2]))
-    monkeypatch.setattr(adaptive, "ask", flipped_when_compressed)
+    flip_when_compressed(query, monkeypatch)
 
     audited = query.answer(rois([3], frame=1))
     assert query.phase == "profile" and query.replans == 1
