@@ -100,6 +100,7 @@ def test_cli_run_when_signalled_then_video_events_and_summary_survive(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 40 s alone; a loaded machine can take much longer
 def test_run_when_soaked_with_20000_frames_of_short_tracks_then_memory_stays_bounded(
         tmp_path, tiny_vlm):
     frames = 20_000

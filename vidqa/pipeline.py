@@ -406,9 +406,9 @@ def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0,
 
 def _trackers(specs: list[StreamConfig], threads: int | None,
               client: ServiceClient | None = None) -> dict[str, PersonTracker]:
-    """One tracker per stream. A stream detects through the model worker when it runs a
-    detector with the stream's settings (``client``), else streams with the same detector
-    settings share one detector in this process."""
+    """One tracker per stream. A stream detects through the run's detection worker when it
+    runs a detector with the stream's settings (``client``), else streams with the same
+    detector settings share one detector in this process."""
     remote = {detector_key(cfg): (index, stride, info) for index, (cfg, stride, info)
               in enumerate(client.end.detectors)} if client is not None else {}
     detectors: dict[tuple, Detector] = {}
@@ -418,8 +418,10 @@ def _trackers(specs: list[StreamConfig], threads: int | None,
         if key in remote:
             index, stride, info = remote[key]
             detector = RemoteDetector(client.detect, index, spec.tracker, stride, info)
+        elif key in detectors:
+            detector = detectors[key]
         else:
-            detector = detectors.get(key) or detectors.setdefault(key, Detector(spec.tracker))
+            detector = detectors[key] = Detector(spec.tracker, threads)
         trackers[spec.id] = PersonTracker(spec.tracker, spec.source.reset_tracks_after_s,
                                           threads, detector)
     return trackers

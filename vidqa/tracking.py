@@ -46,7 +46,7 @@ class Detector:
     several streams share each forward pass without a timer or an extra thread.
     """
 
-    def __init__(self, cfg: TrackerConfig) -> None:
+    def __init__(self, cfg: TrackerConfig, threads: int | None = None) -> None:
         assets.configure_offline_ultralytics()
         import ultralytics  # imported late: the offline settings must come first
         from ultralytics import YOLO
@@ -69,6 +69,7 @@ class Detector:
         self.max_batch = max(1, cfg.batch)
         self.batches: Counter[int] = Counter()  # frames per forward pass -> passes
         self.busy_s = 0.0  # seconds inside the forward passes (with pre- and postprocessing)
+        self._threads = threads  # torch threads once running; None = every core
         self._pending: list[_Frame] = []
         self._busy = False
         self._turn = threading.Condition()
@@ -155,6 +156,10 @@ class Detector:
         return self.model.predictor
 
     def _count(self, frames: int, started: float) -> None:
+        if not self.batches:
+            # ultralytics pins torch to cpu_count - 1 threads on its first call; take them all
+            # back (or this process's share, e.g. a Ray actor's CPUs).
+            torch.set_num_threads(self._threads or os.cpu_count() or 1)
         self.batches[frames] += 1
         self.busy_s += time.perf_counter() - started
 
@@ -396,11 +401,9 @@ class PersonTracker:
                  ) -> None:
         self.cfg = cfg
         self.reset_after_s = reset_after_s
-        self.detect = detector or Detector(cfg)
+        self.detect = detector or Detector(cfg, threads)
         self.detector = self.detect.info
         self.tracker = _ultralytics_tracker(cfg.tracker)
-        self._threads = threads  # torch threads once running; None = every core
-        self._threads_set = False
         self.ids = TrackIds()
         self.resets = 0
 
@@ -408,7 +411,6 @@ class PersonTracker:
         if self._gap_too_long(frame):
             self.reset()
         boxes = self.detect(frame.image)
-        self._use_all_threads()
         tracks = self.tracker.update(boxes, frame.image)
         detections = _to_detections(tracks)
         return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
@@ -436,13 +438,6 @@ class PersonTracker:
                            "tracks", frame.gap_s, frame.frame_index)
             return True
         return False
-
-    def _use_all_threads(self) -> None:
-        # ultralytics pins torch to cpu_count - 1 threads on its first call; take them all back
-        # (or the share this process was given, e.g. a Ray actor's CPUs).
-        if not self._threads_set:
-            torch.set_num_threads(self._threads or os.cpu_count() or 1)
-            self._threads_set = True
 
 
 class TrackIds:

@@ -90,8 +90,19 @@ def _run(ray: Any, workers: Any, cfg: PipelineConfig, run_dir: Path, app: str,
     vlm = _vlm_summary(ray.get(board.summaries.remote()))
     summary = {**run_summary(cfg, run_dir, summaries, failed, vlm,
                              time.perf_counter() - started), "engine": "ray"}
+    if cfg.streams:  # as the local engine: how the detectors batched
+        summary["detectors"] = [{"stream": sid, **d} for sid, actor in actors.items()
+                                for d in _detector_summary(ray, actor)]
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _detector_summary(ray: Any, actor: Any) -> list[dict[str, Any]]:
+    try:
+        return ray.get(actor.detector.remote(), timeout=30)
+    except Exception as err:  # an actor that died has nothing to say
+        logger.warning("no detector summary from a stream actor: {}", err)
+        return []
 
 
 def _wait(ray: Any, actors: dict[str, Any], models: dict[str, Any]

@@ -244,6 +244,10 @@ class StreamActor:
         pipeline.stop_reason = self.stop_reason
         return pipeline.run()
 
+    def detector(self) -> list[dict[str, Any]]:
+        """How this stream's detector batched (alone in its actor: batches of one)."""
+        return [self.tracker.detect.summary()] if self.tracker is not None else []
+
     def stop(self, reason: str) -> None:
         """Stop at the next frame, as the local engine does on Ctrl-C or SIGTERM."""
         self.stop_reason = reason
