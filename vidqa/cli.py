@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A run started in the background of a script inherits SIGINT ignored; `kill -INT` (what
+    # Ctrl-C sends) must still stop it cleanly, as SIGTERM does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from vidqa.config import load_config
     from vidqa.engines import run_pipeline
     from vidqa.run import prepare_run_dir
