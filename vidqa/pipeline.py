@@ -148,10 +148,11 @@ class Pipeline:
                 logger.opt(exception=not isinstance(err, VidqaError)).error(
                     "stream {} failed at frame {}: {}", self.stream_id, counts.last_frame, err)
                 crash = err
+            streamed = time.perf_counter() - started
             self._flush(sinks, counts, end)
             for callback in self.on_end:
                 callback()
-            summary = self._summary(clock, counts, sinks, end, error,
+            summary = self._summary(clock, counts, sinks, end, error, streamed,
                                     time.perf_counter() - started)
         write_json(self.run_dir / "summary.json", summary)
         logger.info("stream {} ended ({}) after {} frames, {} answers: {}", self.stream_id, end,
@@ -184,7 +185,10 @@ class Pipeline:
         return total or self.cfg.run.max_frames or None
 
     def _summary(self, clock: StageClock, counts: RunCounts, sinks: SinkSet, end: str,
-                 error: str | None, seconds: float) -> dict[str, Any]:
+                 error: str | None, streamed: float, seconds: float) -> dict[str, Any]:
+        """``streamed``: seconds until the frames ended; ``seconds``: with the wait for the
+        answers still in flight then (``flush_s``). ``fps`` is over the streamed seconds: the
+        front half's rate, which a slow model's last answers must not dilute."""
         vlm_info = self.models["vlm"]
         return {
             "schema_version": SCHEMA_VERSION,
@@ -199,7 +203,8 @@ class Pipeline:
             "answers": counts.answers,
             "answers_by_question": counts.by_question,
             "seconds": round(seconds, 3),
-            "fps": round(counts.frames / seconds, 3) if seconds > 0 else 0.0,
+            "flush_s": round(seconds - streamed, 3),
+            "fps": round(counts.frames / streamed, 3) if streamed > 0 else 0.0,
             "stage_seconds": clock.own_seconds(),
             "peak_rss_bytes": psutil.Process().memory_info().rss,
             "models": {
@@ -534,8 +539,8 @@ def _run_end(ends: set[str]) -> str:
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("end_reason", "error", "frames", "tracks", "rois", "answers", "fps", "source",
-            "vlm", "tracker_resets", "answers_by_question")
+    keys = ("end_reason", "error", "frames", "tracks", "rois", "answers", "fps", "flush_s",
+            "source", "vlm", "tracker_resets", "answers_by_question")
     return {key: summary[key] for key in keys if key in summary}
 
 
