@@ -53,7 +53,7 @@ def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
             f"vlm.adaptive.enabled={str(args.adaptive).lower()}",
             f"roi.reask_every={args.reask_every}", f"tracker.device={args.tracker_device}",
             f"vlm.worker={args.worker}",
-            "sinks.video=false", "sinks.mot=false"]
+            "sinks.video=false", "sinks.mot=false", *args.set]
 
 
 def one_service(count: int, processes: int, detect: str, args: argparse.Namespace, out: Path
@@ -124,7 +124,7 @@ def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Nam
         "latency_ms_p95_max": max(p95, default=None),
         "batch_histogram": service["batch_histogram"], "mean_batch": service["mean_batch"],
         "roi_per_s": round(service["rois"] / service["span_s"], 2) if service["span_s"] else 0,
-        "answers_per_s": round(summary["answers"] / seconds, 2),
+        "answers_per_s": service.get("answers_per_s"),  # crop x question, over the same span
         "roi_per_busy_s": service["rois_per_busy_s"],
         "vlm_utilisation": service["utilisation"],
         "gpu_used_bytes": _gpu_used(),  # every process on the device: trackers and VLM worker
@@ -206,13 +206,14 @@ def _device() -> str:
 def _print(results: dict[str, Any]) -> None:
     print(f"\n{results['device']}; settings {results['settings']}")
     print(f"{'N':>4}{'proc':>5}{'fps min':>9}{'fps mean':>10}{'RT':>4}{'dropped':>9}{'asked':>7}"
-          f"{'lost':>6}{'deferred':>9}{'p50 ms':>9}{'p95 ms':>9}{'ROI/s':>8}{'batch':>7}")
+          f"{'lost':>6}{'deferred':>9}{'p50 ms':>9}{'p95 ms':>9}{'ROI/s':>8}{'ans/s':>8}"
+          f"{'batch':>7}")
     for r in results["one_service"]:
         print(f"{r['streams']:>4}{r['processes']:>5}{r['fps_min']:>9.2f}{r['fps_mean']:>10.2f}"
               f"{'yes' if r['real_time'] else 'no':>4}{r['frames_dropped']:>9}"
               f"{r['crops_submitted']:>7}{r['crops_lost']:>6}{r['deferred_tracks']:>9}"
               f"{r['latency_ms_p50_max'] or 0:>9.0f}{r['latency_ms_p95_max'] or 0:>9.0f}"
-              f"{r['roi_per_s']:>8.2f}{r['mean_batch']:>7.1f}")
+              f"{r['roi_per_s']:>8.2f}{r['answers_per_s'] or 0:>8.2f}{r['mean_batch']:>7.1f}")
     for r in results["separate"]:
         print(f"separate x{r['streams']}: fps min {r['fps_min']:.2f}, mean {r['fps_mean']:.2f}, "
               f"dropped {r['frames_dropped']}, answers {r['answers']} ({r['note']})")
@@ -249,6 +250,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-s", type=float, default=60.0,
                         help="seconds for processes to load their models: --separate waits "
                              "this long, the one-service runs wait at most this long")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run, as `vidqa run --set`")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     return parser.parse_args(argv)
 

@@ -154,6 +154,7 @@ class ServiceStats:
     def __init__(self) -> None:
         self.batches: Counter[int] = Counter()
         self.rois = 0
+        self.answers = 0  # crops x their questions: what one model pass each would answer
         self.busy_s = 0.0
         self.refused = 0
         self.queue_ms: list[float] = []
@@ -163,6 +164,7 @@ class ServiceStats:
     def add(self, batch: list[Request], started: float, ended: float) -> None:
         self.batches[len(batch)] += 1
         self.rois += len(batch)
+        self.answers += sum(len(r.questions) for r in batch)
         self.busy_s += ended - started
         self.queue_ms += [1000 * (started - r.submitted) for r in batch]
         self.first = self.first if self.first is not None else started
@@ -176,6 +178,8 @@ class ServiceStats:
             "batches": sum(self.batches.values()), "rois": self.rois,
             "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())},
             "mean_batch": round(self.rois / max(sum(self.batches.values()), 1), 2),
+            "answers": self.answers,
+            "answers_per_s": round(self.answers / span, 2) if span else None,
             "busy_s": round(self.busy_s, 3), "span_s": round(span, 3),
             "rois_per_busy_s": round(self.rois / self.busy_s, 2) if self.busy_s else None,
             "utilisation": round(self.busy_s / span, 3) if span else None,
