@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vidqa.tracking import TrackIds
 
@@ -118,6 +119,27 @@ def test_tracker_yaml_when_unsupported_then_config_error_says_what_works(tmp_pat
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=message):
         _ultralytics_tracker(str(path))
+
+
+@pytest.mark.parametrize("classes, agnostic", [(None, False), ([1], False), (None, True)])
+def test_batched_nms_when_batch_then_each_image_gets_ultralytics_boxes(classes, agnostic):
+    from ultralytics.utils.nms import non_max_suppression
+
+    from vidqa.tracking import batched_nms
+
+    generator = torch.Generator().manual_seed(0)
+    images, classes_n, anchors = 4, 2, 600
+    centres = torch.rand(images, 2, anchors, generator=generator) * 400
+    sizes = torch.rand(images, 2, anchors, generator=generator) * 120 + 10
+    scores = torch.rand(images, classes_n, anchors, generator=generator)
+    scores[2] *= 0.4  # an image with no box above the threshold
+    prediction = torch.cat((centres, sizes, scores), 1)
+    mine = batched_nms(prediction, 0.5, 0.6, classes, agnostic, max_det=40)
+    theirs = non_max_suppression(prediction, 0.5, 0.6, classes, agnostic, max_det=40)
+    assert len(mine[2]) == 0 and max(len(m) for m in mine) == 40  # max_det bites
+    assert [len(m) for m in mine] == [len(t) for t in theirs]
+    for image, reference in zip(mine, theirs, strict=True):
+        assert np.allclose(image, reference.numpy(), atol=1e-4)
 
 
 @pytest.mark.slow
