@@ -75,7 +75,7 @@ class TrackerConfig:
     imgsz: int = 640  # inference size in pixels
     classes: tuple[int, ...] | None = None  # detector classes that are persons; None = by name
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:0", ...
-    batch: int = 16  # most frames of this process's streams detected in one forward pass
+    batch: int = 64  # most frames of this process's streams detected in one forward pass
 
     def __post_init__(self) -> None:
         _require(0 < self.conf < 1, "tracker.conf", self.conf, "between 0 and 1")
