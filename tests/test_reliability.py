@@ -68,6 +68,29 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
     assert summary["last_frame"] == summary["frames"] - 1
 
 
+def test_summary_when_answers_still_in_flight_at_the_end_then_fps_leaves_their_wait_out(
+        tmp_path, tiny_vlm_dir):
+    video = write_video(tmp_path / "clip.avi", frames=30)
+    cfg = load_config(None, ["roi.min_hits=1", f"source.path={video}", "vlm.worker=thread",
+                             f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false"])
+    pipeline = Pipeline.from_config(cfg, prepare_run_dir(cfg, tmp_path / "run"))
+    pipeline.tracker = ScriptedTracker()
+    service = pipeline.vlm_stage.service
+    answer = service.answer
+
+    def slow(rois, questions):
+        time.sleep(0.5)
+        return answer(rois, questions)
+
+    service.answer = slow
+    summary = pipeline.run()
+
+    assert summary["answers"] == summary["rois"] > 0  # every answer waited for, none lost
+    assert summary["flush_s"] >= 0.4  # the last batch was still running when the frames ended
+    streamed = summary["seconds"] - summary["flush_s"]
+    assert summary["fps"] == pytest.approx(summary["frames"] / streamed, rel=0.01)
+
+
 SIGNALS = [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)]
 
 
