@@ -2,7 +2,8 @@
 
 Each stream is a copy of a video replayed at its own frame rate through the live path
 (``source.replay: realtime``, looped), so a stream that cannot keep up drops frames exactly as a
-camera's would. For each N the run lasts ``--seconds`` and reports, per stream and in total:
+camera's would; with ``--rtsp FPS`` every stream reads the video from a loopback RTSP server
+instead (``--url``: from any live URL). For each N the run lasts ``--seconds`` and reports, per stream and in total:
 processed frames per second against the camera's rate, frames dropped, crops answered and lost
 (submitted but never answered: must be 0), crop->answer latency p50/p95, the VLM's batch-size
 histogram, ROI/s and GPU memory; the largest N at which every tracker holds ``--hold`` of the
@@ -14,6 +15,7 @@ same N as separate processes, one model each (vidqa before the service), in the 
 
     python tools/bench_streams.py --streams 1,2,4 --seconds 30 --reask-every 10 --questions 3
     python tools/bench_streams.py --streams 1 --seconds 60 --no-vlm   # tracker alone
+    python tools/bench_streams.py --streams 1 --seconds 60 --rtsp 10 --worker process  # CPU
     python tools/bench_streams.py --streams 16,64,100 --processes 1,0 --seconds 60   # GPU
 """
 
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from loguru import logger
 
+from vidqa import assets
 from vidqa.config import load_config
 from vidqa.engines.processes import ProcessRun, processes_for
 from vidqa.pipeline import Run
@@ -44,8 +47,9 @@ QUESTIONS = ("Is this person wearing jeans?", "Is this person wearing something 
 
 def stream_overrides(count: int, args: argparse.Namespace) -> list[str]:
     """The run's config as --set overrides: ``count`` looped real-time replays of the video."""
-    streams = ", ".join(f"{{id: s{i}, source: {{kind: file, path: {args.video}, replay: realtime,"
-                        f" loop: true}}}}" for i in range(count))
+    source = f"{{kind: stream, url: '{args.url}'}}" if args.url else \
+        f"{{kind: file, path: {args.video}, replay: realtime, loop: true}}"
+    streams = ", ".join(f"{{id: s{i}, source: {source}}}" for i in range(count))
     questions = json.dumps(list(QUESTIONS[:args.questions]))
     return [f"streams=[{streams}]", f"vlm.model={args.model}", f"vlm.device={args.device}",
             f"vlm.questions={questions}", f"vlm.batch_size={args.batch_size}",
@@ -113,6 +117,7 @@ def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Nam
         "streams": count, "seconds": round(seconds, 1), "camera_fps": camera_fps,
         "fps_min": min(fps), "fps_mean": round(sum(fps) / len(fps), 2),
         "real_time": min(fps) >= args.hold * camera_fps,
+        "tracks": sum(s.get("tracks", 0) for s in streams),  # confirmed tracks
         "frames_read": sum(s["source"]["frames_read"] for s in streams),
         "frames_dropped": sum(s["source"]["frames_dropped"] for s in streams),
         "crops_submitted": sum(a["submitted"] for a in asking),
@@ -153,8 +158,10 @@ def separate(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     base = [f for f in stream_overrides(1, args) if not f.startswith("streams=")]
     procs = []
     for i in range(count):
-        sets = [*base, "source.kind=file", f"source.path={args.video}", "source.replay=realtime",
-                "source.loop=true"]
+        source = ["source.kind=stream", f"source.url={args.url}"] if args.url else \
+            ["source.kind=file", f"source.path={args.video}", "source.replay=realtime",
+             "source.loop=true"]
+        sets = [*base, *source]
         command = [sys.executable, "-m", "vidqa.cli", "run", "--out", str(out / f"p{i}")]
         for item in sets:
             command += ["--set", item]
@@ -175,6 +182,18 @@ def separate(count: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.rtsp:
+        return measure(args)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from rtsp_server import RtspServer  # the loopback camera of the live tests
+
+    video = assets.sample_video() if args.video == "auto" else Path(args.video)
+    with RtspServer(video, fps=args.rtsp) as server:
+        args.url = server.url
+        return measure(args)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"settings": vars(args), "device": _device(), "one_service": [],
                                "separate": []}
     with tempfile.TemporaryDirectory(prefix="vidqa-bench-streams-") as tmp:
@@ -250,6 +269,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-s", type=float, default=60.0,
                         help="seconds for processes to load their models: --separate waits "
                              "this long, the one-service runs wait at most this long")
+    parser.add_argument("--rtsp", type=float, metavar="FPS",
+                        help="serve the video over a loopback RTSP server (gst-rtsp-server, as "
+                             "the live tests) at FPS and read every stream from it")
+    parser.add_argument("--url", help="read every stream from this live URL instead")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run, as `vidqa run --set`")
     parser.add_argument("--out", type=Path, help="write the results JSON here")
