@@ -3,15 +3,17 @@
 Each stream is a copy of a video replayed at its own frame rate through the live path
 (``source.replay: realtime``, looped), so a stream that cannot keep up drops frames exactly as a
 camera's would; with ``--rtsp FPS`` every stream reads the video from a loopback RTSP server
-instead (``--url``: from any live URL). For each N the run lasts ``--seconds`` and reports, per stream and in total:
-processed frames per second against the camera's rate, frames dropped, crops answered and lost
-(submitted but never answered: must be 0), crop->answer latency p50/p95, the VLM's batch-size
-histogram, ROI/s and GPU memory; the largest N at which every tracker holds ``--hold`` of the
-camera's rate is "real time". ``--processes`` runs the streams in that many stream processes
-(``run.processes``; 0 = auto, 1 = threads of one process), every one asking the one VLM worker;
-the detector batches of each process are reported too. ``--no-vlm`` answers nothing (the
-trackers alone: the reference for "the tracker keeps 90% of its rate"). ``--separate`` runs the
-same N as separate processes, one model each (vidqa before the service), in the same invocation.
+instead (``--url``: from any live URL). For each N the run lasts ``--seconds`` and reports, per
+stream and in total: processed frames per second against the camera's rate, frames dropped,
+confirmed tracks, crops answered and lost (submitted but never answered: must be 0), tracks
+deferred, crop->answer latency p50/p95, the VLM's batch-size histogram, crops and answers
+(crop x question) per second and GPU memory; the largest N at which every tracker holds
+``--hold`` of the camera's rate is "real time". ``--processes`` runs the streams in that many
+stream processes (``run.processes``; 0 = auto, 1 = threads of one process), every one asking
+the one VLM worker; the detector batches of each process are reported too. ``--no-vlm``
+answers nothing (the trackers alone: the reference for "the tracker keeps 90% of its rate").
+``--separate`` runs the same N as separate processes, one model each (vidqa before the
+service), in the same invocation.
 
     python tools/bench_streams.py --streams 1,2,4 --seconds 30 --reask-every 10 --questions 3
     python tools/bench_streams.py --streams 1 --seconds 60 --no-vlm   # tracker alone
