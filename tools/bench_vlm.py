@@ -18,7 +18,9 @@ torch but transformers 5.17 and no loguru, so carry the wheels in .whl/):
         --device cuda --rois 512 --profile 32 --batch-size 32 --repeats 5 --int8 int_mm \
         --task-impact task_skip --plans skip:0.25,skip:0.5,int8:1.0 --out $OUT/bench_gpu.json
 
-Add ``--compile`` for torch.compile (each plan compiles once, in the untimed warm-up).
+Add ``--compile`` for torch.compile (each plan compiles once, in the untimed warm-up). On CUDA
+without it, the row ``graphs`` is the full model replayed as CUDA graphs (what a run uses,
+``vlm.cuda_graphs``), measured interleaved with the others.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from vidqa.vlm.compression.planner import (
     operator_orders,
     operator_plan,
 )
+from vidqa.vlm.graphs import CudaGraphs, buckets
 from vidqa.vlm.model import VisionLanguageModel, timed_margins
 from vidqa.vlm.profiling.importance import Profile, profile_rois
 
@@ -99,20 +102,23 @@ def synthetic_crops(count: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def measure(vlm: VisionLanguageModel, compressor: Compressor, batches: list,
-            plans: dict[str, Plan], repeats: int) -> dict[str, dict[str, Any]]:
-    """Median pass seconds, margins, weights and peak memory of every plan, interleaved."""
+            plans: dict[str, Plan], repeats: int, bodies: dict[str, Any] | None = None
+            ) -> dict[str, dict[str, Any]]:
+    """Median pass seconds, margins, weights and peak memory of every plan, interleaved;
+    ``bodies``: what runs in place of the model for some of them (CUDA graphs)."""
+    bodies = bodies or {}
     out: dict[str, dict[str, Any]] = {name: {"times": []} for name in plans}
     for name, plan in plans.items():  # warm-up (and compile) each state once, untimed
         compressor.prepare(plan)
         with compressor.using(plan):
             peak_memory_reset(vlm.device)
-            timed_margins(vlm, batches[:1])
+            timed_margins(vlm, batches[:1], bodies.get(name))
             out[name]["weight_bytes"] = module_bytes(vlm.model)
     for _ in range(repeats):
         for name, plan in plans.items():
             with compressor.using(plan):
                 peak_memory_reset(vlm.device)
-                margins, seconds = timed_margins(vlm, batches)
+                margins, seconds = timed_margins(vlm, batches, bodies.get(name))
                 out[name]["times"].append(seconds)
                 out[name]["margins"] = margins
                 out[name]["peak_memory_bytes"] = peak_memory(vlm.device)
@@ -162,9 +168,15 @@ def main(model: str = "auto", device: str = "auto", dtype: str = "auto", rois: i
     for spec in plans:  # "skip:0.5", "int8:1.0", "int8+skip:0.5"
         operator, fraction = spec.split(":")
         candidates[spec] = operator_plan(order, operator, float(fraction))
+    bodies = {}
     if compile:
         vlm.model.model.compile(dynamic=False)  # in place: module paths and swaps still work
-    results = measure(vlm, compressor, batches, candidates, repeats)
+    elif vlm.device.type == "cuda":
+        start = time.perf_counter()
+        bodies["graphs"] = CudaGraphs(vlm, buckets(batch_size)).warm([vlm.prompt(QUESTION)])
+        candidates["graphs"] = candidates["full"]
+        logger.info("CUDA graphs captured in {:.1f} s", time.perf_counter() - start)
+    results = measure(vlm, compressor, batches, candidates, repeats, bodies)
     summary = _summary(vlm, results, candidates, search, len(crops), profile,
                        {"encode_s": encode_s, "profile_s": profile_s, "plan_s": plan_s},
                        {"model": model, "source": source, "batch_size": batch_size,

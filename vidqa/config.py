@@ -170,6 +170,7 @@ class VlmConfig:
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
     image_splitting: bool = False  # True = the processor's tile grid (up to 17 tiles per crop)
+    cuda_graphs: bool = True  # replay the full model's yes/no pass as CUDA graphs (CUDA only)
     max_new_tokens: int = 16  # token budget of text answers
     revision: str = "main"  # hub revision of the model
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)

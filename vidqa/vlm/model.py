@@ -73,9 +73,11 @@ class VisionLanguageModel:
         self.image_splitting = image_splitting
         self.tiles = TileEncoder(processor, self.device, self.dtype)
         self.encode_seconds = 0.0  # preparing inputs (host side), for the service's accounting
+        self.graphs: Any = None  # the full model's CUDA graphs, once a stage captures them
         tokenizer = processor.tokenizer
         self.yes_ids = _answer_token_ids(tokenizer, YES_WORDS)
         self.no_ids = _answer_token_ids(tokenizer, NO_WORDS)
+        self._answer_ids: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         overlap = set(self.yes_ids) & set(self.no_ids)
         if not self.yes_ids or not self.no_ids or overlap:
             raise ModelError(f"{info.resolved}: cannot find distinct Yes/No tokens in the "
@@ -190,10 +192,22 @@ class VisionLanguageModel:
     def margins(self, inputs: BatchFeature, features: torch.Tensor | None = None,
                 body: Callable[..., Any] | None = None) -> torch.Tensor:
         """logsumexp(logit[yes words]) - logsumexp(logit[no words]) per crop, (B,)."""
-        logits = self.last_logits(inputs, features, body)
-        yes = torch.logsumexp(logits[:, self.yes_ids], dim=1)
-        no = torch.logsumexp(logits[:, self.no_ids], dim=1)
-        return yes - no
+        if hasattr(body, "margins"):  # the whole pass is the body's (vidqa.vlm.graphs)
+            return body.margins(inputs, features)
+        return self.yes_no(self.last_logits(inputs, features, body))
+
+    def yes_no(self, logits: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, V) → margins (B,)."""
+        yes, no = self._answer_index(logits.device)
+        return torch.logsumexp(logits[:, yes], dim=1) - torch.logsumexp(logits[:, no], dim=1)
+
+    def _answer_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The yes and no token ids as tensors on ``device``, made once: indexing with a list
+        copies it from the host at every call, which a CUDA graph cannot capture."""
+        if device not in self._answer_ids:
+            self._answer_ids[device] = (torch.tensor(self.yes_ids, device=device),
+                                        torch.tensor(self.no_ids, device=device))
+        return self._answer_ids[device]
 
     def answer_yes_no(self, images: Sequence[np.ndarray], question: str) -> list[YesNo]:
         return to_yes_no(self.margins(self.encode(images, question)))
@@ -244,16 +258,17 @@ def to_yes_no(margins: torch.Tensor) -> list[YesNo]:
     return [YesNo(p_yes=float(torch.sigmoid(m)), margin=float(m)) for m in margins.float().cpu()]
 
 
-def timed_margins(vlm: VisionLanguageModel, batches: Sequence[BatchFeature]
+def timed_margins(vlm: VisionLanguageModel, batches: Sequence[BatchFeature], body: Any = None
                   ) -> tuple[np.ndarray, float]:
-    """Margins of every prepared batch, (N,), and the wall seconds of the whole pass.
+    """Margins of every prepared batch, (N,), and the wall seconds of the whole pass (through
+    ``body`` when given, see :meth:`VisionLanguageModel.margins`).
 
     The one timed forward pass that the planner, the experiments and the benchmarks share: the
     device is synchronised on both sides, so GPU time is counted, not the launch queue.
     """
     synchronize(vlm.device)
     start = time.perf_counter()
-    margins = [vlm.margins(inputs) for inputs in batches]
+    margins = [vlm.margins(inputs, body=body) for inputs in batches]
     synchronize(vlm.device)
     seconds = time.perf_counter() - start
     return torch.cat(margins).float().cpu().numpy(), seconds

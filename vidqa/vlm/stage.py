@@ -95,6 +95,7 @@ class VlmStage:
         return {"model": self.vlm.info.name, "standin": self.vlm.info.standin,
                 "encode_s": round(self.vlm.encode_seconds, 3),
                 "weight_bytes": self.vlm.weight_bytes(),
+                "cuda_graphs": self.vlm.graphs.summary() if self.vlm.graphs else None,
                 "vision_reuse": {"features_computed": self._shared["computed"],
                                  "features_reused": self._shared["reused"]},
                 "questions": [answerer.summary() for answerer in self.answerers]}
@@ -105,7 +106,8 @@ def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig) -> list[Answerer]:
     adaptive = cfg.adaptive
     on = adaptive.enabled and adaptive.mode != "off"
     if not on and not adaptive.compile:
-        return [FullAnswerer(vlm, q, cfg.max_new_tokens) for q in cfg.questions]
+        body = cuda_graphs(vlm, cfg)
+        return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
     from vidqa.vlm.compression.compressor import compressor_for  # compression loads lazily
 
     compressor = compressor_for(vlm.model)
@@ -120,6 +122,30 @@ def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig) -> list[Answerer]:
             return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
     library = _library(adaptive.plan, compressor.paths)
     return [make_answerer(vlm, q, cfg, library, compiled) for q in cfg.questions]
+
+
+def cuda_graphs(vlm: VisionLanguageModel, cfg: VlmConfig) -> Any:
+    """The model's CUDA graphs (:mod:`vidqa.vlm.graphs`), captured now for every yes/no
+    question, when they apply: ``vlm.cuda_graphs``, a CUDA device, one tile per crop. A model
+    whose pass cannot be captured runs eager, and says so."""
+    prompts = [vlm.prompt(q.question) for q in cfg.questions if q.answer == "yesno"]
+    if not (cfg.cuda_graphs and prompts and vlm.device.type == "cuda"
+            and not vlm.image_splitting):
+        return None
+    from vidqa.vlm.graphs import CudaGraphs, buckets
+
+    if vlm.graphs is None or vlm.graphs.sizes[-1] < cfg.batch_size:
+        vlm.graphs = CudaGraphs(vlm, buckets(cfg.batch_size))
+    try:
+        return vlm.graphs.warm(prompts)
+    except RuntimeError as err:
+        while err.__context__ is not None:  # the capture's own error hides what broke it
+            err = err.__context__
+        logger.warning("CUDA graphs could not be captured ({}: {}): the model runs eager, "
+                       "launch by launch. Set vlm.cuda_graphs: false to skip the attempt.",
+                       type(err).__name__, str(err).splitlines()[0])
+        vlm.graphs = None
+        return None
 
 
 def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig,

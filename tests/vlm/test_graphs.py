@@ -1,0 +1,82 @@
+"""CUDA graphs of the full model's pass: the captured functions equal the model's own pass (on
+the CPU, eager), and on a GPU the replayed graphs give the model's answers for every bucket."""
+
+import numpy as np
+import pytest
+import torch
+from factories import make_rois
+
+from vidqa.assets.types import ModelInfo
+from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
+from vidqa.vlm.graphs import CudaGraphs, buckets, text_margins, tile_positions, vision_features
+from vidqa.vlm.model import VisionLanguageModel
+from vidqa.vlm.stage import VlmStage
+
+QUESTIONS = (QuestionConfig("Is this person carrying a backpack?"),
+             QuestionConfig("Is this person wearing a hat?"))
+
+
+def _crops(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (int(rng.integers(40, 90)), int(rng.integers(20, 50)), 3),
+                         dtype=np.uint8) for _ in range(count)]
+
+
+def test_buckets_are_powers_of_two_up_to_the_batch_size():
+    assert buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets(12) == (1, 2, 4, 8, 12)
+    assert buckets(1) == (1,)
+
+
+def test_the_captured_passes_equal_the_models_margins_and_spare_rows_change_nothing(tiny_vlm):
+    inputs = tiny_vlm.encode(_crops(3), QUESTIONS[0].question)
+    reference = tiny_vlm.margins(inputs)
+
+    with torch.inference_mode():
+        pixels = inputs["pixel_values"].flatten(0, 1)  # (3, 3, S, S)
+        features = vision_features(tiny_vlm, pixels, tile_positions(tiny_vlm, pixels.shape[-1]))
+        margins = text_margins(tiny_vlm, inputs["input_ids"], inputs["attention_mask"],
+                               features)
+        padded = [torch.cat([t, t[:1].expand(2, *t.shape[1:])])  # a bucket of 5
+                  for t in (inputs["input_ids"], inputs["attention_mask"], features)]
+        in_bucket = text_margins(tiny_vlm, *padded)
+
+    assert features.shape[0] == 3
+    torch.testing.assert_close(margins, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(in_bucket[:3], reference, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(reference[0], reference[1])  # distinct crops: a real comparison
+
+
+def test_on_the_cpu_a_stage_runs_eager_and_reports_no_graphs(tiny_vlm):
+    stage = VlmStage(tiny_vlm, VlmConfig(questions=QUESTIONS, cuda_graphs=True,
+                                         adaptive=AdaptiveConfig(enabled=False)))
+
+    assert all(answerer.body is None for answerer in stage.answerers)
+    assert stage.summary()["cuda_graphs"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_replayed_graphs_give_the_models_answers_in_every_bucket(tiny_vlm_dir):
+    info = ModelInfo(requested=str(tiny_vlm_dir), resolved=str(tiny_vlm_dir))
+    vlm = VisionLanguageModel.load(info, device="cuda", dtype="float32", local_files_only=True)
+    prompts = [vlm.prompt(q.question) for q in QUESTIONS]
+    graphs = CudaGraphs(vlm, buckets(4)).warm(prompts)
+    captured = graphs.summary()["graphs"]
+    lengths = {vlm.tiles.prompt_ids(prompt).shape[1] for prompt in prompts}
+
+    for count in (1, 3, 4):
+        inputs = vlm.encode(_crops(count, seed=count), QUESTIONS[1].question)
+        torch.testing.assert_close(vlm.margins(inputs, body=graphs), vlm.margins(inputs),
+                                   rtol=1e-3, atol=1e-3)
+    # buckets 1, 2, 4: a vision graph each and a text graph per prompt length; none captured late
+    assert graphs.summary()["graphs"] == captured == 3 * (1 + len(lengths))
+
+    cfg = VlmConfig(questions=QUESTIONS, batch_size=4, adaptive=AdaptiveConfig(enabled=False))
+    rois = make_rois([1, 2, 3, 4, 5])
+    replayed = VlmStage(vlm, cfg).answer(rois)
+    eager = VlmStage(vlm, VlmConfig(questions=QUESTIONS, batch_size=4, cuda_graphs=False,
+                                    adaptive=AdaptiveConfig(enabled=False))).answer(rois)
+    assert [[a.answer for a in per] for per in replayed] == \
+        [[a.answer for a in per] for per in eager]
+    np.testing.assert_allclose([[a.margin for a in per] for per in replayed],
+                               [[a.margin for a in per] for per in eager], atol=1e-3)
