@@ -23,11 +23,12 @@ FRAMES = 40
 @pytest.fixture(scope="module", params=[(1, None), (2, False), (2, True)],
                 ids=["one-process", "two-processes", "two-processes-worker-detects"])
 def fleet(request, tmp_path_factory, tiny_vlm_dir) -> tuple[Path, dict]:
-    """Two cameras on the sample clip and one whose file is missing; a queue of 2 crops."""
+    """Two cameras on the sample clip and one whose file is missing; a queue of 2 crops; when
+    workers detect, two of them (one per stream process)."""
     processes, worker_detects = request.param
     config = tmp_path_factory.mktemp("cfg") / "fleet.yaml"
     config.write_text(f"""
-run: {{max_frames: {FRAMES}, processes: {processes}}}
+run: {{max_frames: {FRAMES}, processes: {processes}, detection_workers: 2}}
 roi: {{min_hits: 2}}
 vlm:
   model: {tiny_vlm_dir}
@@ -104,8 +105,9 @@ def test_fleet_when_streams_share_a_process_then_one_detector_serves_them(fleet)
 
     # One process: the two good streams share one detector. Two processes: the good streams
     # land in different processes (round robin: gate, broken | hall), one detector each, or
-    # the model worker's one detector serves both.
+    # each process asks its own detection worker.
     worker = [d for d in detectors if d.get("process") == "worker"]
-    assert len(detectors) == (1 if worker else summary.get("processes", 1))
+    assert len(detectors) == summary.get("processes", 1)
+    assert sorted(d["worker"] for d in worker) == ([0, 1] if worker else [])
     assert sum(int(size) * count for d in detectors
                for size, count in d["batch_histogram"].items()) == frames

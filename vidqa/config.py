@@ -30,10 +30,13 @@ class RunConfig:
     engine: Literal["local", "ray"] = "local"  # local: threads in this process; ray: actors
     ray_address: str = ""  # engine ray: a cluster to join ("auto", "ray://h:10001"); "" = start one
     processes: int = 0  # engine local: stream processes sharing the VLM worker; 0 = auto
+    detection_workers: int = 0  # engine local, CUDA: processes detecting for them; 0 = auto
 
     def __post_init__(self) -> None:
         _require(self.max_frames >= 0, "run.max_frames", self.max_frames, ">= 0")
         _require(self.processes >= 0, "run.processes", self.processes, ">= 0 (0 = auto)")
+        _require(self.detection_workers >= 0, "run.detection_workers", self.detection_workers,
+                 ">= 0 (0 = auto)")
 
 
 @dataclass(frozen=True)

@@ -393,15 +393,16 @@ class Run:
 
 
 def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0,
-                detectors: Sequence[TrackerConfig] = ()
+                detectors: Sequence[TrackerConfig] = (), detection_workers: int = 1
                 ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
     """The model and its service: in a worker process (``vlm.worker``; auto = on CUDA, where the
     forward pass's Python would otherwise wait for the streams' interpreter lock; always when
     ``clients`` stream processes will ask it too, and then it also runs ``detectors`` for
-    them), or on a thread of this process."""
+    them, in ``detection_workers`` processes), or on a thread of this process."""
     info = assets.resolve_vlm(cfg.model, cfg.revision)
     if clients or _worker(cfg) == "process":
-        service = ProcessVlmService(cfg, info, log_path, clients, detectors).start()
+        service = ProcessVlmService(cfg, info, log_path, clients, detectors,
+                                    detection_workers).start()
         return None, service, service.info
     vlm = assets.load_vlm(cfg, info)
     stage = VlmStage(vlm, cfg)

@@ -38,6 +38,7 @@ from vidqa.tracking import detector_key
 from vidqa.vlm.worker import ClientEnd
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
+PROCESSES_PER_DETECTION_WORKER = 8  # auto: one detection worker's Python keeps up with these
 
 
 def processes_for(cfg: PipelineConfig) -> int:
@@ -52,6 +53,12 @@ def processes_for(cfg: PipelineConfig) -> int:
     if not _trackers_on_cuda(cfg):
         return 1
     return max(1, min(streams, (os.cpu_count() or 1) - SPARE_CORES))
+
+
+def detection_workers(setting: int, processes: int) -> int:
+    """``run.detection_workers``, or auto: one per :data:`PROCESSES_PER_DETECTION_WORKER`
+    stream processes (a worker's one thread gathers, uploads and answers every frame)."""
+    return setting or -(-processes // PROCESSES_PER_DETECTION_WORKER)
 
 
 def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict[str, Any]:
@@ -89,7 +96,8 @@ class ProcessRun:
         detectors = list({detector_key(s.tracker): s.tracker for s in specs}.values()) \
             if self.detect_in_worker else []
         _, service, _ = vlm_service(dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
-                                    self.run_dir / LOG_NAME, processes, detectors)
+                                    self.run_dir / LOG_NAME, processes, detectors,
+                                    detection_workers(cfg.run.detection_workers, processes))
         threads = max(1, (os.cpu_count() or 1) // processes)
         workers = [self._context.Process(
             target=_stream_process, name=f"streams-{i + 1}",

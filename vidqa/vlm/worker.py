@@ -154,24 +154,26 @@ class ProcessVlmService:
     (:meth:`client_end`)."""
 
     def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
-                 clients: int = 0, detectors: Sequence[TrackerConfig] = ()) -> None:
+                 clients: int = 0, detectors: Sequence[TrackerConfig] = (),
+                 detection_workers: int = 1) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._requests = context.Queue(maxsize=cfg.queue_size)
         self._results = [context.Queue() for _ in range(1 + clients)]
         self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
                                         args=(cfg, info, self._requests, self._results,
                                               log_path))
-        # The stream processes' detection, in a process of its own (see DetectionWorker).
-        self.detection = DetectionWorker(detectors, context.Queue(), self._results, log_path) \
-            if detectors else None
+        # The stream processes' detection, in processes of its own (see DetectionWorker); a
+        # stream process always asks the same one.
+        self.detection = [DetectionWorker(detectors, context.Queue(), self._results, log_path)
+                          for _ in range(detection_workers if detectors else 0)]
         self.client: ServiceClient | None = None
         self.info: ModelInfo | None = None
 
     def start(self) -> ProcessVlmService:
         """Start the child (and the detection worker) and wait until the models are loaded; a
         failure raises here."""
-        if self.detection is not None:
-            self.detection.start()
+        for worker in self.detection:
+            worker.start()
         self._process.start()
         try:
             kind, payload = self._results[0].get(timeout=START_TIMEOUT_S)
@@ -188,7 +190,7 @@ class ProcessVlmService:
 
     def client_end(self, client: int) -> ClientEnd:
         """Client ``client``'s end (1 .. clients), for a stream process."""
-        detection = self.detection
+        detection = self.detection[client % len(self.detection)] if self.detection else None
         return ClientEnd(self._requests, self._results[client], client, self._process.pid,
                          self.info, detection.frames if detection else None,
                          detection.served if detection else ())
@@ -205,8 +207,8 @@ class ProcessVlmService:
         """Answer what is queued, collect the child's summaries, stop it (idempotent)."""
         if self.client is None or self._process.exitcode is not None:
             return
-        if self.detection is not None:
-            self.detection.close()
+        for worker in self.detection:
+            worker.close()
         self._requests.put(None)  # the child drains what is before it, then says "closed"
         self.client.close()
         self._process.join(timeout=30)
@@ -222,8 +224,9 @@ class ProcessVlmService:
         return self.client.worker_summaries[1] if self.client.worker_summaries else {}
 
     def detection_summary(self) -> list[dict[str, Any]]:
-        """How the detection worker batched the stream processes' frames."""
-        return self.detection.summary if self.detection else []
+        """How the detection workers batched the stream processes' frames."""
+        return [{"worker": index, **detector} for index, worker in enumerate(self.detection)
+                for detector in worker.summary]
 
     def __enter__(self) -> ProcessVlmService:
         return self.start()
