@@ -316,10 +316,11 @@ def test_pipeline_when_vlm_is_slower_than_the_camera_then_tracker_keeps_pace_and
     frames, vlm_sleep_s = 40, 1.0
     with RtspServer(walking_clip, fps=FPS) as server:
         # Every tracked person is asked on every frame: far more crops than a VLM taking 1 s
-        # per crop can answer. The VLM runs on the service's thread: the tracker must not wait.
+        # per crop can answer. The VLM runs on the service's thread (in this process, to be
+        # slowed down here): the tracker must not wait.
         pipeline = live_pipeline(tmp_path, server.url, tiny_vlm_dir, "roi.min_hits=1",
                                  "roi.reask_every=1", f"run.max_frames={frames}",
-                                 "vlm.batch_size=1", "vlm.queue_size=2")
+                                 "vlm.batch_size=1", "vlm.queue_size=2", "vlm.worker=thread")
         service = pipeline.vlm_stage.service
         answer, batches = service.answer, []
 

@@ -169,7 +169,8 @@ class VlmConfig:
     batch_size: int = 8  # most crops answered in one forward pass (from any frame or stream)
     max_wait_ms: float = 20.0  # a crop waits at most this long for others to fill its batch
     queue_size: int = 64  # crops waiting for the VLM; when full, files wait, live tracks defer
-    worker: Literal["auto", "thread", "process"] = "auto"  # model's home; auto: process on CUDA
+    worker: Literal["auto", "thread", "process"] = "auto"  # auto: process on CUDA or for live
+    cpu_priority: Literal["low", "idle"] = "low"  # CPU worker process: nice 19, or only idle cores
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 cuda, fp32 cpu
     image_splitting: bool = False  # True = the processor's tile grid (up to 17 tiles per crop)

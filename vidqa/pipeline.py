@@ -265,7 +265,7 @@ class Run:
             if client is None:
                 stage, service, info = vlm_service(
                     dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
-                    run_dir / LOG_NAME)
+                    run_dir / LOG_NAME, live=any(is_live(spec.source) for spec in specs))
             else:
                 stage, service, info = None, client, client.info
             trackers = _trackers([s for s in specs if s.id not in failed], threads, client)
@@ -393,14 +393,16 @@ class Run:
 
 
 def vlm_service(cfg: VlmConfig, log_path: Path, clients: int = 0,
-                detectors: Sequence[TrackerConfig] = (), detection_workers: int = 1
+                detectors: Sequence[TrackerConfig] = (), detection_workers: int = 1,
+                live: bool = False
                 ) -> tuple[VlmStage | None, VlmService | ProcessVlmService, Any]:
     """The model and its service: in a worker process (``vlm.worker``; auto = on CUDA, where the
-    forward pass's Python would otherwise wait for the streams' interpreter lock; always when
+    forward pass's Python would otherwise wait for the streams' interpreter lock, and for
+    ``live`` streams, whose trackers a CPU model at idle priority leaves the cores to; always when
     ``clients`` stream processes will ask it too, and then it also runs ``detectors`` for
     them, in ``detection_workers`` processes), or on a thread of this process."""
     info = assets.resolve_vlm(cfg.model, cfg.revision)
-    if clients or _worker(cfg) == "process":
+    if clients or _worker(cfg, live) == "process":
         service = ProcessVlmService(cfg, info, log_path, clients, detectors,
                                     detection_workers).start()
         return None, service, service.info
@@ -433,13 +435,13 @@ def _trackers(specs: list[StreamConfig], threads: int | None,
     return trackers
 
 
-def _worker(cfg: VlmConfig) -> str:
+def _worker(cfg: VlmConfig, live: bool) -> str:
     if cfg.worker != "auto":
         return cfg.worker
     import torch
 
     on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    return "process" if on_cuda else "thread"
+    return "process" if on_cuda or live else "thread"
 
 
 def _open(spec: StreamConfig, sources: dict[str, Source], failed: dict[str, str], multi: bool,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import psutil
 import pytest
 from factories import make_rois
 
@@ -13,7 +16,7 @@ from vidqa.engines import run_pipeline
 from vidqa.errors import ModelError
 from vidqa.run import prepare_run_dir
 from vidqa.vlm.service import ServiceClosed
-from vidqa.vlm.worker import ProcessVlmService
+from vidqa.vlm.worker import CPU_NICENESS, ProcessVlmService
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # spawning imports torch again
 
@@ -31,6 +34,26 @@ def test_process_service_when_crops_submitted_then_each_future_has_its_answers(t
     assert [q["question"] for q in service.stage_summary()["questions"]] == [question]
     with pytest.raises(ServiceClosed):
         service.submit(make_rois([1])[0], [question])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads' niceness: Linux")
+@pytest.mark.parametrize("priority", ["low", "idle"])
+def test_process_service_on_the_cpu_when_answering_then_every_worker_thread_yields(
+        tiny_vlm_dir, priority):
+    cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
+                             "vlm.device=cpu", f"vlm.cpu_priority={priority}"]).vlm
+    with ProcessVlmService(cfg, resolve_vlm(cfg.model)) as service:
+        for future in [service.submit(roi, [cfg.questions[0].question])
+                       for roi in make_rois([1, 2, 3])]:
+            future.result(timeout=120)
+        worker = psutil.Process(service.client_end(0).worker_pid)
+        # On Linux priority belongs to a thread: torch's own threads must have it too.
+        threads = [thread.id for thread in worker.threads()]
+        niceness = {psutil.Process(thread).nice() for thread in threads}
+        policies = {os.sched_getscheduler(thread) for thread in threads}
+
+    assert len(threads) > 1 and niceness == {CPU_NICENESS}
+    assert policies == {os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER}
 
 
 def test_process_service_when_model_missing_then_start_raises_model_error(tmp_path):

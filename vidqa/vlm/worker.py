@@ -12,6 +12,7 @@ resolves its callers' futures. A :class:`ServiceClient` has the interface the st
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -239,6 +240,7 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
                     log_path: Path | None) -> None:
     """The child: load the model, run a threaded VlmService, relay requests and answers."""
     from vidqa.assets import load_vlm
+    from vidqa.vlm.model import resolve_device
     from vidqa.vlm.service import VlmService
     from vidqa.vlm.stage import VlmStage
 
@@ -248,17 +250,18 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
     try:
+        on_cpu = resolve_device(cfg.device).type == "cpu"
+        if on_cpu:  # before loading, so that the threads it starts inherit it
+            _yield_cores(cfg.cpu_priority == "idle")
         vlm = load_vlm(cfg, info)
         stage = VlmStage(vlm, cfg)
     except Exception as err:  # reported to the parent, which raises it
         results[0].put(("failed", _picklable(err)))
         return
-    if vlm.device.type == "cpu" and hasattr(os, "nice"):
-        # A model on the CPU must not take the cores from the trackers: live cameras keep
-        # their frame rate and answers take what is left.
-        os.nice(CPU_NICENESS)
     results[0].put(("ready", vlm.info))
     service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
+    if on_cpu:  # and the threads that loading started from the others
+        _yield_cores(cfg.cpu_priority == "idle")
     while (item := requests.get()) is not None:
         client, request_id, roi, questions = item
         future = service.submit(roi, questions, block=True)
@@ -266,6 +269,25 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
             ("answer", rid, _outcome(done))))
     service.close()
     results[0].put(("closed", service.summary(), stage.summary()))
+
+
+def _yield_cores(idle: bool) -> None:
+    """Lower every thread of this process to :data:`CPU_NICENESS`, and with ``idle`` put it
+    under ``SCHED_IDLE`` (``vlm.cpu_priority``): a model on the CPU must not take the cores
+    from the trackers. A nice-19 thread still runs out its time slice before a woken tracker
+    thread gets the core back; an idle-policy thread yields at once, and runs only when a core
+    is idle, so on a machine that never idles it never runs. On Linux both belong to a thread,
+    not the process: ``os.nice`` would lower only the calling thread and those it starts
+    later, and torch's import already started others."""
+    tasks = Path("/proc/self/task")
+    if tasks.is_dir():
+        for thread in tasks.iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.setpriority(os.PRIO_PROCESS, int(thread.name), CPU_NICENESS)
+                if idle:
+                    os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
+    elif hasattr(os, "nice"):
+        os.nice(CPU_NICENESS - os.nice(0))
 
 
 def _outcome(future: Future) -> list[Answer] | Exception:
