@@ -159,8 +159,13 @@ class Detector:
         return host.to(device, non_blocking=True)
 
     def _arguments(self) -> dict[str, Any]:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        # fp16 on CUDA (ultralytics keeps fp32 on the CPU): `quantize` since 8.4.x, where the
+        # older `half` warns on every call.
+        fp16 = {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
         return {"conf": self.cfg.conf, "iou": self.cfg.iou, "imgsz": self.cfg.imgsz,
-                "classes": self.classes, "device": self.device, "half": True, "verbose": False}
+                "classes": self.classes, "device": self.device, "verbose": False, **fp16}
 
     def _predictor(self) -> Any:
         """ultralytics' predictor, set up by a first (blank) frame if nothing ran yet."""
