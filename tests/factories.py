@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from vidqa.assets.smolvlm import TINY_TEXT, TINY_VISION, build_random_smolvlm
-from vidqa.messages import Detections
+from vidqa.messages import Answer, Detections
 
 
 def build_tiny_vlm(directory: Path, seed: int = 0, text_layers: int = 4,
@@ -136,3 +137,28 @@ def make_rois(track_ids: list[int], frame: int = 0) -> list:
     return [Roi(track_id=t, frame_index=frame, time_s=frame / 10, bbox=(0, 0, 10, 20),
                 crop_box=(0, 0, 10, 20), image=crop, reason="new")
             for t, crop in zip(track_ids, crops, strict=True)]
+
+
+def clip_frames(count: int) -> list:
+    import cv2
+
+    from vidqa import assets
+    from vidqa.messages import VideoFrame
+
+    capture, frames = cv2.VideoCapture(str(assets.sample_video())), []
+    for index in range(count):
+        ok, image = capture.read()
+        assert ok
+        frames.append(VideoFrame(image=image, frame_index=index, timestamp=index / 10,
+                                 source_id="clip", fps=10.0))
+    return frames
+
+
+def scripted_answers(rois, questions, gate: threading.Event | None = None):
+    """Per ROI one answer per question, "yes" for even tracks (no model needed)."""
+    if gate is not None:
+        gate.wait(timeout=10)
+    return [[Answer(frame_index=r.frame_index, time_s=r.time_s, track_id=r.track_id,
+                    question=q, answer="yes" if r.track_id % 2 == 0 else "no", p_yes=0.5,
+                    margin=0.0, bbox=r.bbox, vlm_ms=1.0, model="scripted",
+                    stream_id=r.stream_id) for q in questions] for r in rois]

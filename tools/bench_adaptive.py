@@ -2,7 +2,7 @@
 sample clip and on a 5-minute stream (the clip looped), cold and warm plan cache.
 
 Every mode answers the same ROIs, in arrival order, in batches of ``--batch-size`` (as the
-VLM service gathers them), through :class:`~vidqa.vlm.stage.VlmStage` — what a run executes.
+VLM service gathers them), through :class:`~vidqa.vlm.stage.BatchAnswerer` — what a run executes.
 Reported per mode: VLM seconds (wall time of the stage), planning seconds, the paired ratio
 (audits and confirmations, same crops and batch both ways), the net ratio the stage claims
 (full-equivalent / spent), the ratio to the full mode's own run, and agreement with the full
@@ -42,7 +42,7 @@ from loguru import logger
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
 from vidqa.messages import Roi
-from vidqa.vlm.stage import VlmStage
+from vidqa.vlm.batch import BatchAnswerer
 
 QUESTIONS = ("Is this person carrying a backpack?", "Is this person wearing a hat?",
              "Is this person riding a bicycle?", "Is this person walking?",
@@ -98,7 +98,7 @@ def run_mode(vlm: Any, rois: list[Roi], adaptive: AdaptiveConfig, batch_size: in
              ) -> dict[str, Any]:
     cfg = VlmConfig(questions=tuple(QuestionConfig(q) for q in questions),
                     batch_size=batch_size, adaptive=adaptive)
-    stage = VlmStage(vlm, cfg, share_vision=share)
+    stage = BatchAnswerer(vlm, cfg, share_vision=share)
     stage.expect(rois=len(rois))
     answers: list[list[Any]] = []
     start = time.perf_counter()

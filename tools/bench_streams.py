@@ -39,8 +39,8 @@ from loguru import logger
 
 from vidqa import assets
 from vidqa.config import load_config
+from vidqa.engines.local import LocalRun
 from vidqa.engines.processes import ProcessRun, processes_for
-from vidqa.pipeline import Run
 
 QUESTIONS = ("Is this person wearing jeans?", "Is this person wearing something red?",
              "Is this person holding something in their hands?", "Does this person have long hair?",
@@ -75,7 +75,7 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     if used > 1:
         run = ProcessRun(cfg, out, used, {"worker": True, "streams": False}.get(detect))
     else:
-        run = Run.from_config(cfg, out)
+        run = LocalRun.from_config(cfg, out)
     if args.no_vlm:
         run.service.answer = lambda rois, questions: [[] for _ in rois]
     stopper = threading.Thread(target=_stop_when_streamed, daemon=True,

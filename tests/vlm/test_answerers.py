@@ -9,9 +9,9 @@ from factories import make_rois
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
 from vidqa.vlm.answerers import SharedVision, ask
+from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.compression.compressor import Compressor
 from vidqa.vlm.compression.plan import Plan
-from vidqa.vlm.stage import VlmStage
 
 QUESTIONS = tuple(QuestionConfig(q) for q in ("Is this person carrying a backpack?",
                                               "Is this person wearing a hat?",
@@ -23,8 +23,8 @@ def test_stage_when_questions_share_crops_answers_equal_independent_passes(tiny_
     cfg = VlmConfig(questions=QUESTIONS[:count], batch_size=4,
                     adaptive=AdaptiveConfig(enabled=False))
     rois = make_rois([1, 2, 3, 4, 5])
-    shared = VlmStage(tiny_vlm, cfg, share_vision=True)
-    alone = VlmStage(tiny_vlm, cfg, share_vision=False)
+    shared = BatchAnswerer(tiny_vlm, cfg, share_vision=True)
+    alone = BatchAnswerer(tiny_vlm, cfg, share_vision=False)
 
     together = shared.answer(rois)
     separate = alone.answer(rois)

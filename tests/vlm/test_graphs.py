@@ -8,9 +8,9 @@ from factories import make_rois
 
 from vidqa.assets.types import ModelInfo
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
+from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.graphs import CudaGraphs, buckets, text_margins, tile_positions, vision_features
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.stage import VlmStage
 
 QUESTIONS = (QuestionConfig("Is this person carrying a backpack?"),
              QuestionConfig("Is this person wearing a hat?"))
@@ -48,7 +48,7 @@ def test_the_captured_passes_equal_the_models_margins_and_spare_rows_change_noth
 
 
 def test_on_the_cpu_a_stage_runs_eager_and_reports_no_graphs(tiny_vlm):
-    stage = VlmStage(tiny_vlm, VlmConfig(questions=QUESTIONS, cuda_graphs=True,
+    stage = BatchAnswerer(tiny_vlm, VlmConfig(questions=QUESTIONS, cuda_graphs=True,
                                          adaptive=AdaptiveConfig(enabled=False)))
 
     assert all(answerer.body is None for answerer in stage.answerers)
@@ -73,8 +73,8 @@ def test_replayed_graphs_give_the_models_answers_in_every_bucket(tiny_vlm_dir):
 
     cfg = VlmConfig(questions=QUESTIONS, batch_size=4, adaptive=AdaptiveConfig(enabled=False))
     rois = make_rois([1, 2, 3, 4, 5])
-    replayed = VlmStage(vlm, cfg).answer(rois)
-    eager = VlmStage(vlm, VlmConfig(questions=QUESTIONS, batch_size=4, cuda_graphs=False,
+    replayed = BatchAnswerer(vlm, cfg).answer(rois)
+    eager = BatchAnswerer(vlm, VlmConfig(questions=QUESTIONS, batch_size=4, cuda_graphs=False,
                                     adaptive=AdaptiveConfig(enabled=False))).answer(rois)
     assert [[a.answer for a in per] for per in replayed] == \
         [[a.answer for a in per] for per in eager]

@@ -15,7 +15,7 @@ from web_factories import wait_until
 
 from vidqa.config import PipelineConfig, load_config
 from vidqa.engines import run_pipeline
-from vidqa.pipeline import Run
+from vidqa.engines.local import LocalRun
 from vidqa.run import prepare_run_dir
 
 # Ask about a person from the first frame it is tracked in: on two busy cores the tracker may
@@ -56,7 +56,7 @@ def sample_config(folder: Path, vlm_dir: Path, overrides: tuple[str, ...] = (),
 class ServedRun:
     """``run_pipeline(..., serve=("127.0.0.1", port))`` on a thread; ``finish`` joins it.
 
-    The :class:`Run` that run_pipeline builds is kept, so that :meth:`stop` can end the run the
+    The :class:`LocalRun` that run_pipeline builds is kept, so that :meth:`stop` can end the run the
     way its own threads do (``Pipeline.stop_reason``) once a test has seen what it needed,
     instead of betting on how many frames a busy machine tracks while a browser starts.
     """
@@ -68,14 +68,14 @@ class ServedRun:
         self.url = f"http://127.0.0.1:{self.port}/" + (f"?token={token}" if token else "")
         self.summary: dict[str, Any] | None = None
         self.error: BaseException | None = None
-        self.runs: list[Run] = []
-        build = Run.from_config.__func__  # type: ignore[attr-defined]
+        self.runs: list[LocalRun] = []
+        build = LocalRun.from_config.__func__  # type: ignore[attr-defined]
 
-        def kept(cls: type[Run], *args: Any, **kwargs: Any) -> Run:
+        def kept(cls: type[LocalRun], *args: Any, **kwargs: Any) -> LocalRun:
             self.runs.append(build(cls, *args, **kwargs))
             return self.runs[-1]
 
-        monkeypatch.setattr(Run, "from_config", classmethod(kept))
+        monkeypatch.setattr(LocalRun, "from_config", classmethod(kept))
         self._thread = threading.Thread(target=self._run, args=(cfg, token), daemon=True,
                                         name="served-run")
 

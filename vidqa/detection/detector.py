@@ -1,28 +1,14 @@
-"""Person tracker: ultralytics YOLO detects, ultralytics' ByteTrack or BoT-SORT tracks, person
-classes only.
-
-Detection and tracking are split so that the streams of one process share one detector: a
-:class:`Detector` answers every stream's frame, and frames that arrive while a batch runs form
-the next batch (one forward pass for several cameras). With stream processes on CUDA
-(``run.processes``) a :class:`DetectionWorker` process detects for all of them: each stream's
-:class:`RemoteDetector` letterboxes its frame and hands it over in shared memory, and the
-worker's :class:`DetectionServer` batches the frames of every process. Each stream keeps its
-own ultralytics tracker object, exactly what ``model.track(persist=True)`` keeps inside its
-predictor.
-"""
+"""The person detector: one ultralytics YOLO model answering the frames of every stream of a
+process, batched, and one NMS for a whole batch."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
-from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,9 +18,6 @@ from loguru import logger
 from vidqa import assets
 from vidqa.config import TrackerConfig
 from vidqa.errors import ConfigError, ModelError
-from vidqa.messages import Detections, FrameResult, VideoFrame
-
-TRACKER_TYPES = ("bytetrack", "botsort")  # the ultralytics trackers that need no predictor hooks
 
 
 class Detector:
@@ -190,7 +173,7 @@ class Detector:
     def _detect(self, batch: list[_Frame]) -> None:
         try:
             for frame, data in zip(batch, self.predict([f.image for f in batch]), strict=True):
-                frame.boxes = _boxes(data, frame.image.shape)
+                frame.boxes = boxes_of(data, frame.image.shape)
         except Exception as err:  # every frame of the batch fails, the next batch may not
             for frame in batch:
                 frame.error = err
@@ -206,194 +189,7 @@ class _Frame:
     done: bool = False
 
 
-class RemoteDetector:
-    """A stream's detector in another process (the model worker, which owns the GPU): the frame
-    is letterboxed here, exactly as ultralytics' predictor does it, and handed over in shared
-    memory; the worker batches the frames of every stream process into one forward pass and
-    sends back the boxes, which are mapped back to the frame here.
-
-    ``submit(index, buffer_name, shape)`` sends one request to detector ``index`` of the worker
-    and returns a future of its boxes (in letterboxed pixels).
-    """
-
-    def __init__(self, submit: Callable[[int, str, tuple], Future], index: int,
-                 cfg: TrackerConfig, stride: int, info: Any) -> None:
-        from ultralytics.data.augment import LetterBox
-
-        self.submit = submit
-        self.index = index
-        self.info = info
-        self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
-        # One frame in flight per stream: one buffer the size of the largest letterboxed frame.
-        self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
-
-    def __call__(self, image: np.ndarray) -> Any:
-        framed = self.letterbox(image=image)
-        np.ndarray(framed.shape, np.uint8, self.buffer.buf)[:] = framed
-        data = self.submit(self.index, self.buffer.name, framed.shape).result()
-        if len(data):
-            from ultralytics.utils.ops import scale_boxes
-
-            data[:, :4] = scale_boxes(framed.shape[:2], data[:, :4], image.shape[:2])
-        return _boxes(data, image.shape)
-
-    def close(self) -> None:
-        self.buffer.close()
-        self.buffer.unlink()
-
-
-class DetectionServer:
-    """The worker's side of :class:`RemoteDetector`: one thread takes every request waiting (up
-    to ``tracker.batch``), groups them by detector and frame size, runs one forward pass per
-    group and answers each stream process on its own queue (``reply(client, request_id,
-    boxes_or_error)``)."""
-
-    def __init__(self, configs: Sequence[TrackerConfig], requests: Any,
-                 reply: Callable[[int, int, Any], None]) -> None:
-        self.detectors = [Detector(cfg) for cfg in configs]
-        for detector in self.detectors:
-            detector._predictor()  # warm up before the first stream's frame
-        self.requests = requests
-        self.reply = reply
-        self.max_batch = max(d.max_batch for d in self.detectors)
-        self._buffers: dict[str, SharedMemory] = {}
-        self._thread = threading.Thread(target=self.serve, name="detection", daemon=True)
-
-    def start(self) -> DetectionServer:
-        """Serve on a thread of this process (:meth:`serve` serves on the caller's)."""
-        self._thread.start()
-        return self
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def summary(self) -> list[dict[str, Any]]:
-        return [d.summary() for d in self.detectors]
-
-    def serve(self) -> None:
-        """Answer requests until a None arrives."""
-        while (first := self.requests.get()) is not None:
-            batch, stop = [first], False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self.requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            groups: dict[tuple, list] = {}
-            for request in batch:  # (client, request_id, detector index, buffer name, shape)
-                groups.setdefault((request[2], tuple(request[4])), []).append(request)
-            for (index, shape), requests in groups.items():
-                self._detect(self.detectors[index], shape, requests)
-            if stop:
-                break
-        for buffer in self._buffers.values():
-            buffer.close()
-
-    def _detect(self, detector: Detector, shape: tuple, requests: list) -> None:
-        try:
-            frames = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf) for r in requests]
-            results: list[Any] = detector.predict_framed(frames)
-        except Exception as err:  # these frames fail, the next batch may not
-            results = [err] * len(requests)
-        for request, result in zip(requests, results, strict=True):
-            self.reply(request[0], request[1], result)
-
-    def _buffer(self, name: str) -> SharedMemory:
-        if name not in self._buffers:
-            self._buffers[name] = _attach(name)
-        return self._buffers[name]
-
-
-class DetectionWorker:
-    """The run's detectors in their own process, serving every stream process (see
-    :class:`RemoteDetector`): one CUDA context for all their frames, and an interpreter of its
-    own, apart from the VLM worker's (a detector's Python and the VLM's would take turns).
-
-    ``frames``: the requests queue the stream processes' clients write; ``results``: each
-    client's answer queue, where the boxes go."""
-
-    def __init__(self, configs: Sequence[TrackerConfig], frames: Any, results: Sequence[Any],
-                 log_path: Path | None = None) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        self.frames = frames
-        self._control = context.Queue()
-        self._process = context.Process(target=_detect_in_child, name="detection",
-                                        daemon=True, args=(tuple(configs), frames,
-                                                           list(results), self._control,
-                                                           log_path))
-        self.served: tuple = ()  # per detector: (its config, stride, info)
-        self.summary: list[dict[str, Any]] = []
-
-    def start(self, timeout_s: float = 600.0) -> DetectionWorker:
-        """Start the process and wait until its detectors are loaded; a failure raises."""
-        self._process.start()
-        try:
-            kind, payload = self._control.get(timeout=timeout_s)
-        except queue.Empty:
-            self._process.kill()
-            raise ModelError(f"the detection worker did not load within {timeout_s:g} s") \
-                from None
-        if kind != "ready":
-            self._process.join(timeout=10)
-            raise payload
-        self.served = payload
-        return self
-
-    def close(self) -> None:
-        """Detect what is queued, then stop (idempotent)."""
-        if not self._process.is_alive():
-            return
-        self.frames.put(None)
-        try:
-            _, self.summary = self._control.get(timeout=60)
-        except queue.Empty:
-            logger.warning("the detection worker did not report how it batched")
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, results: list[Any],
-                     control: Any, log_path: Path | None) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops its streams, then us
-    if log_path is not None:
-        logger.add(log_path, level="INFO", enqueue=False)
-
-    def reply(client: int, request_id: int, outcome: Any) -> None:
-        if isinstance(outcome, BaseException):
-            outcome = RuntimeError(f"{type(outcome).__name__}: {outcome}")  # always picklable
-        results[client].put(("answer", request_id, outcome))
-
-    try:
-        server = DetectionServer(configs, frames, reply)
-    except Exception as err:
-        control.put(("failed", ModelError(f"{type(err).__name__}: {err}")))
-        return
-    control.put(("ready", tuple((d.cfg, d.stride, d.info) for d in server.detectors)))
-    server.serve()
-    control.put(("closed", server.summary()))
-
-
-def _attach(name: str) -> SharedMemory:
-    """A stream's buffer, for reading. Every process of a run shares the run's resource
-    tracker (spawned children inherit it), which already holds the buffer from its owner: the
-    owner's ``unlink`` removes it once, and a second registration here changes nothing (taking
-    one back would make the owner's removal a KeyError in the tracker)."""
-    try:
-        return SharedMemory(name=name, track=False)  # Python >= 3.13
-    except TypeError:
-        return SharedMemory(name=name)
-
-
-def _boxes(data: np.ndarray, shape: tuple) -> Any:
+def boxes_of(data: np.ndarray, shape: tuple) -> Any:
     from ultralytics.engine.results import Boxes
 
     return Boxes(data, shape[:2])
@@ -432,105 +228,3 @@ def batched_nms(prediction: Any, conf: float, iou: float, classes: Sequence[int]
 def detector_key(cfg: TrackerConfig) -> tuple:
     """Streams whose tracker configs share this key can share one :class:`Detector`."""
     return (cfg.weights, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device, cfg.batch)
-
-
-class PersonTracker:
-    """Detect and track persons frame by frame; ``update`` returns tracked boxes of one frame.
-
-    Track ids persist across frames. A live source that jumps forward in time by more than
-    ``reset_after_s`` (a reconnect, a long stall) restarts the tracker: motion models cannot
-    bridge such a gap, and a stale track would hand its id to a different person.
-    ``detector``: one shared with other streams of the process (else the tracker loads its own).
-    """
-
-    def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0,
-                 threads: int | None = None, detector: Detector | RemoteDetector | None = None
-                 ) -> None:
-        self.cfg = cfg
-        self.reset_after_s = reset_after_s
-        self.detect = detector or Detector(cfg, threads)
-        self.detector = self.detect.info
-        self.tracker = _ultralytics_tracker(cfg.tracker)
-        self.ids = TrackIds()
-        self.resets = 0
-
-    def update(self, frame: VideoFrame) -> Detections:
-        if self._gap_too_long(frame):
-            self.reset()
-        boxes = self.detect(frame.image)
-        tracks = self.tracker.update(boxes, frame.image)
-        detections = _to_detections(tracks)
-        return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
-
-    def close(self) -> None:
-        """Release the detector's shared frame buffer, if it has one (a remote detector)."""
-        close = getattr(self.detect, "close", None)
-        if close is not None:
-            close()
-
-    def reset(self) -> None:
-        """Forget every track. Ids keep counting up, so old and new ids never collide."""
-        self.tracker.reset()  # restarts ultralytics' id counter at 1 ...
-        self.ids.restart()  # ... so later ids are shifted past every id handed out
-        self.resets += 1
-
-    def __call__(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
-        for frame in frames:
-            yield FrameResult(frame=frame, detections=self.update(frame))
-
-    def _gap_too_long(self, frame: VideoFrame) -> bool:
-        # The source measures outages itself: a slow consumer skipping frames is not a gap.
-        if frame.gap_s > self.reset_after_s:
-            logger.warning("{:.1f} s outage of the live stream before frame {}: restarting "
-                           "tracks", frame.gap_s, frame.frame_index)
-            return True
-        return False
-
-
-class TrackIds:
-    """Ids that never repeat within a run: ultralytics' counter restarts at 1 after a tracker
-    reset, so ids handed out after one are shifted past every id handed out before it."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.max_id = 0
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        shifted = ids + self.offset
-        if len(shifted):
-            self.max_id = max(self.max_id, int(shifted.max()))
-        return shifted
-
-    def restart(self) -> None:
-        self.offset = self.max_id
-
-
-def _ultralytics_tracker(name: str) -> Any:
-    """A fresh ByteTrack or BoT-SORT object from an ultralytics tracker YAML."""
-    from ultralytics.trackers.track import TRACKER_MAP
-    from ultralytics.utils import YAML, IterableSimpleNamespace
-    from ultralytics.utils.checks import check_yaml
-
-    if not (Path(name).is_file() or name in ("bytetrack.yaml", "botsort.yaml")):
-        raise ConfigError(f"tracker.tracker = {name!r}: use bytetrack.yaml, botsort.yaml or the "
-                          f"path of an ultralytics tracker YAML")
-    args = IterableSimpleNamespace(**YAML.load(check_yaml(name)))
-    if args.tracker_type not in TRACKER_TYPES:
-        raise ConfigError(f"tracker.tracker {name!r} has tracker_type {args.tracker_type!r}: "
-                          f"vidqa runs {' and '.join(TRACKER_TYPES)}")
-    if getattr(args, "with_reid", False) and getattr(args, "model", "auto") == "auto":
-        raise ConfigError(f"tracker.tracker {name!r}: with_reid needs a ReID model path in "
-                          f"'model' (auto takes features from inside ultralytics' predictor)")
-    return TRACKER_MAP[args.tracker_type](args=args)
-
-
-def _to_detections(tracks: np.ndarray) -> Detections:
-    """Rows ``[x1, y1, x2, y2, track_id, score, cls, idx]`` of the confirmed tracks."""
-    if len(tracks) == 0:
-        return Detections.empty()
-    return Detections(
-        xyxy=tracks[:, :4].astype(np.float32),
-        confidence=tracks[:, 5].astype(np.float32),
-        class_id=tracks[:, 6].astype(np.int64),
-        track_id=tracks[:, 4].astype(np.int64),
-    )

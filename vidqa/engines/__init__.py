@@ -1,10 +1,11 @@
-"""How a run's streams are executed: ``local`` (:class:`vidqa.pipeline.Run`: streams on threads,
-one VLM service; with ``run.processes`` > 1 the streams split over several processes that share
-one VLM worker, :mod:`vidqa.engines.processes`) or ``ray`` (:mod:`vidqa.engines.ray`: each
-stream a Ray actor, the VLM a Ray Serve deployment). All write the same outputs.
+"""How a run's streams are executed: ``local`` (:class:`~vidqa.engines.local.LocalRun`: streams
+on threads, one model service; with ``run.processes`` > 1 the streams split over several
+processes that share one model worker, :mod:`vidqa.engines.processes`) or ``ray``
+(:mod:`vidqa.engines.ray`: each stream a Ray actor, the model a Ray Serve deployment). All write
+the same outputs; what they do alike is in :mod:`vidqa.engines.common`.
 
-This is the layer above the pipeline, so that the Ray engine can build its streams from
-:mod:`vidqa.pipeline` without the pipeline importing the engine back.
+This is the layer above the pipeline: every engine builds its streams with
+:func:`vidqa.pipeline.stream_pipeline`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 from loguru import logger
 
 from vidqa.config import PipelineConfig
+from vidqa.engines.local import LocalRun
 from vidqa.engines.processes import processes_for, run_in_processes
 from vidqa.errors import ConfigError
-from vidqa.pipeline import Run
 from vidqa.run import run_log
 
 
@@ -43,7 +44,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
         processes = processes_for(cfg) if serve is None else 1
         if processes > 1:
             return run_in_processes(cfg, run_dir, processes)
-        return Run.from_config(cfg, run_dir, view).run()
+        return LocalRun.from_config(cfg, run_dir, view).run()
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from vidqa.messages import Answer, Roi
 from vidqa.vlm.adaptive import AdaptiveAnswerer
 from vidqa.vlm.compression.plan_cache import PlanCache
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.stage import Answerer, make_answerer
+from vidqa.vlm.batch import Answerer, make_answerer
 
 
 class Board(Protocol):

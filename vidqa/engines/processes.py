@@ -2,12 +2,14 @@
 
 One Python process tracks about 60 frames per second in all, however many cores the machine
 has: every stream's decoding, detection, tracking and sinks take turns at one interpreter lock.
-With ``run.processes: K`` the run starts the VLM worker process
-(:class:`~vidqa.vlm.worker.ProcessVlmService`) and K stream processes. Each runs its share of the
-streams exactly as the one-process engine does (:class:`~vidqa.pipeline.Run`: threads, one
-shared detector, the same files in ``run_dir/<id>/``) and asks the one worker through its own
-:class:`~vidqa.vlm.worker.ServiceClient`, so batches still gather crops from every stream and a
-question is profiled once for the run. This process writes the merged ``events.jsonl`` (the
+With ``run.processes: K`` the run starts the model worker process
+(:class:`~vidqa.serving.worker.WorkerService`), on CUDA the detection workers
+(:class:`~vidqa.detection.transport.DetectionWorker`), and K stream processes. Each runs its
+share of the streams exactly as the one-process engine does
+(:class:`~vidqa.engines.local.LocalRun`: threads, one shared detector or the detection worker,
+the same files in ``run_dir/<id>/``) and asks the one model worker through its own
+:class:`~vidqa.serving.worker.WorkerClient`, so batches still gather crops from every stream and
+a question is profiled once for the run. This process writes the merged ``events.jsonl`` (the
 stream processes forward their answers to it), waits, and writes the run's ``summary.json``.
 
 Ctrl-C and SIGTERM stop every stream at its next frame, as in one process; a stream process
@@ -30,12 +32,21 @@ import cv2
 from loguru import logger
 
 from vidqa.config import PipelineConfig, StreamConfig
-from vidqa.pipeline import Run, all_questions, json_of, run_summary, vlm_service
-from vidqa.run import LOG_NAME, Terminated, run_log, sigterm_raises
+from vidqa.detection.detector import detector_key
+from vidqa.detection.transport import DetectionEnd, DetectionWorker
+from vidqa.engines.common import (
+    files_seconds,
+    json_of,
+    run_summary,
+    run_vlm_config,
+    wait_or_stop,
+)
+from vidqa.engines.local import LocalRun, start_service
+from vidqa.run import LOG_NAME, run_log
+from vidqa.serving.worker import ClientEnd
 from vidqa.sinks import EventsSink, ForwardSink
+from vidqa.sources import is_live, open_source, source_path
 from vidqa.storage import write_json
-from vidqa.tracking import detector_key
-from vidqa.vlm.worker import ClientEnd
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
 PROCESSES_PER_DETECTION_WORKER = 8  # auto: one detection worker's Python keeps up with these
@@ -67,7 +78,8 @@ def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict
 
 
 class ProcessRun:
-    """The VLM worker, the stream processes and the merged events of one run."""
+    """The model worker, the detection workers, the stream processes and the merged events
+    of one run."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, processes: int,
                  detect_in_worker: bool | None = None) -> None:
@@ -90,20 +102,20 @@ class ProcessRun:
 
     def run(self) -> dict[str, Any]:
         started, cfg, processes = time.perf_counter(), self.cfg, len(self.groups)
-        logger.info("{} streams in {} processes, one VLM worker",
+        logger.info("{} streams in {} processes, one model worker",
                     sum(map(len, self.groups)), processes)
-        specs = cfg.stream_configs()
-        detectors = list({detector_key(s.tracker): s.tracker for s in specs}.values()) \
-            if self.detect_in_worker else []
-        _, service, _ = vlm_service(dataclasses.replace(cfg.vlm, questions=all_questions(specs)),
-                                    self.run_dir / LOG_NAME, processes, detectors,
-                                    detection_workers(cfg.run.detection_workers, processes))
+        log = self.run_dir / LOG_NAME
+        _, service, _ = start_service(run_vlm_config(cfg), log, processes)
+        detection = self._start_detection(log) if self.detect_in_worker else []
+        seconds = _files_seconds(cfg)
+        if seconds is not None:
+            service.expect(seconds)
         threads = max(1, (os.cpu_count() or 1) // processes)
         workers = [self._context.Process(
             target=_stream_process, name=f"streams-{i + 1}",
             args=(dataclasses.replace(cfg, streams=tuple(group)), self.run_dir, i + 1,
                   service.client_end(i + 1), self._events, self._controls[i], self._done,
-                  threads))
+                  threads, detection[i % len(detection)].end(i) if detection else None))
             for i, group in enumerate(self.groups)]
         merged = EventsSink(self.run_dir / "events.jsonl")
         writer = threading.Thread(target=_write_events, args=(self._events, merged),
@@ -113,33 +125,41 @@ class ProcessRun:
         try:
             for worker in workers:
                 worker.start()
-            self._wait(workers, reports)
+            wait_or_stop(lambda: _collect(workers, self._done, reports), self.stop)
         finally:
             for worker in workers:
                 worker.join()
             self._events.put(None)
             writer.join()
             merged.close()
+            for worker in detection:
+                worker.close()
             service.close()
         summaries, failed, detectors = _gather(self.groups, workers, reports, self.run_dir)
-        vlm = {**service.stage_summary(), "service": service.summary()}
-        detectors += [{"process": "worker", **d} for d in service.detection_summary()]
+        vlm = {**service.answerer_summary(), "service": service.summary()}
+        detectors += [{"process": "worker", "worker": index, **d}
+                      for index, worker in enumerate(detection) for d in worker.summary]
         summary = {**run_summary(cfg, self.run_dir, summaries, failed, vlm,
                                  time.perf_counter() - started),
                    "processes": processes, "detectors": detectors}
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
-    def _wait(self, workers: list, reports: dict[int, tuple]) -> None:
-        """Collect each stream process's report; Ctrl-C or SIGTERM here stops every stream."""
-        with sigterm_raises():
-            try:
-                _collect(workers, self._done, reports)
-            except (KeyboardInterrupt, Terminated) as err:
-                reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
-                logger.warning("{}: stopping every stream", reason)
-                self.stop(reason)
-                _collect(workers, self._done, reports)
+    def _start_detection(self, log: Path) -> list[DetectionWorker]:
+        """The detection workers, one per :data:`PROCESSES_PER_DETECTION_WORKER` stream
+        processes (``run.detection_workers``), each serving every detector of the run."""
+        specs = self.cfg.stream_configs()
+        configs = list({detector_key(s.tracker): s.tracker for s in specs}.values())
+        count = detection_workers(self.cfg.run.detection_workers, len(self.groups))
+        workers = [DetectionWorker(configs, len(self.groups), log) for _ in range(count)]
+        try:
+            for worker in workers:
+                worker.start()
+        except BaseException:
+            for worker in workers:
+                worker.close()
+            raise
+        return workers
 
 
 def _collect(workers: list, done: Any, reports: dict[int, tuple]) -> None:
@@ -188,34 +208,59 @@ def _write_events(events: Any, merged: EventsSink) -> None:
 
 
 def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientEnd,
-                    events: Any, control: Any, done: Any, threads: int) -> None:
-    """One stream process: its streams on threads, their crops to the VLM worker."""
+                    events: Any, control: Any, done: Any, threads: int,
+                    detection_end: DetectionEnd | None) -> None:
+    """One stream process: its streams on threads, their crops to the model worker (and
+    their frames to a detection worker, when the run has one)."""
     # Ctrl-C reaches the whole process group; the run's process decides and tells us (control),
     # so every stream stops once, the same way, and waits for its answers in flight.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(threads)
     with run_log(run_dir):
         client = end.connect()
+        detection = detection_end.connect() if detection_end is not None else None
         try:
-            run = Run.from_config(cfg, run_dir, client=client, merged=ForwardSink(events.put),
-                                  threads=threads)
+            run = LocalRun.from_config(cfg, run_dir, client=client,
+                                       merged=ForwardSink(events.put), threads=threads,
+                                       detection=detection)
         except Exception as err:  # every stream of this process is reported, the run goes on
             logger.opt(exception=True).error("stream process {} cannot start: {}", index, err)
             done.put((index, {}, {s.id: str(err) for s in cfg.streams}, []))
-            client.close()
+            _close(client, detection)
             return
         threading.Thread(target=_stop_on_request, args=(control, run), daemon=True).start()
         try:
             summaries = run.run_streams()
         finally:
-            client.close()
             for pipeline in run.pipelines:
                 pipeline.tracker.close()
+            _close(client, detection)
         done.put((index, summaries, run.failed, run.detectors()))
 
 
-def _stop_on_request(control: Any, run: Run) -> None:
+def _stop_on_request(control: Any, run: LocalRun) -> None:
     run.stop(control.get())
+
+
+def _close(*clients: Any) -> None:
+    for client in clients:
+        if client is not None:
+            client.close()
+
+
+def _files_seconds(cfg: PipelineConfig) -> float | None:
+    """:func:`~vidqa.engines.common.files_seconds` of the run's files, each opened for its
+    length (the stream processes open them again to read them)."""
+    specs, stats = cfg.stream_configs(), []
+    if any(is_live(spec.source) for spec in specs):
+        return None  # a live stream has no end
+    for spec in specs:
+        try:
+            with open_source(spec.source, source_path(spec.source)) as source:
+                stats.append(source.stats())
+        except Exception:  # its stream process reports it; the others' lengths still count
+            continue
+    return files_seconds(specs, stats, cfg.run.max_frames)
 
 
 def _trackers_on_cuda(cfg: PipelineConfig) -> bool:

@@ -18,7 +18,6 @@ Ray is an optional extra, imported only here and only when the engine is used.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import uuid
@@ -31,10 +30,15 @@ from loguru import logger
 
 import vidqa
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
-from vidqa.errors import ConfigError, VidqaError
-from vidqa.pipeline import all_questions, json_of, run_summary
-from vidqa.run import Terminated, sigterm_raises
-from vidqa.sources import open_source, source_path
+from vidqa.engines.common import (
+    open_or_skip,
+    run_summary,
+    run_vlm_config,
+    wait_or_stop,
+    write_single,
+)
+from vidqa.errors import ConfigError
+from vidqa.sources import source_path
 from vidqa.storage import write_json
 
 INSTALL_HINT = "pip install 'vidqa[ray]'"
@@ -69,7 +73,7 @@ def _run(ray: Any, workers: Any, cfg: PipelineConfig, run_dir: Path, app: str,
                                       ray.get_runtime_context().get_node_id())
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
                 "GPU" if gpus else "CPU")
-    vlm_cfg = dataclasses.replace(cfg.vlm, questions=all_questions(specs))
+    vlm_cfg = run_vlm_config(cfg)
     # First the replicas, then the streams: created the other way round, the replica waited
     # for its CPU (a Serve scheduling stall seen on a 2-CPU local Ray) until the run hung.
     handle = workers.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, replicas, gpus)
@@ -82,7 +86,7 @@ def _run(ray: Any, workers: Any, cfg: PipelineConfig, run_dir: Path, app: str,
     try:
         summaries = _wait(ray, actors, models)
     except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
-        _write_single(run_dir, _vlm_summary(ray.get(board.summaries.remote())))
+        write_single(run_dir, _vlm_summary(ray.get(board.summaries.remote())), engine="ray")
         raise (err.cause if isinstance(err.cause, BaseException) else err) from None
     finally:
         if writer is not None:
@@ -109,17 +113,19 @@ def _wait(ray: Any, actors: dict[str, Any], models: dict[str, Any]
           ) -> dict[str, dict[str, Any]]:
     """Every stream's summary; Ctrl-C or SIGTERM here stops them all cleanly first."""
     refs = {stream_id: actor.run.remote(models) for stream_id, actor in actors.items()}
-    with sigterm_raises():
-        try:
-            pending = list(refs.values())
-            while pending:  # short waits keep the driver responsive to signals
-                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-        except (KeyboardInterrupt, Terminated) as err:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
-            logger.warning("{}: stopping every stream", reason)
-            for actor in actors.values():
-                actor.stop.remote(reason)
-            ray.wait(list(refs.values()), num_returns=len(refs), timeout=STOP_WAIT_S)
+    pending = list(refs.values())
+
+    def wait() -> None:
+        nonlocal pending
+        while pending:  # short waits keep the driver responsive to signals
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+
+    def stop(reason: str) -> None:
+        for actor in actors.values():
+            actor.stop.remote(reason)
+
+    wait_or_stop(wait, stop, lambda: ray.wait(list(refs.values()), num_returns=len(refs),
+                                              timeout=STOP_WAIT_S))
     return {stream_id: ray.get(ref) for stream_id, ref in refs.items()}
 
 
@@ -170,15 +176,9 @@ def _check_files(specs: list[StreamConfig], multi: bool
     paths: dict[str, Path | None] = {}
     failed: dict[str, str] = {}
     for spec in specs:
-        try:
-            paths[spec.id] = source_path(spec.source)
-            if paths[spec.id] is not None:
-                open_source(spec.source, paths[spec.id]).close()
-        except VidqaError as err:
-            if not multi:
-                raise
-            logger.error("stream {} cannot start and is skipped: {}", spec.id, err)
-            failed[spec.id] = str(err)
+        paths[spec.id] = path = source_path(spec.source)
+        if path is not None and (source := open_or_skip(spec, path, failed, multi)):
+            source.close()
     return paths, failed
 
 
@@ -203,10 +203,3 @@ def _vlm_summary(replicas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if len(ordered) <= 1:
         return ordered[0] if ordered else {}
     return {**ordered[0], "replicas": ordered}
-
-
-def _write_single(run_dir: Path, vlm: dict[str, Any]) -> None:
-    stream = json_of(run_dir / "summary.json")
-    if stream is not None:
-        write_json(run_dir / "summary.json",
-                   {**stream, "vlm": {**vlm, "stream": stream.get("vlm")}, "engine": "ray"})

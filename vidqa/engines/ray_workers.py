@@ -2,15 +2,14 @@
 stream, the client between them, the merged events writer.
 
 * :class:`VlmDeployment` — one model per replica. ``@serve.batch`` gathers crops from every
-  stream until ``vlm.batch_size`` or ``vlm.max_wait_ms``; the batch is grouped by question tuple
-  and answered by the same :class:`~vidqa.vlm.stage.VlmStage` the local engine uses, on a worker
-  thread (one batch at a time), so the replica keeps accepting crops meanwhile.
+  stream until ``vlm.batch_size`` or ``vlm.max_wait_ms``; the batch is answered by the local
+  engine's batch function (:func:`~vidqa.serving.batch.answer_grouped` over a
+  :class:`~vidqa.vlm.batch.BatchAnswerer`), on a thread (one batch at a time), so the replica
+  keeps accepting crops meanwhile.
 * :class:`StreamActor` — the local engine's front half, unchanged: a
-  :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose VLM stage is the
-  same :class:`~vidqa.vlm.stage.ServiceStage`, talking to :class:`RayVlmClient`.
-* :class:`RayVlmClient` — ``VlmService.submit`` over the deployment handle: one crop in, one
-  ``concurrent.futures.Future`` out, at most ``vlm.queue_size`` crops of the stream in flight
-  (files wait for room, live streams get None and keep the crop).
+  :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose answer stage is
+  the same :class:`~vidqa.serving.stage.AnswerStage`, talking to
+  :class:`~vidqa.serving.ray_client.RayClient`.
 
 This module imports Ray at the top: only :mod:`vidqa.engines.ray` imports it, once Ray is known
 to be installed.
@@ -20,10 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +29,21 @@ from ray import serve
 
 from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
+from vidqa.engines.common import json_of
 from vidqa.engines.fleet_plans import PlanBoard, fleet_answerers
 from vidqa.errors import VidqaError
-from vidqa.messages import Answer, Roi
-from vidqa.pipeline import json_of, stream_pipeline
+from vidqa.messages import Answer
+from vidqa.pipeline import stream_pipeline
 from vidqa.run import LOG_NAME, run_log
+from vidqa.serving.batch import answer_grouped
+from vidqa.serving.batching import Request, ServiceStats
+from vidqa.serving.ray_client import Crop, RayClient
 from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
-from vidqa.vlm.service import Request, ServiceClosed, ServiceStats
-from vidqa.vlm.stage import VlmStage
+from vidqa.vlm.batch import BatchAnswerer
 
 DEPLOYMENT = "VlmDeployment"
-# One crop as it travels to the deployment: the crop, its questions, when it was submitted
-# (wall clock: the stream and the replica may be different processes or machines).
-Crop = tuple[Roi, tuple[str, ...], float]
 
 
 class BoardProxy:
@@ -72,7 +68,8 @@ class VlmDeployment:
         vlm = assets.load_vlm(cfg, info)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.board = BoardProxy(ray.get_actor(board_name))
-        self.stage = VlmStage(vlm, cfg, fleet_answerers(vlm, cfg, self.board, self.replica))
+        self.answerer = BatchAnswerer(vlm, cfg,
+                                      fleet_answerers(vlm, cfg, self.board, self.replica))
         self.stats = ServiceStats()
         self._answer_batch.set_max_batch_size(cfg.batch_size)
         self._answer_batch.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
@@ -81,7 +78,7 @@ class VlmDeployment:
 
     def info(self) -> Any:
         """The model that actually runs (stand-in or not), for the summaries."""
-        return self.stage.vlm.info
+        return self.answerer.vlm.info
 
     async def answer(self, crop: Crop) -> list[Answer]:
         """One crop's answers, one per question; a failed batch fails only its own crops."""
@@ -93,27 +90,17 @@ class VlmDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # set from the config in __init__
     async def _answer_batch(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
         # The model runs off the event loop (which keeps gathering the next batch); serve.batch
-        # runs one batch at a time, so the stage is never entered twice.
+        # runs one batch at a time, so the answerer is never entered twice.
         return await asyncio.to_thread(self._run, crops)
 
     def _run(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
         started = time.time()
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for index, (_, questions, _) in enumerate(crops):
-            groups.setdefault(questions, []).append(index)
-        results: list[list[Answer] | Exception] = [[] for _ in crops]
-        for questions, indices in groups.items():
-            try:
-                per_roi = self.stage.answer([crops[i][0] for i in indices], questions)
-            except Exception as err:  # one bad batch fails its callers, not the replica
-                logger.opt(exception=True).error("VLM batch of {} crops failed: {}",
-                                                 len(indices), err)
-                for i in indices:
-                    results[i] = err
-                continue
-            for i, answers in zip(indices, per_roi, strict=True):
-                queue_ms = 1000 * (started - crops[i][2])
-                results[i] = [dataclasses.replace(a, queue_ms=queue_ms) for a in answers]
+        results = answer_grouped(self.answerer.answer, [c[0] for c in crops],
+                                 [c[1] for c in crops])
+        for index, (result, (_, _, submitted)) in enumerate(zip(results, crops, strict=True)):
+            if not isinstance(result, Exception):
+                queue_ms = 1000 * (started - submitted)
+                results[index] = [dataclasses.replace(a, queue_ms=queue_ms) for a in result]
         self.stats.add([Request(roi, questions, submitted) for roi, questions, submitted in crops],
                        started, time.time())
         self._post_summary()
@@ -124,47 +111,7 @@ class VlmDeployment:
         them there: a handle cannot address one replica)."""
         service = {**self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000),
                    "worker": "ray"}
-        self.board.post(self.replica, {**self.stage.summary(), "service": service})
-
-
-class RayVlmClient:
-    """A stream's side of the deployment, with :class:`~vidqa.vlm.service.VlmService`'s
-    ``submit``: the answers come back on a private event loop thread as plain futures."""
-
-    def __init__(self, handle: Any, max_in_flight: int) -> None:
-        self._handle = handle
-        self._slots = threading.BoundedSemaphore(max_in_flight)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vlm-client",
-                                        daemon=True)
-        self._thread.start()
-        self._closed = False
-        self.refused = 0
-
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
-               timeout: float | None = None) -> Future[list[Answer]] | None:
-        """Send one crop; its future resolves to one answer per question. When the stream has
-        ``max_in_flight`` crops out, ``block=False`` returns None at once, ``block=True`` waits
-        for one to come back (at most ``timeout`` seconds)."""
-        if self._closed:
-            raise ServiceClosed("the VLM client is closed: no more crops can be answered")
-        if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
-            self.refused += 1
-            return None
-        crop = (roi, tuple(questions), time.time())
-        future = asyncio.run_coroutine_threadsafe(self._ask(crop), self._loop)
-        future.add_done_callback(lambda _: self._slots.release())
-        return future
-
-    async def _ask(self, crop: Crop) -> list[Answer]:
-        return await self._handle.answer.remote(crop)
-
-    def close(self) -> None:
-        """Stop the loop (answers still in flight are abandoned; the stage has waited)."""
-        if not self._closed:
-            self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        self.board.post(self.replica, {**self.answerer.summary(), "service": service})
 
 
 class EventsWriter:
@@ -232,13 +179,14 @@ class StreamActor:
         if self.error is not None:
             raise self.error
         source = open_source(self.spec.source, self.path)
-        client = RayVlmClient(serve.get_deployment_handle(DEPLOYMENT, app_name=self.app),
+        client = RayClient(serve.get_deployment_handle(DEPLOYMENT, app_name=self.app),
                               self.cfg.vlm.queue_size)
         writer = self.writer
         extra = [ForwardSink(writer.write_answers.remote, lambda: ray.get(writer.sync.remote()))
                  ] if writer is not None else []
+        models = {**models, "detector": self.tracker.detector.info}
         pipeline = stream_pipeline(self.cfg, self.spec, self.out_dir, source, self.tracker,
-                                   client, {**models, "detector": self.tracker.detector}, extra)
+                                   client, models, extra)
         pipeline.on_end.append(client.close)
         self.pipeline = pipeline
         pipeline.stop_reason = self.stop_reason
@@ -246,14 +194,14 @@ class StreamActor:
 
     def detector(self) -> list[dict[str, Any]]:
         """How this stream's detector batched (alone in its actor: batches of one)."""
-        return [self.tracker.detect.summary()] if self.tracker is not None else []
+        return [self.tracker.detector.summary()] if self.tracker is not None else []
 
     def stop(self, reason: str) -> None:
         """Stop at the next frame, as the local engine does on Ctrl-C or SIGTERM."""
         self.stop_reason = reason
         if self.pipeline is not None:
             self.pipeline.stop_reason = reason
-            self.pipeline.vlm_stage.stop.set()
+            self.pipeline.answer_stage.stop.set()
 
 
 # Ray-ified at use, not with decorators at import: a class Ray wraps while its module is still

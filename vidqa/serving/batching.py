@@ -1,15 +1,16 @@
-"""The VLM as a service for many streams: callers submit one crop and get one future.
+"""The model as a service for many streams, on a thread of this process: callers submit one
+crop and get one future.
 
-One worker thread owns the model. It collects crops across frames, tracks and streams until
+One batching thread owns the model. It collects crops across frames, tracks and streams until
 ``batch_size`` crops are waiting or the oldest has waited ``max_wait_ms``, groups them by the
 questions they ask, answers them in one batch and resolves every caller's future. Callers never
 wait for the model: a stream's front half submits and moves on to its next frame; the answers
 attach to their track when they arrive.
 
 The queue between them is bounded (``queue_size`` crops). A file's front half waits for room
-(:meth:`VlmService.submit` with ``block=True``: a file has no camera to keep up with and must
+(:meth:`BatchingService.submit` with ``block=True``: a file has no camera to keep up with and must
 lose nothing); a live stream's front half does not wait (``block=False`` returns None) and keeps
-the crop for a later frame — see ``vidqa.pipeline``.
+the crop for a later frame — see :class:`~vidqa.serving.stage.AnswerStage`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from loguru import logger
-
 from vidqa.messages import Answer, Roi
-
-# (rois, questions) -> per ROI, its answer to each question: VlmStage.answer
-AnswerFn = Callable[[Sequence[Roi], Sequence[str]], list[list[Answer]]]
+from vidqa.serving.base import ServiceClosed
+from vidqa.serving.batch import AnswerFn, answer_grouped
 
 
 @dataclass
@@ -42,26 +40,23 @@ class Request:
     future: Future[list[Answer]] = field(default_factory=Future)
 
 
-class ServiceClosed(RuntimeError):
-    """A crop was submitted after the service was closed."""
-
-
-class VlmService:
-    """Batches crops from every stream onto the one model-owning worker thread."""
+class BatchingService:
+    """Batches crops from every stream onto the one model-owning thread."""
 
     def __init__(self, answer: AnswerFn, batch_size: int = 32, max_wait_ms: float = 20.0,
-                 queue_size: int = 256) -> None:
-        self.answer = answer  # answers one batch, on the worker thread
+                 queue_size: int = 256, expect: Callable[[float], None] | None = None) -> None:
+        self.answer = answer  # answers one batch, on the batching thread
+        self._expect = expect  # tells the answerers how much of the files is still to come
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[Request | None] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._serve, name="vlm-service", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="vlm-batching", daemon=True)
         self._closed = threading.Event()
         self._stats = ServiceStats()
 
     # ------------------------------------------------------------------------------- callers
 
-    def start(self) -> VlmService:
+    def start(self) -> BatchingService:
         self._thread.start()
         return self
 
@@ -87,15 +82,20 @@ class VlmService:
         """Crops queued and not yet taken into a batch."""
         return self._queue.qsize()
 
+    def expect(self, seconds: float) -> None:
+        """See :meth:`vidqa.serving.base.AnswerService.expect`."""
+        if self._expect is not None:
+            self._expect(seconds)
+
     def close(self) -> None:
-        """Answer every crop already queued, then stop the worker (idempotent)."""
+        """Answer every crop already queued, then stop the batching thread (idempotent)."""
         if self._closed.is_set():
             return
         self._closed.set()
-        self._queue.put(None)  # the sentinel: the worker drains what is before it, then ends
+        self._queue.put(None)  # the sentinel: the thread drains what is before it, then ends
         self._thread.join()
 
-    def __enter__(self) -> VlmService:
+    def __enter__(self) -> BatchingService:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -104,7 +104,7 @@ class VlmService:
     def summary(self) -> dict[str, Any]:
         return {**self._stats.summary(self.batch_size, self.max_wait_s), "worker": "thread"}
 
-    # ------------------------------------------------------------------------------- worker
+    # ------------------------------------------------------------------------- batching thread
 
     def _serve(self) -> None:
         stop = False
@@ -130,21 +130,14 @@ class VlmService:
 
     def _run(self, batch: list[Request]) -> None:
         started = time.perf_counter()
-        groups: dict[tuple[str, ...], list[Request]] = {}
-        for request in batch:
-            groups.setdefault(request.questions, []).append(request)
-        for questions, requests in groups.items():
-            try:
-                per_roi = self.answer([r.roi for r in requests], questions)
-            except Exception as err:  # one bad batch fails its callers, not the service
-                logger.opt(exception=True).error("VLM batch of {} crops failed: {}",
-                                                 len(requests), err)
-                for request in requests:
-                    request.future.set_exception(err)
+        results = answer_grouped(self.answer, [r.roi for r in batch],
+                                 [r.questions for r in batch])
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                request.future.set_exception(result)
                 continue
-            for request, answers in zip(requests, per_roi, strict=True):
-                queue_ms = 1000 * (started - request.submitted)
-                request.future.set_result([replace(a, queue_ms=queue_ms) for a in answers])
+            queue_ms = 1000 * (started - request.submitted)
+            request.future.set_result([replace(a, queue_ms=queue_ms) for a in result])
         self._stats.add(batch, started, time.perf_counter())
 
 

@@ -1,13 +1,13 @@
-"""The VLM service with its model in a child process, and the clients that reach it.
+"""The service with its model in a worker process, and the clients that reach it.
 
 A GPU forward pass is thousands of small Python calls. In one process with many streams, every
 one of them waits for the interpreter lock that the streams' trackers and sinks hold most of the
-time, and a batch that takes milliseconds alone takes seconds. :class:`ProcessVlmService` loads
-the model in a spawned process that runs an ordinary :class:`~vidqa.vlm.service.VlmService`.
-Crops go there through one bounded multiprocessing queue; each client (this process, and the
-stream processes of ``run.processes``) has its own queue for answers, read by a thread that
-resolves its callers' futures. A :class:`ServiceClient` has the interface the streams use of
-:class:`~vidqa.vlm.service.VlmService`: ``submit`` returns a future, ``waiting``, ``close``.
+time, and a batch that takes milliseconds alone takes seconds. :class:`WorkerService` loads
+the model in a spawned process that runs an ordinary
+:class:`~vidqa.serving.batching.BatchingService`. Crops go there through one bounded
+multiprocessing queue; each client (this process, and the stream processes of
+``run.processes``) has its own queue for answers, read by a thread that resolves its callers'
+futures. Both have the :class:`~vidqa.serving.base.AnswerService` interface.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import pickle
 import queue
 import signal
 import threading
@@ -26,15 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from loguru import logger
 
 from vidqa.assets.types import ModelInfo
-from vidqa.config import TrackerConfig, VlmConfig
+from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Roi
-from vidqa.tracking import DetectionWorker
-from vidqa.vlm.service import ServiceClosed
+from vidqa.serving.base import ServiceClosed
+from vidqa.workers import picklable, pid_alive
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
@@ -50,14 +48,12 @@ class ClientEnd:
     client: int  # this client's index
     worker_pid: int
     info: ModelInfo  # the model the worker runs
-    frames: Any = None  # the worker's detection requests (None: it detects nothing)
-    detectors: tuple = ()  # per detector the worker runs: (its TrackerConfig, stride, info)
 
-    def connect(self) -> ServiceClient:
-        return ServiceClient(self, lambda: _pid_alive(self.worker_pid)).start()
+    def connect(self) -> WorkerClient:
+        return WorkerClient(self, lambda: pid_alive(self.worker_pid)).start()
 
 
-class ServiceClient:
+class WorkerClient:
     """Submits crops to the worker process and resolves the futures as answers come back."""
 
     def __init__(self, end: ClientEnd, alive: Callable[[], bool]) -> None:
@@ -71,19 +67,19 @@ class ServiceClient:
         self.refused = 0
         self.worker_summaries: tuple | None = None  # the worker's service and stage
 
-    def start(self) -> ServiceClient:
+    def start(self) -> WorkerClient:
         self._reader.start()
         return self
 
     def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
-        """As :meth:`VlmService.submit`: a future, or None when full and not blocking."""
+        """See :meth:`vidqa.serving.base.AnswerService.submit`."""
         if self._closed.is_set():
             raise ServiceClosed("the VLM service is closed: no more crops can be answered")
         request_id, future = next(self._ids), Future()
         self._futures[request_id] = future
         try:
-            self.end.requests.put((self.end.client, request_id, roi, tuple(questions)),
+            self.end.requests.put(("ask", self.end.client, request_id, roi, tuple(questions)),
                                   block=block, timeout=timeout)
         except queue.Full:
             del self._futures[request_id]
@@ -91,15 +87,9 @@ class ServiceClient:
             return None
         return future
 
-    def detect(self, index: int, buffer: str, shape: tuple) -> Future:
-        """Ask the worker's detector ``index`` for the boxes of the frame in shared memory
-        ``buffer`` (see :class:`~vidqa.tracking.RemoteDetector`)."""
-        if self._closed.is_set():
-            raise ServiceClosed("the model worker is closed: no more frames can be detected")
-        request_id, future = next(self._ids), Future()
-        self._futures[request_id] = future
-        self.end.frames.put((self.end.client, request_id, index, buffer, shape))
-        return future
+    def expect(self, seconds: float) -> None:
+        """See :meth:`vidqa.serving.base.AnswerService.expect`."""
+        self.end.requests.put(("expect", seconds))
 
     @property
     def waiting(self) -> int:
@@ -148,33 +138,25 @@ class ServiceClient:
         self._futures.clear()
 
 
-class ProcessVlmService:
-    """Answers crops with a model that lives in a child process (see the module doc).
+class WorkerService:
+    """Answers crops with a model that lives in a worker process (see the module doc).
 
     It is itself client 0; ``clients`` more answer queues are made for stream processes
     (:meth:`client_end`)."""
 
     def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
-                 clients: int = 0, detectors: Sequence[TrackerConfig] = (),
-                 detection_workers: int = 1) -> None:
+                 clients: int = 0) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._requests = context.Queue(maxsize=cfg.queue_size)
         self._results = [context.Queue() for _ in range(1 + clients)]
         self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
                                         args=(cfg, info, self._requests, self._results,
                                               log_path))
-        # The stream processes' detection, in processes of its own (see DetectionWorker); a
-        # stream process always asks the same one.
-        self.detection = [DetectionWorker(detectors, context.Queue(), self._results, log_path)
-                          for _ in range(detection_workers if detectors else 0)]
-        self.client: ServiceClient | None = None
+        self.client: WorkerClient | None = None
         self.info: ModelInfo | None = None
 
-    def start(self) -> ProcessVlmService:
-        """Start the child (and the detection worker) and wait until the models are loaded; a
-        failure raises here."""
-        for worker in self.detection:
-            worker.start()
+    def start(self) -> WorkerService:
+        """Start the worker and wait until its model is loaded; a failure raises here."""
         self._process.start()
         try:
             kind, payload = self._results[0].get(timeout=START_TIMEOUT_S)
@@ -186,15 +168,13 @@ class ProcessVlmService:
             self._process.join(timeout=10)
             raise payload if isinstance(payload, Exception) else ModelError(str(payload))
         self.info = payload
-        self.client = ServiceClient(self.client_end(0), self._process.is_alive).start()
+        self.client = WorkerClient(self.client_end(0), self._process.is_alive).start()
         return self
 
     def client_end(self, client: int) -> ClientEnd:
         """Client ``client``'s end (1 .. clients), for a stream process."""
-        detection = self.detection[client % len(self.detection)] if self.detection else None
         return ClientEnd(self._requests, self._results[client], client, self._process.pid,
-                         self.info, detection.frames if detection else None,
-                         detection.served if detection else ())
+                         self.info)
 
     def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
@@ -204,13 +184,14 @@ class ProcessVlmService:
     def waiting(self) -> int:
         return self.client.waiting
 
+    def expect(self, seconds: float) -> None:
+        self.client.expect(seconds)
+
     def close(self) -> None:
-        """Answer what is queued, collect the child's summaries, stop it (idempotent)."""
+        """Answer what is queued, collect the worker's summaries, stop it (idempotent)."""
         if self.client is None or self._process.exitcode is not None:
             return
-        for worker in self.detection:
-            worker.close()
-        self._requests.put(None)  # the child drains what is before it, then says "closed"
+        self._requests.put(None)  # the worker drains what is before it, then says "closed"
         self.client.close()
         self._process.join(timeout=30)
         if self._process.is_alive():
@@ -220,16 +201,12 @@ class ProcessVlmService:
         service = self.client.worker_summaries[0] if self.client.worker_summaries else {}
         return {**service, **self.client.summary()}
 
-    def stage_summary(self) -> dict[str, Any]:
-        """The VLM stage's summary (per question: phase, plan, accounting) from the child."""
+    def answerer_summary(self) -> dict[str, Any]:
+        """The batch answerer's summary (per question: phase, plan, accounting) from the
+        worker."""
         return self.client.worker_summaries[1] if self.client.worker_summaries else {}
 
-    def detection_summary(self) -> list[dict[str, Any]]:
-        """How the detection workers batched the stream processes' frames."""
-        return [{"worker": index, **detector} for index, worker in enumerate(self.detection)
-                for detector in worker.summary]
-
-    def __enter__(self) -> ProcessVlmService:
+    def __enter__(self) -> WorkerService:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -238,11 +215,12 @@ class ProcessVlmService:
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
                     log_path: Path | None) -> None:
-    """The child: load the model, run a threaded VlmService, relay requests and answers."""
+    """The worker: load the model, run a :class:`BatchingService`, relay requests and
+    answers."""
     from vidqa.assets import load_vlm
+    from vidqa.serving.batching import BatchingService
+    from vidqa.vlm.batch import BatchAnswerer
     from vidqa.vlm.model import resolve_device
-    from vidqa.vlm.service import VlmService
-    from vidqa.vlm.stage import VlmStage
 
     # Ctrl-C reaches the whole process group: the owner stops the streams, which wait for the
     # answers in flight, and then closes this worker. Dying on SIGINT would lose those answers.
@@ -254,21 +232,32 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
         if on_cpu:  # before loading, so that the threads it starts inherit it
             _yield_cores(cfg.cpu_priority == "idle")
         vlm = load_vlm(cfg, info)
-        stage = VlmStage(vlm, cfg)
+        answerer = BatchAnswerer(vlm, cfg)
     except Exception as err:  # reported to the parent, which raises it
-        results[0].put(("failed", _picklable(err)))
+        results[0].put(("failed", picklable(err)))
         return
     results[0].put(("ready", vlm.info))
-    service = VlmService(stage.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size).start()
+    service = BatchingService(answerer.answer, cfg.batch_size, cfg.max_wait_ms,
+                              cfg.queue_size,
+                              expect=lambda seconds: answerer.expect(seconds=seconds)).start()
     if on_cpu:  # and the threads that loading started from the others
         _yield_cores(cfg.cpu_priority == "idle")
+    _relay(requests, results, service)
+    service.close()
+    results[0].put(("closed", service.summary(), answerer.summary()))
+
+
+def _relay(requests: Any, results: list[Any], service: Any) -> None:
+    """Requests to the service, answers to each client's queue, until the None."""
     while (item := requests.get()) is not None:
-        client, request_id, roi, questions = item
+        kind, *payload = item
+        if kind == "expect":
+            service.expect(*payload)
+            continue
+        client, request_id, roi, questions = payload
         future = service.submit(roi, questions, block=True)
         future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
             ("answer", rid, _outcome(done))))
-    service.close()
-    results[0].put(("closed", service.summary(), stage.summary()))
 
 
 def _yield_cores(idle: bool) -> None:
@@ -292,19 +281,4 @@ def _yield_cores(idle: bool) -> None:
 
 def _outcome(future: Future) -> list[Answer] | Exception:
     error = future.exception()
-    return _picklable(error) if error is not None else future.result()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _picklable(error: BaseException) -> Exception:
-    try:
-        pickle.dumps(error)
-        return error  # type: ignore[return-value]
-    except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
+    return picklable(error) if error is not None else future.result()

@@ -55,7 +55,7 @@ def test_stage_when_compile_is_on_answers_like_swapping_and_leaves_the_model_ful
     from factories import make_rois
 
     from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
-    from vidqa.vlm.stage import VlmStage
+    from vidqa.vlm.batch import BatchAnswerer
 
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # no compiler here
     rois = make_rois([1, 2, 3])
@@ -65,7 +65,7 @@ def test_stage_when_compile_is_on_answers_like_swapping_and_leaves_the_model_ful
                                   cache_dir=str(tmp_path / "cache"))
         cfg = VlmConfig(questions=(QuestionConfig("Is this person running?"),),
                         adaptive=adaptive)
-        return [(a.margin, a.plan_id) for per in VlmStage(tiny_vlm, cfg).answer(rois)
+        return [(a.margin, a.plan_id) for per in BatchAnswerer(tiny_vlm, cfg).answer(rois)
                 for a in per]
 
     assert answers(True) == answers(False)

@@ -15,8 +15,8 @@ from vidqa.config import load_config
 from vidqa.engines import run_pipeline
 from vidqa.errors import ModelError
 from vidqa.run import prepare_run_dir
-from vidqa.vlm.service import ServiceClosed
-from vidqa.vlm.worker import CPU_NICENESS, ProcessVlmService
+from vidqa.serving import ServiceClosed
+from vidqa.serving.worker import CPU_NICENESS, WorkerService
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # spawning imports torch again
 
@@ -25,13 +25,13 @@ def test_process_service_when_crops_submitted_then_each_future_has_its_answers(t
     cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
                              "vlm.batch_size=4"]).vlm
     question = cfg.questions[0].question
-    with ProcessVlmService(cfg, resolve_vlm(cfg.model)) as service:
+    with WorkerService(cfg, resolve_vlm(cfg.model)) as service:
         futures = [service.submit(roi, [question]) for roi in make_rois([3, 4, 5, 6, 7])]
         answers = [future.result(timeout=120) for future in futures]
 
     assert [a[0].track_id for a in answers] == [3, 4, 5, 6, 7]
     assert service.summary()["rois"] == 5 and service.summary()["worker"] == "process"
-    assert [q["question"] for q in service.stage_summary()["questions"]] == [question]
+    assert [q["question"] for q in service.answerer_summary()["questions"]] == [question]
     with pytest.raises(ServiceClosed):
         service.submit(make_rois([1])[0], [question])
 
@@ -42,7 +42,7 @@ def test_process_service_on_the_cpu_when_answering_then_every_worker_thread_yiel
         tiny_vlm_dir, priority):
     cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
                              "vlm.device=cpu", f"vlm.cpu_priority={priority}"]).vlm
-    with ProcessVlmService(cfg, resolve_vlm(cfg.model)) as service:
+    with WorkerService(cfg, resolve_vlm(cfg.model)) as service:
         for future in [service.submit(roi, [cfg.questions[0].question])
                        for roi in make_rois([1, 2, 3])]:
             future.result(timeout=120)
@@ -61,7 +61,7 @@ def test_process_service_when_model_missing_then_start_raises_model_error(tmp_pa
     cfg = load_config(None, [f"vlm.model={tmp_path}"]).vlm
 
     with pytest.raises(ModelError, match="cannot load VLM"):
-        ProcessVlmService(cfg, resolve_vlm(cfg.model)).start()
+        WorkerService(cfg, resolve_vlm(cfg.model)).start()
 
 
 def test_run_when_worker_is_a_process_then_answers_equal_the_threads(tmp_path, tiny_vlm_dir):
@@ -77,3 +77,17 @@ def test_run_when_worker_is_a_process_then_answers_equal_the_threads(tmp_path, t
         assert summary["vlm"]["service"].get("worker", "thread") == worker
 
     assert answers["process"] == answers["thread"] and answers["thread"]
+
+
+def test_run_when_file_and_worker_is_a_process_then_planning_knows_the_files_length(
+        tmp_path, tiny_vlm_dir):
+    cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.worker=process",
+                             "run.max_frames=40", "vlm.adaptive.profile_tracks=2"])
+    run_dir = prepare_run_dir(cfg, tmp_path / "run")
+
+    summary = run_pipeline(cfg, run_dir)
+
+    log = (run_dir / "vidqa.log").read_text()
+    assert "adaptive planning knows the files' length: 4 s of stream" in log  # 40 frames, 10 fps
+    searched = [q["search"] for q in summary["vlm"]["questions"] if q.get("search")]
+    assert all("horizon" not in s.get("forecast", "") for s in searched)

@@ -1,0 +1,74 @@
+"""Detection for stream processes: frames through shared memory to a detection server, and a
+detection worker process with its clients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factories import clip_frames
+
+
+@pytest.mark.slow
+def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_local():
+    import itertools
+    import queue
+    from concurrent.futures import Future
+
+    from vidqa.config import TrackerConfig
+    from vidqa.detection.transport import DetectionServer, RemoteDetector
+
+    requests: queue.Queue = queue.Queue()
+    futures: dict[int, Future] = {}
+    ids = itertools.count()
+
+    def reply(client: int, request_id: int, outcome) -> None:
+        futures.pop(request_id).set_result(outcome)
+
+    def submit(index: int, buffer: str, shape: tuple) -> Future:
+        request_id = next(ids)
+        futures[request_id] = Future()
+        requests.put((0, request_id, index, buffer, shape))
+        return futures[request_id]
+
+    server = DetectionServer([TrackerConfig(device="cpu")], requests, reply).start()
+    local = server.detectors[0]
+    remote = RemoteDetector(submit, 0, local.cfg, local.stride, local.info)
+    try:
+        for frame in clip_frames(6):
+            mine, theirs = remote(frame.image), local(frame.image)
+            assert len(mine) == len(theirs) > 0
+            assert np.allclose(mine.data, theirs.data, atol=0.5)
+    finally:
+        requests.put(None)
+        server.join()
+        remote.close()
+    assert server.summary()[0]["passes"] == 12  # six frames each way, one model
+
+
+@pytest.mark.slow
+def test_detection_worker_when_a_stream_process_asks_then_boxes_match_local_and_death_fails_fast():
+    from vidqa.config import TrackerConfig
+    from vidqa.detection.detector import Detector
+    from vidqa.detection.transport import DetectionWorker, RemoteDetector
+    from vidqa.errors import ModelError
+
+    cfg = TrackerConfig(device="cpu")
+    worker = DetectionWorker([cfg], clients=2).start()
+    client = worker.end(1).connect()
+    (served, stride, info), = client.end.detectors
+    remote = RemoteDetector(client.detect, 0, served, stride, info)
+    local = Detector(cfg)
+    frames = clip_frames(3)
+    try:
+        for frame in frames:
+            mine, theirs = remote(frame.image), local(frame.image)
+            assert len(mine) == len(theirs) > 0
+            assert np.allclose(mine.data, theirs.data, atol=0.5)
+        worker._process.kill()
+        worker._process.join()
+        with pytest.raises(ModelError, match="detection worker process died"):
+            remote(frames[0].image)
+    finally:
+        client.close()
+        remote.close()
+        worker.close()

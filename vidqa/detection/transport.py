@@ -1,0 +1,289 @@
+"""Detection for stream processes, in a detection worker process: frames in shared memory.
+
+With stream processes on CUDA (``run.processes``) one :class:`DetectionWorker` process detects
+for all of them: one CUDA context for every frame, and an interpreter of its own. Each stream's
+:class:`RemoteDetector` letterboxes its frame, exactly as ultralytics' predictor does, and hands
+it over in shared memory through the process's :class:`DetectionClient`; the worker's
+:class:`DetectionServer` batches the frames of every process into one forward pass and sends
+the boxes back on the client's own reply queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from vidqa.config import TrackerConfig
+from vidqa.detection.detector import Detector, boxes_of
+from vidqa.errors import ModelError
+from vidqa.workers import picklable, pid_alive
+
+START_TIMEOUT_S = 600.0  # loading the detectors (and warming them up)
+
+
+class RemoteDetector:
+    """A stream's detector in another process (the model worker, which owns the GPU): the frame
+    is letterboxed here, exactly as ultralytics' predictor does it, and handed over in shared
+    memory; the worker batches the frames of every stream process into one forward pass and
+    sends back the boxes, which are mapped back to the frame here.
+
+    ``submit(index, buffer_name, shape)`` sends one request to detector ``index`` of the worker
+    and returns a future of its boxes (in letterboxed pixels).
+    """
+
+    def __init__(self, submit: Callable[[int, str, tuple], Future], index: int,
+                 cfg: TrackerConfig, stride: int, info: Any) -> None:
+        from ultralytics.data.augment import LetterBox
+
+        self.submit = submit
+        self.index = index
+        self.info = info
+        self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
+        # One frame in flight per stream: one buffer the size of the largest letterboxed frame.
+        self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+
+    def __call__(self, image: np.ndarray) -> Any:
+        framed = self.letterbox(image=image)
+        np.ndarray(framed.shape, np.uint8, self.buffer.buf)[:] = framed
+        data = self.submit(self.index, self.buffer.name, framed.shape).result()
+        if len(data):
+            from ultralytics.utils.ops import scale_boxes
+
+            data[:, :4] = scale_boxes(framed.shape[:2], data[:, :4], image.shape[:2])
+        return boxes_of(data, image.shape)
+
+    def close(self) -> None:
+        self.buffer.close()
+        self.buffer.unlink()
+
+
+class DetectionServer:
+    """The worker's side of :class:`RemoteDetector`: one thread takes every request waiting (up
+    to ``tracker.batch``), groups them by detector and frame size, runs one forward pass per
+    group and answers each stream process on its own queue (``reply(client, request_id,
+    boxes_or_error)``)."""
+
+    def __init__(self, configs: Sequence[TrackerConfig], requests: Any,
+                 reply: Callable[[int, int, Any], None]) -> None:
+        self.detectors = [Detector(cfg) for cfg in configs]
+        for detector in self.detectors:
+            detector._predictor()  # warm up before the first stream's frame
+        self.requests = requests
+        self.reply = reply
+        self.max_batch = max(d.max_batch for d in self.detectors)
+        self._buffers: dict[str, SharedMemory] = {}
+        self._thread = threading.Thread(target=self.serve, name="detection", daemon=True)
+
+    def start(self) -> DetectionServer:
+        """Serve on a thread of this process (:meth:`serve` serves on the caller's)."""
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [d.summary() for d in self.detectors]
+
+    def serve(self) -> None:
+        """Answer requests until a None arrives."""
+        while (first := self.requests.get()) is not None:
+            batch, stop = [first], False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            groups: dict[tuple, list] = {}
+            for request in batch:  # (client, request_id, detector index, buffer name, shape)
+                groups.setdefault((request[2], tuple(request[4])), []).append(request)
+            for (index, shape), requests in groups.items():
+                self._detect(self.detectors[index], shape, requests)
+            if stop:
+                break
+        for buffer in self._buffers.values():
+            buffer.close()
+
+    def _detect(self, detector: Detector, shape: tuple, requests: list) -> None:
+        try:
+            frames = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf) for r in requests]
+            results: list[Any] = detector.predict_framed(frames)
+        except Exception as err:  # these frames fail, the next batch may not
+            results = [err] * len(requests)
+        for request, result in zip(requests, results, strict=True):
+            self.reply(request[0], request[1], result)
+
+    def _buffer(self, name: str) -> SharedMemory:
+        if name not in self._buffers:
+            self._buffers[name] = _attach(name)
+        return self._buffers[name]
+
+
+@dataclass(frozen=True)
+class DetectionEnd:
+    """What a stream process needs to reach a detection worker (passed when the process is
+    created: multiprocessing queues travel only that way)."""
+
+    frames: Any  # the worker's request queue, shared by every client
+    replies: Any  # this client's reply queue
+    client: int  # this client's index
+    worker_pid: int
+    detectors: tuple  # per detector the worker runs: (its TrackerConfig, stride, info)
+
+    def connect(self) -> DetectionClient:
+        return DetectionClient(self).start()
+
+
+class DetectionClient:
+    """A stream process's side of a detection worker: sends frame requests, resolves the
+    futures as the boxes come back (see :class:`RemoteDetector`)."""
+
+    def __init__(self, end: DetectionEnd) -> None:
+        self.end = end
+        self._futures: dict[int, Future] = {}
+        self._ids = itertools.count()
+        self._reader = threading.Thread(target=self._read, name="detection-replies",
+                                        daemon=True)
+
+    def start(self) -> DetectionClient:
+        self._reader.start()
+        return self
+
+    def detect(self, index: int, buffer: str, shape: tuple) -> Future:
+        """Ask the worker's detector ``index`` for the boxes of the frame in shared memory
+        ``buffer``; a future of its boxes (in letterboxed pixels)."""
+        request_id, future = next(self._ids), Future()
+        self._futures[request_id] = future
+        self.end.frames.put((self.end.client, request_id, index, buffer, shape))
+        return future
+
+    def close(self) -> None:
+        """Stop reading replies (idempotent). The worker itself is closed by the run."""
+        if self._reader.is_alive():
+            self.end.replies.put(("stop",))
+            self._reader.join(timeout=30)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, *payload = self.end.replies.get(timeout=1.0)
+            except queue.Empty:
+                if not pid_alive(self.end.worker_pid):
+                    self._fail_all(ModelError("the detection worker process died"))
+                    return
+                continue
+            if kind == "stop":
+                return
+            request_id, boxes = payload
+            future = self._futures.pop(request_id)
+            if isinstance(boxes, Exception):
+                future.set_exception(boxes)
+            else:
+                future.set_result(boxes)
+
+    def _fail_all(self, error: Exception) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(error)
+        self._futures.clear()
+
+
+class DetectionWorker:
+    """The run's detectors in their own process, serving ``clients`` stream processes (see the
+    module doc); :meth:`end` is what each of them connects with."""
+
+    def __init__(self, configs: Sequence[TrackerConfig], clients: int,
+                 log_path: Path | None = None) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self.frames = context.Queue()
+        self._replies = [context.Queue() for _ in range(clients)]
+        self._control = context.Queue()
+        self._process = context.Process(target=_detect_in_child, name="detection",
+                                        daemon=True, args=(tuple(configs), self.frames,
+                                                           self._replies, self._control,
+                                                           log_path))
+        self.served: tuple = ()  # per detector: (its config, stride, info)
+        self.summary: list[dict[str, Any]] = []
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> DetectionWorker:
+        """Start the process and wait until its detectors are loaded; a failure raises."""
+        self._process.start()
+        try:
+            kind, payload = self._control.get(timeout=timeout_s)
+        except queue.Empty:
+            self._process.kill()
+            raise ModelError(f"the detection worker did not load within {timeout_s:g} s") \
+                from None
+        if kind != "ready":
+            self._process.join(timeout=10)
+            raise payload
+        self.served = payload
+        return self
+
+    def end(self, client: int) -> DetectionEnd:
+        """Client ``client``'s end (0 .. clients - 1), for a stream process."""
+        return DetectionEnd(self.frames, self._replies[client], client, self._process.pid,
+                            self.served)
+
+    def close(self) -> None:
+        """Detect what is queued, then stop (idempotent)."""
+        if not self._process.is_alive():
+            return
+        self.frames.put(None)
+        try:
+            _, self.summary = self._control.get(timeout=60)
+        except queue.Empty:
+            logger.warning("the detection worker did not report how it batched")
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, replies: list[Any],
+                     control: Any, log_path: Path | None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops its streams, then us
+    if log_path is not None:
+        logger.add(log_path, level="INFO", enqueue=False)
+
+    def reply(client: int, request_id: int, outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            outcome = picklable(outcome)
+        replies[client].put(("boxes", request_id, outcome))
+
+    try:
+        server = DetectionServer(configs, frames, reply)
+    except Exception as err:
+        control.put(("failed", ModelError(f"{type(err).__name__}: {err}")))
+        return
+    control.put(("ready", tuple((d.cfg, d.stride, d.info) for d in server.detectors)))
+    server.serve()
+    control.put(("closed", server.summary()))
+
+
+def _attach(name: str) -> SharedMemory:
+    """A stream's buffer, for reading. Every process of a run shares the run's resource
+    tracker (spawned children inherit it), which already holds the buffer from its owner: the
+    owner's ``unlink`` removes it once, and a second registration here changes nothing (taking
+    one back would make the owner's removal a KeyError in the tracker)."""
+    try:
+        return SharedMemory(name=name, track=False)  # Python >= 3.13
+    except TypeError:
+        return SharedMemory(name=name)

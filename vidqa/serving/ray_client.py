@@ -1,0 +1,70 @@
+"""A stream's side of the Ray Serve deployment that answers for ``run.engine: ray``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from vidqa.messages import Answer, Roi
+from vidqa.serving.base import ServiceClosed
+
+# One crop as it travels to the deployment: the crop, its questions, when it was submitted
+# (wall clock: the stream and the replica may be different processes or machines).
+Crop = tuple[Roi, tuple[str, ...], float]
+
+
+class RayClient:
+    """The :class:`~vidqa.serving.base.AnswerService` of a stream over a deployment handle:
+    the answers come back on a private event loop thread as plain futures."""
+
+    def __init__(self, handle: Any, max_in_flight: int) -> None:
+        self._handle = handle
+        self._max_in_flight = max_in_flight
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vlm-client",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.refused = 0
+
+    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+               timeout: float | None = None) -> Future[list[Answer]] | None:
+        """Send one crop; its future resolves to one answer per question. When the stream has
+        ``max_in_flight`` crops out, ``block=False`` returns None at once, ``block=True`` waits
+        for one to come back (at most ``timeout`` seconds)."""
+        if self._closed:
+            raise ServiceClosed("the VLM client is closed: no more crops can be answered")
+        if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
+            self.refused += 1
+            return None
+        crop = (roi, tuple(questions), time.time())
+        future = asyncio.run_coroutine_threadsafe(self._ask(crop), self._loop)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """Crops of this stream out at the deployment (its queue is Ray's to see)."""
+        return self._max_in_flight - self._slots._value
+
+    def expect(self, seconds: float) -> None:
+        """Nothing: the driver tells every replica how much of the files is to come when it
+        deploys them (:mod:`vidqa.engines.ray`); one stream cannot reach every replica."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"worker": "ray", "refused_when_full": self.refused}
+
+    async def _ask(self, crop: Crop) -> list[Answer]:
+        return await self._handle.answer.remote(crop)
+
+    def close(self) -> None:
+        """Stop the loop (answers still in flight are abandoned; the stage has waited)."""
+        if not self._closed:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)

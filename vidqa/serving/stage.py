@@ -1,0 +1,128 @@
+"""The pipeline stage that asks the model: a stream's crops go to an
+:class:`~vidqa.serving.base.AnswerService` and the frame moves on; answers attach to the frame
+they arrive at."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, wait
+from typing import Any
+
+from vidqa.messages import Answer, FrameResult, Roi, VideoFrame
+from vidqa.serving.base import AnswerService
+from vidqa.serving.batching import percentile
+
+
+class AnswerStage:
+    """One stream's crops submitted to the run's service; answers attach to the frame they
+    arrive at.
+
+    A file's front half waits when the service's queue is full (nothing is lost). A live
+    stream's does not: the crop waits here, one per track, the newest replacing an older one,
+    and is submitted on a later frame; a track that ends while waiting is counted as deferred.
+    """
+
+    def __init__(self, service: AnswerService, questions: Sequence[str], live: bool,
+                 stop: threading.Event | None = None) -> None:
+        self.service = service
+        self.questions = tuple(questions)
+        self.live = live
+        self.stop = stop or threading.Event()
+        self.waiting: dict[int, Roi] = {}  # live, queue full: track -> its newest crop
+        self.pending: set[int] = set()  # tracks asked and not answered yet (for the overlay)
+        self._submitted: dict[Future, float] = {}  # not yet attached -> when it was submitted
+        self._stats: Counter[str] = Counter()
+        self._latency_ms: list[float] = []
+        self._last_frame: VideoFrame | None = None
+        self.failure: BaseException | None = None  # a failed batch, raised at the next frame
+
+    def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
+        for result in results:
+            yield self.update(result)
+
+    def update(self, result: FrameResult) -> FrameResult:
+        if self.failure is not None:
+            raise self.failure
+        for track_id in result.ended_tracks:
+            if self.waiting.pop(track_id, None) is not None:
+                self._stats["deferred_tracks"] += 1  # ended before the queue had room
+            self.pending.discard(track_id)
+        if self.live:
+            self._retry_waiting()
+        for roi in result.rois:
+            self._ask(roi)
+        return dataclasses.replace(result, answers=result.answers + self._take(result.frame))
+
+    def flush(self, timeout_s: float | None) -> list[Answer]:
+        """Wait (at most ``timeout_s``) for the answers still in flight and return them (up to
+        a failed batch's, which is left in :attr:`failure`)."""
+        wait(list(self._submitted), timeout=timeout_s)
+        return list(self._take(self._last_frame)) if self._last_frame is not None else []
+
+    @property
+    def in_flight(self) -> int:
+        """Crops with the service whose answers have not reached a frame yet."""
+        return len(self._submitted)
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(self._latency_ms)
+        return {"submitted": self._stats["submitted"], "answered": self._stats["answered"],
+                "failed": self._stats["failed"], "in_flight": len(self._submitted),
+                "queue_full_waits": self._stats["queue_full_waits"],
+                "deferred_tracks": self._stats["deferred_tracks"],
+                "waiting_at_end": len(self.waiting),
+                "latency_ms_p50": percentile(latencies, 50),
+                "latency_ms_p95": percentile(latencies, 95)}
+
+    def _ask(self, roi: Roi) -> None:
+        if self.live:
+            future = self.service.submit(roi, self.questions, block=False)
+            if future is None:
+                self._stats["queue_full_waits"] += 1
+                self.waiting[roi.track_id] = roi  # the newest crop of the track wins
+                return
+        else:
+            future = None
+            while future is None and not self.stop.is_set():  # stay responsive to a stop
+                future = self.service.submit(roi, self.questions, block=True, timeout=0.5)
+            if future is None:
+                return
+        self._track(future, roi)
+
+    def _retry_waiting(self) -> None:
+        for track_id in list(self.waiting):
+            roi = self.waiting.pop(track_id)
+            future = self.service.submit(roi, self.questions, block=False)
+            if future is None:
+                self.waiting[track_id] = roi
+                return  # still full: the rest wait for a later frame
+            self._track(future, roi)
+
+    def _track(self, future: Future, roi: Roi) -> None:
+        self._submitted[future] = time.perf_counter()
+        self._stats["submitted"] += 1
+        self.pending.add(roi.track_id)
+
+    def _take(self, frame: VideoFrame) -> tuple[Answer, ...]:
+        """The answers that arrived since the last frame, stamped with this frame."""
+        self._last_frame = frame
+        now, taken = time.perf_counter(), []
+        for future in [f for f in self._submitted if f.done()]:  # in order of submission
+            submitted = self._submitted.pop(future)
+            if future.exception() is not None:  # raised at the next frame, after these
+                self._stats["failed"] += 1
+                self.failure = future.exception()
+                break
+            latency_ms = 1000 * (now - submitted)
+            self._latency_ms.append(latency_ms)
+            self._stats["answered"] += 1
+            for answer in future.result():
+                self.pending.discard(answer.track_id)
+                taken.append(dataclasses.replace(
+                    answer, latency_ms=latency_ms, answered_frame_index=frame.frame_index,
+                    answered_time_s=frame.timestamp))
+        return tuple(taken)

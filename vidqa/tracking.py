@@ -1,0 +1,127 @@
+"""Person tracker: a detector finds the persons of a frame, ultralytics' ByteTrack or BoT-SORT
+tracks them, and ids never repeat within a run.
+
+Each stream keeps its own ultralytics tracker object, exactly what
+``model.track(persist=True)`` keeps inside its predictor; its detector may be shared with the
+other streams of the process (:class:`~vidqa.detection.detector.Detector`) or live in a
+detection worker (:class:`~vidqa.detection.transport.RemoteDetector`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from vidqa.config import TrackerConfig
+from vidqa.detection.detector import Detector
+from vidqa.errors import ConfigError
+from vidqa.messages import Detections, FrameResult, VideoFrame
+
+TRACKER_TYPES = ("bytetrack", "botsort")  # the ultralytics trackers that need no predictor hooks
+
+
+class PersonTracker:
+    """Detect and track persons frame by frame; ``update`` returns tracked boxes of one frame.
+
+    Track ids persist across frames. A live source that jumps forward in time by more than
+    ``reset_after_s`` (a reconnect, a long stall) restarts the tracker: motion models cannot
+    bridge such a gap, and a stale track would hand its id to a different person.
+    ``detector``: one shared with other streams of the process, or a
+    :class:`~vidqa.detection.transport.RemoteDetector` (else the tracker loads its own).
+    """
+
+    def __init__(self, cfg: TrackerConfig, reset_after_s: float = 2.0,
+                 threads: int | None = None, detector: Any = None
+                 ) -> None:
+        self.cfg = cfg
+        self.reset_after_s = reset_after_s
+        self.detector = detector or Detector(cfg, threads)
+        self.tracker = _ultralytics_tracker(cfg.tracker)
+        self.ids = TrackIds()
+        self.resets = 0
+
+    def update(self, frame: VideoFrame) -> Detections:
+        if self._gap_too_long(frame):
+            self.reset()
+        boxes = self.detector(frame.image)
+        tracks = self.tracker.update(boxes, frame.image)
+        detections = _to_detections(tracks)
+        return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
+
+    def close(self) -> None:
+        """Release the detector's shared frame buffer, if it has one (a remote detector)."""
+        close = getattr(self.detector, "close", None)
+        if close is not None:
+            close()
+
+    def reset(self) -> None:
+        """Forget every track. Ids keep counting up, so old and new ids never collide."""
+        self.tracker.reset()  # restarts ultralytics' id counter at 1 ...
+        self.ids.restart()  # ... so later ids are shifted past every id handed out
+        self.resets += 1
+
+    def __call__(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
+        for frame in frames:
+            yield FrameResult(frame=frame, detections=self.update(frame))
+
+    def _gap_too_long(self, frame: VideoFrame) -> bool:
+        # The source measures outages itself: a slow consumer skipping frames is not a gap.
+        if frame.gap_s > self.reset_after_s:
+            logger.warning("{:.1f} s outage of the live stream before frame {}: restarting "
+                           "tracks", frame.gap_s, frame.frame_index)
+            return True
+        return False
+
+
+class TrackIds:
+    """Ids that never repeat within a run: ultralytics' counter restarts at 1 after a tracker
+    reset, so ids handed out after one are shifted past every id handed out before it."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.max_id = 0
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        shifted = ids + self.offset
+        if len(shifted):
+            self.max_id = max(self.max_id, int(shifted.max()))
+        return shifted
+
+    def restart(self) -> None:
+        self.offset = self.max_id
+
+
+def _ultralytics_tracker(name: str) -> Any:
+    """A fresh ByteTrack or BoT-SORT object from an ultralytics tracker YAML."""
+    from ultralytics.trackers.track import TRACKER_MAP
+    from ultralytics.utils import YAML, IterableSimpleNamespace
+    from ultralytics.utils.checks import check_yaml
+
+    if not (Path(name).is_file() or name in ("bytetrack.yaml", "botsort.yaml")):
+        raise ConfigError(f"tracker.tracker = {name!r}: use bytetrack.yaml, botsort.yaml or the "
+                          f"path of an ultralytics tracker YAML")
+    args = IterableSimpleNamespace(**YAML.load(check_yaml(name)))
+    if args.tracker_type not in TRACKER_TYPES:
+        raise ConfigError(f"tracker.tracker {name!r} has tracker_type {args.tracker_type!r}: "
+                          f"vidqa runs {' and '.join(TRACKER_TYPES)}")
+    if getattr(args, "with_reid", False) and getattr(args, "model", "auto") == "auto":
+        raise ConfigError(f"tracker.tracker {name!r}: with_reid needs a ReID model path in "
+                          f"'model' (auto takes features from inside ultralytics' predictor)")
+    return TRACKER_MAP[args.tracker_type](args=args)
+
+
+def _to_detections(tracks: np.ndarray) -> Detections:
+    """Rows ``[x1, y1, x2, y2, track_id, score, cls, idx]`` of the confirmed tracks."""
+    if len(tracks) == 0:
+        return Detections.empty()
+    return Detections(
+        xyxy=tracks[:, :4].astype(np.float32),
+        confidence=tracks[:, 5].astype(np.float32),
+        class_id=tracks[:, 6].astype(np.int64),
+        track_id=tracks[:, 4].astype(np.int64),
+    )
