@@ -56,7 +56,7 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
         tmp_path, tiny_vlm, monkeypatch):
     video = write_video(tmp_path / "clip.avi", frames=60)
     pipeline = make_pipeline(tmp_path, video, tiny_vlm, ScriptedTracker(),
-                             "vlm.adaptive.enabled=false")
+                             "vlm.adaptive.enabled=false", "vlm.batch_size=1")  # a call a crop
     answer = pipeline.answerer.answerers[0].answer
     calls = []
 
