@@ -74,7 +74,8 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
     summary = json.loads((pipeline.run_dir / "summary.json").read_text())
     events = (pipeline.run_dir / "events.jsonl").read_text().splitlines()
     assert summary["end_reason"] == "error" and "GPU fell off the bus" in summary["error"]
-    assert len(events) == summary["answers"] == sum(calls[:4])
+    # every crop but the failed one's is answered: those submitted after it are waited for
+    assert len(events) == summary["answers"] == sum(calls) - calls[4] > 0
     assert video_frames(pipeline.run_dir / "annotated.mp4") == summary["frames"]
     assert summary["last_frame"] == summary["frames"] - 1
 
