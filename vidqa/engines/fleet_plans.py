@@ -25,9 +25,9 @@ from typing import Any, Protocol
 from vidqa.config import QuestionConfig, VlmConfig
 from vidqa.messages import Answer, Roi
 from vidqa.vlm.adaptive import AdaptiveAnswerer
+from vidqa.vlm.batch import Answerer, make_answerer
 from vidqa.vlm.compression.plan_cache import PlanCache
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.batch import Answerer, make_answerer
 
 
 class Board(Protocol):

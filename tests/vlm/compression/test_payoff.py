@@ -46,10 +46,21 @@ def test_forecast_when_rois_are_announced_counts_down():
 @pytest.mark.parametrize(("seconds", "expected"), [(None, 100.0), (50.0, 40.0), (5.0, 0.0)])
 def test_forecast_when_rate_is_known_uses_seconds_left_or_horizon(seconds, expected):
     forecast = RoiForecast(horizon_s=100)
-    for t in range(11):  # 11 ROIs over 10 s of stream
+    for t in range(11):  # one ROI a second for 10 s: 8 after the first 2 s, over 8 s
         forecast.observe("0", float(t))
     forecast.expect(seconds=seconds)
-    assert forecast.remaining()[0] == pytest.approx(1.1 * expected)
+    rate = (8 - 8 ** 0.5) / 8  # the Poisson lower bound of 8 arrivals
+    assert forecast.remaining()[0] == pytest.approx(rate * expected)
+
+
+def test_forecast_when_a_stream_starts_with_a_crowd_then_the_burst_does_not_count():
+    forecast = RoiForecast(horizon_s=100)
+    for track in range(12):  # twelve people in view at the start ...
+        forecast.observe("0", 0.5)
+    for t in (4.0, 8.0, 12.0):  # ... then one new person every 4 s
+        forecast.observe("0", t)
+    assert forecast.rate() == pytest.approx((3 - 3 ** 0.5) / (12.0 - 0.5 - 2.0))
+    assert forecast.seen == 15
 
 
 def test_forecast_when_under_a_second_seen_expects_nothing():

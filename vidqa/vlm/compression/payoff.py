@@ -15,6 +15,7 @@ spends more than the plan can return on that file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 from vidqa.vlm.compression.plan import Plan, tower_of
 
 SKIP_FRACTIONS = (0.25, 0.5, 0.75)
+BURST_S = 2.0  # a stream's first seconds: everyone in view is a new track at once
 INT8_GAIN = 0.4  # share of a layer's time int8 saves on CPU (1.5-2.1x per layer measured)
 # Risk per unit of a tower's block influence (p_pass = exp(-risk)). Priors, not fits: skipping
 # layers that carry a fifth of a tower's influence passes ~1 time in e (the stand-in's skip
@@ -40,7 +42,12 @@ INT8_RISK = 0.25
 
 class RoiForecast:
     """ROIs still to come for one question, from an explicit count, a stream time still to
-    come, or the rate of new ROIs (per second of stream time) times the live horizon."""
+    come, or the rate of new ROIs (per second of stream time) times the live horizon.
+
+    The rate leaves out each stream's first :data:`BURST_S` seconds of ROIs — everyone already
+    in view when a stream starts is a new track at once, a burst that never comes again — and
+    is the lower bound of a Poisson rate (``n - sqrt(n)`` arrivals): planning spends only what
+    the stream is likely to pay back."""
 
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
@@ -48,6 +55,7 @@ class RoiForecast:
         self._seconds: float | None = None  # stream seconds still to come, announced
         self._since = 0  # ROIs seen since the announcement
         self._spans: dict[str, list[float]] = {}  # stream -> [first time_s, last time_s]
+        self._arrivals = 0  # ROIs after their stream's first BURST_S seconds
         self.seen = 0
 
     def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
@@ -60,11 +68,16 @@ class RoiForecast:
         self._since += 1
         span = self._spans.setdefault(stream_id, [time_s, time_s])
         span[0], span[1] = min(span[0], time_s), max(span[1], time_s)
+        if time_s - span[0] > BURST_S:
+            self._arrivals += 1
 
     def rate(self) -> float | None:
-        """New ROIs per second of stream time, summed over streams (None before 1 s)."""
-        seconds = sum(last - first for first, last in self._spans.values())
-        return self.seen / seconds if seconds >= 1.0 else None
+        """New ROIs per second of stream time after the start's burst, summed over streams, at
+        the lower end of what they suggest (None before 1 s of that)."""
+        seconds = sum(max(0.0, last - first - BURST_S) for first, last in self._spans.values())
+        if seconds < 1.0:
+            return None
+        return max(0.0, self._arrivals - math.sqrt(self._arrivals)) / seconds
 
     def remaining(self) -> tuple[float, str]:
         """(ROIs expected from now on, how that was estimated)."""
@@ -72,7 +85,7 @@ class RoiForecast:
             return max(0.0, self._expected - self._since), "announced ROI count"
         rate = self.rate()
         if rate is None:
-            return 0.0, "no rate yet (under 1 s of stream seen)"
+            return 0.0, f"no rate yet (under 1 s of stream seen after the first {BURST_S:g} s)"
         if self._seconds is not None:
             # Streams run side by side: the longest span seen is the stream time elapsed.
             elapsed = max(last - first for first, last in self._spans.values())
