@@ -102,9 +102,9 @@ def test_candidates_when_skipped_layers_carry_no_influence_rank_the_larger_savin
     assert ranked[0].plan.paths("skip") and ranked[0].p_pass == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(("returns", "expected"), [(5.0, -4.0), (50.0, 14.0)])
+@pytest.mark.parametrize(("returns", "expected"), [(5.0, -5.0), (50.0, 4.0), (100.0, 14.0)])
 def test_expected_value_when_confirmation_is_paid_either_way_weighs_only_the_return(
-        returns, expected):
+        returns, expected):  # 0.4 x returns at half (RETURN_DISCOUNT) - 6 s of confirmation
     plan = Plan.keep_all(PATHS)
     candidate = Candidate("a plan that passes 2 times in 5", plan, 0.5, -np.log(0.4))
 
