@@ -1,5 +1,5 @@
 """Plans shared between VLM replicas: one profiles, the others adopt its plan (no Ray needed:
-the board is a plain object here, a named actor in the Ray engine)."""
+the shared plans are a plain object here, a named actor in the Ray engine)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 from factories import make_rois
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig, load_config
-from vidqa.engines.fleet_plans import FleetAnswerer, PlanBoard, fleet_answerers
+from vidqa.engines.fleet_plans import Fleet, FleetGate, SharedPlans
 from vidqa.errors import ConfigError
 from vidqa.vlm.adaptive import AdaptiveAnswerer
 from vidqa.vlm.answerers import FullAnswerer
 from vidqa.vlm.compression.compressor import Compressor
+from vidqa.vlm.factory import make_answerers
 
 QUESTION = QuestionConfig(question="Is this person carrying a backpack?")
 
@@ -37,9 +38,10 @@ def settings(tmp_path, **overrides) -> AdaptiveConfig:
     return AdaptiveConfig(**{**base, **overrides})
 
 
-def replica(tiny_vlm, cfg: AdaptiveConfig, board: PlanBoard, name: str) -> FleetAnswerer:
-    return FleetAnswerer(tiny_vlm, QUESTION, cfg, board, name,
-                         compressor=Compressor(tiny_vlm.model))
+def replica(tiny_vlm, cfg: AdaptiveConfig, plans: SharedPlans, name: str) -> AdaptiveAnswerer:
+    cache, gate = Fleet(plans, name).cache_and_gate(cfg.cache_dir)
+    return AdaptiveAnswerer(tiny_vlm, QUESTION, cfg, cache=cache, gate=gate,
+                            compressor=Compressor(tiny_vlm.model))
 
 
 @pytest.mark.parametrize("calls, expected", [
@@ -48,27 +50,27 @@ def replica(tiny_vlm, cfg: AdaptiveConfig, board: PlanBoard, name: str) -> Fleet
     ([("k", "a"), ("k", "b"), ("k", "a")], [True, False, True]),
     ([("k", "a"), ("j", "b")], [True, True]),
 ])
-def test_board_claim_when_replicas_ask_then_first_owns_each_key(calls, expected):
-    board = PlanBoard()
+def test_shared_plans_claim_when_replicas_ask_then_first_owns_each_key(calls, expected):
+    plans = SharedPlans()
 
-    assert [board.claim(key, owner) for key, owner in calls] == expected
+    assert [plans.claim(key, owner) for key, owner in calls] == expected
 
 
-def test_board_retract_when_plan_disproved_then_gone_and_retractor_owns_key():
-    board = PlanBoard()
-    board.claim("k", "a")
-    board.publish("k", {"plan": 1})
+def test_shared_plans_retract_when_plan_disproved_then_gone_and_retractor_owns_key():
+    plans = SharedPlans()
+    plans.claim("k", "a")
+    plans.publish("k", {"plan": 1})
 
-    board.retract("k", "b")
+    plans.retract("k", "b")
 
-    assert board.plan("k") is None
-    assert (board.claim("k", "a"), board.claim("k", "b")) == (False, True)
+    assert plans.plan("k") is None
+    assert (plans.claim("k", "a"), plans.claim("k", "b")) == (False, True)
 
 
 def test_fleet_when_two_replicas_start_together_then_one_profiles_and_both_compress(
         tiny_vlm, tmp_path, profiled):
-    board, cfg = PlanBoard(), settings(tmp_path)
-    first, second = replica(tiny_vlm, cfg, board, "r1"), replica(tiny_vlm, cfg, board, "r2")
+    plans, cfg = SharedPlans(), settings(tmp_path)
+    first, second = replica(tiny_vlm, cfg, plans, "r1"), replica(tiny_vlm, cfg, plans, "r2")
 
     first.answer(make_rois([1]))
     waiting = second.answer(make_rois([5, 6]))  # two tracks: it would profile on its own
@@ -85,31 +87,66 @@ def test_fleet_when_two_replicas_start_together_then_one_profiles_and_both_compr
 
 def test_fleet_when_plan_disproved_then_the_disproving_replica_profiles_again(
         tiny_vlm, tmp_path, profiled):
-    board, cfg = PlanBoard(), settings(tmp_path)
-    first, second = replica(tiny_vlm, cfg, board, "r1"), replica(tiny_vlm, cfg, board, "r2")
+    plans, cfg = SharedPlans(), settings(tmp_path)
+    first, second = replica(tiny_vlm, cfg, plans, "r1"), replica(tiny_vlm, cfg, plans, "r2")
     first.answer(make_rois([1, 2]))
     second.answer(make_rois([3]))  # adopts the published plan
 
-    second._audits.append(False)  # its audits disagree with the plan
-    second._check_agreement()
+    second.auditor.window.append(False)  # its audits disagree with the plan
+    second._replan(second.auditor.shortfall())
     second.answer(make_rois([4, 5], frame=1))
     first.answer(make_rois([6, 7], frame=1))
 
     assert profiled == [[1, 2], [4, 5]]
-    assert board.plan(second.cache.key(second._key))["plan"] == second.plan.to_dict()
+    assert plans.plan(second.cache.key(second._key))["plan"] == second.plan.to_dict()
 
 
 @pytest.mark.parametrize("overrides, kind", [
-    ({}, FleetAnswerer),
+    ({}, AdaptiveAnswerer),
     ({"enabled": False}, FullAnswerer),
     ({"mode": "off"}, FullAnswerer),
 ])
-def test_fleet_answerers_when_adaptive_setting_then_kind(tiny_vlm, tmp_path, overrides, kind):
+def test_make_answerers_when_a_fleet_replica_then_kind_and_gate(tiny_vlm, tmp_path, overrides,
+                                                                kind):
     cfg = VlmConfig(questions=(QUESTION,), adaptive=settings(tmp_path, **overrides))
 
-    answerers = fleet_answerers(tiny_vlm, cfg, PlanBoard(), "r1")
+    answerers = make_answerers(tiny_vlm, cfg, Fleet(SharedPlans(), "r1"))
 
     assert [type(a) for a in answerers] == [kind]
+    if kind is AdaptiveAnswerer:
+        assert isinstance(answerers[0].gate, FleetGate)
+
+
+def test_make_answerers_when_a_fleet_replica_with_a_plan_file_then_it_answers_with_it(
+        tiny_vlm, tmp_path):
+    from vidqa.vlm.compression.plan import Plan
+    from vidqa.vlm.compression.plan_library import save_library
+
+    paths = Compressor(tiny_vlm.model).paths
+    plan = Plan({**{p: "keep" for p in paths}, paths[0]: "skip"})
+    library = save_library(tmp_path / "plans.json", tiny_vlm.info.name, paths,
+                           [{"question": QUESTION.question, "plan": plan.to_dict()}])
+    cfg = VlmConfig(questions=(QUESTION,),
+                    adaptive=settings(tmp_path, mode="auto", plan=str(library)))
+
+    answerer, = make_answerers(tiny_vlm, cfg, Fleet(SharedPlans(), "r1"))
+
+    assert answerer.phase == "compressed" and answerer.plan_source == "plan file"
+    assert answerer.plan.id == plan.id
+
+
+def test_make_answerers_when_a_fleet_replica_compiles_then_its_answerers_share_compiled_plans(
+        tiny_vlm, tmp_path):
+    from vidqa.vlm.compression.compiled import CompiledPlans
+
+    question2 = QuestionConfig(question="Is this person running?")
+    cfg = VlmConfig(questions=(QUESTION, question2),
+                    adaptive=settings(tmp_path, mode="auto", compile=True))
+
+    answerers = make_answerers(tiny_vlm, cfg, Fleet(SharedPlans(), "r1"))
+
+    assert all(isinstance(a.compiled, CompiledPlans) for a in answerers)
+    assert answerers[0].compiled is answerers[1].compiled
 
 
 def test_run_on_ray_when_ray_missing_then_config_error_says_how_to_install(monkeypatch,

@@ -2,7 +2,7 @@
 
 The driver (this process) checks the streams' files, joins ``run.ray_address`` or starts a local
 Ray for the run, deploys the VLM (one replica per GPU of the cluster, asking for it; one CPU
-replica when there is none), starts one :class:`~vidqa.engines.ray_workers.StreamActor` per
+replica when there is none), starts one :class:`~vidqa.engines.ray_actors.StreamActor` per
 stream and waits for them; Ctrl-C or SIGTERM stops every stream at its next frame, as in the
 local engine. The outputs are the local engine's: per stream ``annotated.mp4``, ``events.jsonl``
 and ``summary.json`` (in ``run_dir/<id>/`` when there are several streams, else in
@@ -10,7 +10,7 @@ and ``summary.json`` (in ``run_dir/<id>/`` when there are several streams, else 
 ``"engine": "ray"``. Stream actors write where they run: on a cluster of several machines,
 ``run_dir`` must be a folder every machine sees (the merged events are written on this one).
 
-Replicas share plans through a named plan board (:mod:`vidqa.engines.fleet_plans`): a question
+Replicas share plans through a named actor (:mod:`vidqa.engines.fleet_plans`): a question
 is profiled once for the whole run, not once per replica.
 
 Ray is an optional extra, imported only here and only when the engine is used.
@@ -31,6 +31,7 @@ from loguru import logger
 import vidqa
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
 from vidqa.engines.common import (
+    files_seconds,
     open_or_skip,
     run_summary,
     run_vlm_config,
@@ -49,54 +50,55 @@ def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     """Run every stream of ``cfg`` on Ray; writes and returns the run's summary."""
     ray, serve = _import_ray()
     specs, multi = cfg.stream_configs(), bool(cfg.streams)
-    paths, failed = _check_files(specs, multi)
+    paths, failed, files_s = _check_files(specs, multi, cfg.run.max_frames)
     with _ray_session(ray, cfg.run.ray_address) as started_here:
-        from vidqa.engines import ray_workers as workers  # imports Ray at its top
+        from vidqa.engines import ray_actors  # imports Ray at its top
 
         app = f"vidqa-{uuid.uuid4().hex[:8]}"
         serve.start(proxy_location="Disabled")  # crops go through handles: no HTTP at all
         try:
-            return _run(ray, workers, cfg, run_dir, app, specs, paths, failed)
+            return _run(ray, ray_actors, cfg, run_dir, app, specs, paths, failed, files_s)
         finally:
             if not started_here:  # a cluster we joined keeps running; our app does not
                 serve.delete(app)
 
 
-def _run(ray: Any, workers: Any, cfg: PipelineConfig, run_dir: Path, app: str,
-         specs: list[StreamConfig], paths: dict[str, Path | None],
-         failed: dict[str, str]) -> dict[str, Any]:
-    board = workers.start_board(f"{app}-plans")
+def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str,
+         specs: list[StreamConfig], paths: dict[str, Path | None], failed: dict[str, str],
+         files_s: float | None) -> dict[str, Any]:
+    plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
     writer = None
     if cfg.streams:
-        writer = workers.start_writer(run_dir / "events.jsonl",
+        writer = ray_actors.start_writer(run_dir / "events.jsonl",
                                       ray.get_runtime_context().get_node_id())
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
                 "GPU" if gpus else "CPU")
     vlm_cfg = run_vlm_config(cfg)
     # First the replicas, then the streams: created the other way round, the replica waited
     # for its CPU (a Serve scheduling stall seen on a 2-CPU local Ray) until the run hung.
-    handle = workers.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, replicas, gpus)
+    handle = ray_actors.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, files_s, replicas, gpus)
     models = {"vlm": handle.info.remote().result()}
     cpus = _stream_cpus(ray, len(specs), replicas)  # a replica takes one CPU
-    actors = {spec.id: workers.start_stream(cfg, spec, run_dir, paths[spec.id], app, writer,
+    actors = {spec.id: ray_actors.start_stream(cfg, spec, run_dir, paths[spec.id], app, writer,
                                             cpus)
               for spec in specs if spec.id not in failed}
     started = time.perf_counter()
     try:
         summaries = _wait(ray, actors, models)
     except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
-        write_single(run_dir, _vlm_summary(ray.get(board.summaries.remote())), engine="ray")
+        write_single(run_dir, _vlm_summary(ray.get(plans.summaries.remote())), engine="ray")
         raise (err.cause if isinstance(err.cause, BaseException) else err) from None
     finally:
         if writer is not None:
             ray.get(writer.close.remote())
-    vlm = _vlm_summary(ray.get(board.summaries.remote()))
+    vlm = _vlm_summary(ray.get(plans.summaries.remote()))
     summary = {**run_summary(cfg, run_dir, summaries, failed, vlm,
                              time.perf_counter() - started), "engine": "ray"}
     if cfg.streams:  # as the local engine: how the detectors batched
         summary["detectors"] = [{"stream": sid, **d} for sid, actor in actors.items()
                                 for d in _detector_summary(ray, actor)]
+    summary["nodes"] = {sid: _node(ray, actor) for sid, actor in actors.items()}
     write_json(run_dir / "summary.json", summary)
     return summary
 
@@ -107,6 +109,14 @@ def _detector_summary(ray: Any, actor: Any) -> list[dict[str, Any]]:
     except Exception as err:  # an actor that died has nothing to say
         logger.warning("no detector summary from a stream actor: {}", err)
         return []
+
+
+def _node(ray: Any, actor: Any) -> str | None:
+    """The Ray node a stream actor ran on."""
+    try:
+        return ray.get(actor.node.remote(), timeout=30)
+    except Exception:  # an actor that died has nothing to say
+        return None
 
 
 def _wait(ray: Any, actors: dict[str, Any], models: dict[str, Any]
@@ -168,18 +178,21 @@ def _worker_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([here, *inherited]))}
 
 
-def _check_files(specs: list[StreamConfig], multi: bool
-                 ) -> tuple[dict[str, Path | None], dict[str, str]]:
+def _check_files(specs: list[StreamConfig], multi: bool, max_frames: int
+                 ) -> tuple[dict[str, Path | None], dict[str, str], float | None]:
     """Open every file and MOT folder once before Ray starts, as the local engine does before it
     loads the model: a missing or unreadable one fails the run fast (one stream) or is
-    reported and skipped (several). Live sources are opened by their actors."""
+    reported and skipped (several). Live sources are opened by their actors. Also the files'
+    seconds still to come, for the replicas' planning (None with a live stream)."""
     paths: dict[str, Path | None] = {}
     failed: dict[str, str] = {}
+    stats = []
     for spec in specs:
         paths[spec.id] = path = source_path(spec.source)
         if path is not None and (source := open_or_skip(spec, path, failed, multi)):
+            stats.append(source.stats())
             source.close()
-    return paths, failed
+    return paths, failed, files_seconds(specs, stats, max_frames)
 
 
 def _replicas(ray: Any, cfg: VlmConfig) -> tuple[int, bool]:

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -150,3 +150,11 @@ class FullAnswerer:
     def summary(self) -> dict[str, Any]:
         return {"question": self.question.question, "mode": "full", "vlm_rois": self.rois,
                 "vlm_seconds": round(self.seconds, 3)}
+
+
+class Answerer(Protocol):
+    question: QuestionConfig
+
+    def answer(self, rois: list[Roi], shared: SharedVision | None = None) -> list[Answer]: ...
+
+    def summary(self) -> dict[str, Any]: ...

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from loguru import logger
 
-from vidqa.config import QuestionConfig, VlmConfig
+from vidqa.config import VlmConfig
 from vidqa.messages import Answer, Roi
-from vidqa.vlm.answerers import FullAnswerer, SharedVision
+from vidqa.vlm.answerers import Answerer, SharedVision
+from vidqa.vlm.factory import make_answerers
 from vidqa.vlm.model import VisionLanguageModel
-
-
-class Answerer(Protocol):
-    question: QuestionConfig
-
-    def answer(self, rois: list[Roi], shared: SharedVision | None = None) -> list[Answer]: ...
-
-    def summary(self) -> dict[str, Any]: ...
 
 
 class BatchAnswerer:
@@ -87,73 +80,3 @@ class BatchAnswerer:
                 "vision_reuse": {"features_computed": self._shared["computed"],
                                  "features_reused": self._shared["reused"]},
                 "questions": [answerer.summary() for answerer in self.answerers]}
-
-
-def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig) -> list[Answerer]:
-    """One answerer per question; adaptive ones share the plan file and compiled plans."""
-    adaptive = cfg.adaptive
-    on = adaptive.enabled and adaptive.mode != "off"
-    if not on and not adaptive.compile:
-        body = cuda_graphs(vlm, cfg)
-        return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
-    from vidqa.vlm.compression.compressor import compressor_for  # compression loads lazily
-
-    compressor = compressor_for(vlm.model)
-    compiled = None
-    if adaptive.compile:
-        from vidqa.vlm.compression.compiled import CompiledPlans
-        from vidqa.vlm.compression.plan import Plan
-
-        compiled = CompiledPlans(vlm.model, compressor)
-        if not on:  # the full model compiled the same way, for fair comparisons
-            body = compiled.body(Plan.keep_all(compressor.paths))
-            return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
-    library = _library(adaptive.plan, compressor.paths)
-    return [make_answerer(vlm, q, cfg, library, compiled) for q in cfg.questions]
-
-
-def cuda_graphs(vlm: VisionLanguageModel, cfg: VlmConfig) -> Any:
-    """The model's CUDA graphs (:mod:`vidqa.vlm.graphs`), captured now for every yes/no
-    question, when they apply: ``vlm.cuda_graphs``, a CUDA device, one tile per crop. A model
-    whose pass cannot be captured runs eager, and says so."""
-    prompts = [vlm.prompt(q.question) for q in cfg.questions if q.answer == "yesno"]
-    if not (cfg.cuda_graphs and prompts and vlm.device.type == "cuda"
-            and not vlm.image_splitting):
-        return None
-    from vidqa.vlm.graphs import CudaGraphs, buckets
-
-    if vlm.graphs is None or vlm.graphs.sizes[-1] < cfg.batch_size:
-        vlm.graphs = CudaGraphs(vlm, buckets(cfg.batch_size))
-    try:
-        return vlm.graphs.warm(prompts)
-    except RuntimeError as err:
-        while err.__context__ is not None:  # the capture's own error hides what broke it
-            err = err.__context__
-        logger.warning("CUDA graphs could not be captured ({}: {}): the model runs eager, "
-                       "launch by launch. Set vlm.cuda_graphs: false to skip the attempt.",
-                       type(err).__name__, str(err).splitlines()[0])
-        vlm.graphs = None
-        return None
-
-
-def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig,
-                  library: Sequence[Any] = (), compiled: Any = None) -> Answerer:
-    """The adaptive answerer when ``vlm.adaptive`` is on, else the full model."""
-    adaptive = cfg.adaptive
-    if adaptive.enabled and adaptive.mode != "off":
-        from vidqa.vlm.adaptive import AdaptiveAnswerer  # the compression machinery loads lazily
-
-        return AdaptiveAnswerer(vlm, question, adaptive, max_new_tokens=cfg.max_new_tokens,
-                                library=library, compiled=compiled)
-    return FullAnswerer(vlm, question, cfg.max_new_tokens)
-
-
-def _library(setting: str, paths: Sequence[str]) -> list[Any]:
-    """The plans of ``vlm.adaptive.plan`` (a file or folder), or none for ``auto``."""
-    if setting == "auto":
-        return []
-    from vidqa.vlm.compression.plan_library import load_library
-
-    library = load_library(setting, paths)
-    logger.info("plan file {}: {} plan(s) for this model", setting, len(library))
-    return library

@@ -10,9 +10,9 @@ import pytest
 import torch
 from factories import make_identity_layer, make_rois
 
-import vidqa.vlm.adaptive as adaptive
+import vidqa.vlm.adaptive.runner as runner
 from vidqa.config import AdaptiveConfig, QuestionConfig
-from vidqa.vlm.adaptive import AdaptiveAnswerer
+from vidqa.vlm.adaptive import AdaptiveAnswerer, plan_offline
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, layer_paths
 from vidqa.vlm.compression.plan import Plan
@@ -40,7 +40,7 @@ def fixed_seconds(monkeypatch):
     tiny model's 6 layers 0.16 s of it (the model swapped, or a plan's own module)."""
     monkeypatch.setattr(StreamProfile, "layer_seconds_per_roi",
                         lambda self: np.full(len(self.layers), 0.16))
-    real_ask = adaptive.ask
+    real_ask = runner.ask
 
     def ask(vlm, question, batch, max_new_tokens, shared=None, vision_key="full", body=None,
             trace=None):
@@ -50,7 +50,7 @@ def fixed_seconds(monkeypatch):
                          for m in (vlm.model if body is None else body).modules())
         seconds = len(batch) * (0.25 if compressed else 1.0)
         return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
-    monkeypatch.setattr(adaptive, "ask", ask)
+    monkeypatch.setattr(runner, "ask", ask)
 
 
 def config(tmp_path, **overrides) -> AdaptiveConfig:
@@ -61,14 +61,14 @@ def config(tmp_path, **overrides) -> AdaptiveConfig:
 
 def flip_when_compressed(query: AdaptiveAnswerer, monkeypatch) -> None:
     """From now on, answers given while ``query``'s model is compressed are flipped."""
-    fixed = adaptive.ask
+    fixed = runner.ask
 
     def flipped(vlm, q, batch, *args, **kwargs):
         asked = fixed(vlm, q, batch, *args, **kwargs)
         if query.compressor.current.compressed:
             asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
         return asked
-    monkeypatch.setattr(adaptive, "ask", flipped)
+    monkeypatch.setattr(runner, "ask", flipped)
 
 
 def make(vlm, cfg, question=QUERY, **kwargs) -> AdaptiveAnswerer:
@@ -251,7 +251,7 @@ def test_borrow_when_nearest_question_has_a_plan_checks_it_on_held_out_tracks(
     first = make(identity_model, cfg)
     first.expect(rois=1000)
     first.answer(rois([1, 2]))
-    fixed = adaptive.ask
+    fixed = runner.ask
     new = make(identity_model, cfg, question=BAG)
     new.expect(rois=1000)
 
@@ -260,7 +260,7 @@ def test_borrow_when_nearest_question_has_a_plan_checks_it_on_held_out_tracks(
         if flip and new.phase == "borrow" and new.compressor.current.compressed:
             asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
         return asked
-    monkeypatch.setattr(adaptive, "ask", flipped)
+    monkeypatch.setattr(runner, "ask", flipped)
 
     assert new.phase == "borrow"
     checked = new.answer(rois([5, 6]))
@@ -315,7 +315,7 @@ def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_pat
 def test_plan_offline_when_sample_crops_given_returns_a_checked_plan_entry(
         identity_model, tmp_path, fixed_seconds):
     cfg = config(tmp_path)
-    entry = adaptive.plan_offline(identity_model, QUERY, rois([1, 2, 3, 4]), cfg,
+    entry = plan_offline(identity_model, QUERY, rois([1, 2, 3, 4]), cfg,
                                   batch_size=2)
 
     plan = Plan.from_dict(entry["plan"])

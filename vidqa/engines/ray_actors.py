@@ -30,7 +30,7 @@ from ray import serve
 from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
 from vidqa.engines.common import json_of
-from vidqa.engines.fleet_plans import PlanBoard, fleet_answerers
+from vidqa.engines.fleet_plans import Fleet, SharedPlans
 from vidqa.errors import VidqaError
 from vidqa.messages import Answer
 from vidqa.pipeline import stream_pipeline
@@ -42,12 +42,13 @@ from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
+from vidqa.vlm.factory import make_answerers
 
 DEPLOYMENT = "VlmDeployment"
 
 
-class BoardProxy:
-    """The board actor called like a local :class:`PlanBoard` (each call waits for its reply)."""
+class ActorProxy:
+    """An actor called like the local object it wraps (each call waits for its reply)."""
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
@@ -61,15 +62,18 @@ class VlmDeployment:
     """The run's VLM: each replica loads the model and answers batches of crops. Made a
     deployment by :func:`start_vlm` (at import time it could not be pickled by reference)."""
 
-    def __init__(self, cfg: VlmConfig, board_name: str, run_dir: str) -> None:
+    def __init__(self, cfg: VlmConfig, plans_name: str, run_dir: str,
+                 files_s: float | None) -> None:
         logger.add(Path(run_dir) / LOG_NAME, level="INFO")  # the model's lines in the run's log
         self.cfg = cfg
         info = assets.resolve_vlm(cfg.model, cfg.revision)
         vlm = assets.load_vlm(cfg, info)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.board = BoardProxy(ray.get_actor(board_name))
+        self.plans = ActorProxy(ray.get_actor(plans_name))
         self.answerer = BatchAnswerer(vlm, cfg,
-                                      fleet_answerers(vlm, cfg, self.board, self.replica))
+                                      make_answerers(vlm, cfg, Fleet(self.plans, self.replica)))
+        if files_s is not None:  # the driver measured the files before deploying
+            self.answerer.expect(seconds=files_s)
         self.stats = ServiceStats()
         self._answer_batch.set_max_batch_size(cfg.batch_size)
         self._answer_batch.set_batch_wait_timeout_s(cfg.max_wait_ms / 1000)
@@ -107,11 +111,11 @@ class VlmDeployment:
         return results
 
     def _post_summary(self) -> None:
-        """This replica's stage and batching figures, to the board (the run's summary reads
-        them there: a handle cannot address one replica)."""
+        """This replica's answerer and batching figures, to the shared plans (the run's summary
+        reads them there: a handle cannot address one replica)."""
         service = {**self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000),
                    "worker": "ray"}
-        self.board.post(self.replica, {**self.answerer.summary(), "service": service})
+        self.plans.post(self.replica, {**self.answerer.summary(), "service": service})
 
 
 class EventsWriter:
@@ -196,6 +200,10 @@ class StreamActor:
         """How this stream's detector batched (alone in its actor: batches of one)."""
         return [self.tracker.detector.summary()] if self.tracker is not None else []
 
+    def node(self) -> str:
+        """The Ray node this actor runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     def stop(self, reason: str) -> None:
         """Stop at the next frame, as the local engine does on Ctrl-C or SIGTERM."""
         self.stop_reason = reason
@@ -209,9 +217,10 @@ class StreamActor:
 
 def start_stream(cfg: PipelineConfig, spec: StreamConfig, run_dir: Path, path: Path | None,
                  app: str, writer: Any | None, num_cpus: float) -> Any:
-    """The stream's actor; ``run()`` and ``stop()`` may run at the same time."""
+    """The stream's actor; ``run()`` and ``stop()`` may run at the same time. Stream actors
+    spread over the cluster's nodes (each tracks on its node's cores)."""
     actor = ray.remote(StreamActor).options(num_cpus=num_cpus, max_concurrency=2,
-                                            name=f"{app}-{spec.id}")
+                                            name=f"{app}-{spec.id}", scheduling_strategy="SPREAD")
     return actor.remote(cfg, spec, str(run_dir), None if path is None else str(path), app,
                         writer)
 
@@ -225,19 +234,20 @@ def start_writer(path: Path, node_id: str) -> Any:
         str(path))
 
 
-def start_board(name: str) -> Any:
-    """The run's plan board, a named actor the replicas look up."""
-    return ray.remote(PlanBoard).options(name=name, num_cpus=0).remote()
+def start_shared_plans(name: str) -> Any:
+    """The run's shared plans, a named actor the replicas look up."""
+    return ray.remote(SharedPlans).options(name=name, num_cpus=0).remote()
 
 
-def start_vlm(cfg: VlmConfig, app: str, board_name: str, run_dir: Path, num_replicas: int,
-              gpus: bool) -> Any:
-    """Deploy the VLM as application ``app`` and wait until its replicas are up."""
+def start_vlm(cfg: VlmConfig, app: str, plans_name: str, run_dir: Path, files_s: float | None,
+              num_replicas: int, gpus: bool) -> Any:
+    """Deploy the VLM as application ``app`` and wait until its replicas are up; ``files_s``:
+    the files' seconds still to come (None: a live stream), told to every replica."""
     deployment = serve.deployment(
         VlmDeployment, name=DEPLOYMENT, num_replicas=num_replicas,
         ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 1},
         # Every stream may have vlm.queue_size crops out; a replica must take a whole batch.
         max_ongoing_requests=max(cfg.queue_size, cfg.batch_size),
         logging_config={"enable_access_log": False})  # no log line per crop
-    return serve.run(deployment.bind(cfg, board_name, str(run_dir)), name=app,
+    return serve.run(deployment.bind(cfg, plans_name, str(run_dir), files_s), name=app,
                      route_prefix=None)
