@@ -65,7 +65,7 @@ def clip_rois(source: str, crops: Path | None, count: int) -> list[Roi]:
                                           int(rng.integers(50, 120)), 3), dtype=np.uint8), "new")
                 for i in range(count)]
     from vidqa.config import PipelineConfig
-    from vidqa.experiments.common import tracked
+    from vidqa.pipeline import tracked
     from vidqa.sources import open_source, source_path
 
     cfg = PipelineConfig()

@@ -24,10 +24,11 @@ from transformers.image_processing_utils import SizeDict
 from vidqa import assets
 from vidqa.clock import StageClock
 from vidqa.config import PipelineConfig, QuestionConfig, VlmConfig
-from vidqa.experiments.common import tracked
+from vidqa.pipeline import tracked
 from vidqa.roi import clip_box, pad_box
 from vidqa.sources import open_source, source_path
 from vidqa.vlm.answerers import FullAnswerer
+from vidqa.vlm.loading import load_vlm
 from vidqa.vlm.model import VisionLanguageModel
 
 QUESTION = "Is this person carrying a backpack?"
@@ -87,7 +88,7 @@ def vidqa_seconds(vlm: VisionLanguageModel, results: list, batch_size: int) -> t
 
 def main(frames: int = 60, seed_sample: int = 4, batch_size: int = 8, model: str = "auto") -> None:
     results, decode_s, track_s = track_slice(frames)
-    vlm = assets.load_vlm(VlmConfig(model=model))
+    vlm = load_vlm(VlmConfig(model=model))
     info = vlm.info
     crops = every_box(results)
     vidqa_s, vidqa_calls = vidqa_seconds(vlm, results, batch_size)

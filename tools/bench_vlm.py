@@ -41,21 +41,21 @@ from loguru import logger
 from vidqa import assets
 from vidqa.assets.smolvlm import SCALE_FACTOR, TEXT_256M, VISION_256M, build_random_smolvlm
 from vidqa.config import PipelineConfig, RoiConfig, VlmConfig
-from vidqa.experiments.common import peak_memory, peak_memory_reset, tracked
+from vidqa.experiments.common import peak_memory, peak_memory_reset
+from vidqa.experiments.plan_search import ForwardEvaluator, auto_plan
+from vidqa.pipeline import tracked
 from vidqa.sources import open_source, source_path
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.operators import module_bytes
-from vidqa.vlm.compression.plan import Plan
-from vidqa.vlm.compression.planner import (
-    ForwardEvaluator,
-    auto_plan,
+from vidqa.vlm.compression.orders import (
     compare,
     importance_order,
     operator_orders,
     operator_plan,
 )
+from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.graphs import CudaGraphs, buckets
-from vidqa.vlm.model import VisionLanguageModel, timed_margins
+from vidqa.vlm.loading import load_vlm
+from vidqa.vlm.model import VisionLanguageModel, module_bytes, timed_margins
 from vidqa.vlm.profiling.importance import Profile, profile_rois
 
 QUESTION = "Is this person carrying a backpack?"
@@ -75,7 +75,7 @@ def load_model(spec: str, device: str, dtype: str) -> VisionLanguageModel:
                                           "tie_word_embeddings": True})
         info = assets.ModelInfo(requested=spec, resolved=str(path), note="random init, 256M shape")
         return VisionLanguageModel.load(info, device, dtype, local_files_only=True)
-    return assets.load_vlm(VlmConfig(model=spec, device=device, dtype=dtype))
+    return load_vlm(VlmConfig(model=spec, device=device, dtype=dtype))
 
 
 def video_crops(count: int, max_frames: int = 400) -> list[np.ndarray]:

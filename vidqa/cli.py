@@ -108,10 +108,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compress_report(args: argparse.Namespace) -> int:
-    from vidqa.assets import load_vlm
     from vidqa.config import load_config
-    from vidqa.experiments.common import collect_rois
     from vidqa.experiments.compression_sweep import ReportConfig, compression_report
+    from vidqa.pipeline import collect_rois
+    from vidqa.vlm.loading import load_vlm
 
     overrides = list(args.set or [])
     if args.source:
@@ -134,12 +134,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Plan each question on sample crops now and store the plans in one file."""
     import dataclasses
 
-    from vidqa.assets import load_vlm
     from vidqa.config import QuestionConfig, load_config
-    from vidqa.experiments.common import collect_rois
+    from vidqa.pipeline import collect_rois
     from vidqa.vlm.adaptive import plan_offline
     from vidqa.vlm.compression.compressor import compressor_for
     from vidqa.vlm.compression.plan_library import save_library
+    from vidqa.vlm.loading import load_vlm
 
     overrides = list(args.set or []) + [f"vlm.device={args.device}"]
     overrides += [f"source.path={args.source}"] if args.source else []

@@ -160,3 +160,21 @@ class FrameResult:
     answers: tuple[Answer, ...] = ()
     ended_tracks: tuple[int, ...] = ()  # tracks the cropper declared dead at this frame
     alerts: tuple[Any, ...] = ()  # vidqa.zones.Alert raised at this frame by the rules
+
+
+class LatestAnswers:
+    """The newest answer of each live track to each question, forgotten when the track ends;
+    an answer that arrives after its track ended is not kept (it is still an event)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, dict[str, Answer]] = {}
+        self.alive: set[int] = set()
+
+    def update(self, result: FrameResult) -> None:
+        self.alive.update(result.detections.track_id.tolist())
+        for answer in result.answers:
+            if answer.track_id in self.alive:
+                self.latest.setdefault(answer.track_id, {})[answer.question] = answer
+        for track_id in result.ended_tracks:
+            self.latest.pop(track_id, None)
+            self.alive.discard(track_id)

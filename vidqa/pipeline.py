@@ -26,9 +26,9 @@ from tqdm import tqdm
 from vidqa import assets
 from vidqa.clock import StageClock
 from vidqa.config import PipelineConfig, StreamConfig
-from vidqa.errors import VidqaError
-from vidqa.messages import FrameResult
-from vidqa.roi import RoiPolicy
+from vidqa.errors import SourceError, VidqaError
+from vidqa.messages import FrameResult, Roi
+from vidqa.roi import RoiPolicy, distinct_tracks
 from vidqa.run import (
     EXIT_CODES,
     LOG_NAME,
@@ -48,8 +48,9 @@ from vidqa.sinks import (
     VideoSink,
     WindowSink,
 )
-from vidqa.sources import Source, is_live
+from vidqa.sources import Source, is_live, open_source, source_path
 from vidqa.storage import write_json
+from vidqa.tracking import PersonTracker
 
 # How long a stream waits, after its last frame, for answers still with the VLM.
 FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
@@ -234,3 +235,41 @@ def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, sour
 
 def _asdict(info: Any) -> dict[str, Any]:
     return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+
+
+def tracked(cfg: PipelineConfig, source: Source, max_frames: int = 0,
+            clock: StageClock | None = None) -> Iterator[FrameResult]:
+    """The pipeline's front half on an open ``source``: frames, tracked people and the crops
+    the ROI policy (``cfg.roi``) asks about — what a run would send to the VLM. ``clock``
+    times the source, tracker and roi stages."""
+    clock = clock or StageClock()
+    tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
+    policy = RoiPolicy(cfg.roi)
+    frames = clock.wrap("source", itertools.islice(source, max_frames or None))
+    return clock.wrap("roi", policy(clock.wrap("tracker", tracker(frames))))
+
+
+def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
+                 ) -> tuple[list[Roi], dict[str, Any]]:
+    """The first crop of each of the first ``count`` tracks, from the pipeline's own source,
+    tracker and cropper, and the source's stats. Used by ``vidqa plan`` and the experiments
+    (validate, compress-report) so they see exactly the crops a run would send to the VLM.
+
+    Stops reading as soon as ``count`` distinct tracks have a crop (or after ``max_frames``).
+    A tracker can give one person a new id after losing them; taking the first tracks of a
+    clip makes that unlikely.
+    """
+    once = dataclasses.replace(cfg, roi=dataclasses.replace(cfg.roi, reask_every=0,
+                                                             reask_growth=0.0))
+    with open_source(cfg.source, source_path(cfg.source)) as source:
+        results = tracked(once, source, max_frames)
+        chosen = distinct_tracks((roi for result in results for roi in result.rois), count)
+        stats = source.stats()
+    if not chosen:
+        raise SourceError(f"no person crop found in {stats['source_id']} (frames read: "
+                          f"{stats.get('frames_read')}): check the video, tracker.conf or "
+                          f"roi.min_width/min_height")
+    if len(chosen) < count:
+        logger.warning("only {} distinct tracks found in {} (asked for {})", len(chosen),
+                       stats["source_id"], count)
+    return chosen, stats

@@ -29,12 +29,10 @@ import numpy as np
 
 from vidqa.config import PipelineConfig, RuleConfig, ZoneConfig
 from vidqa.errors import OutputError
-from vidqa.messages import Answer, Detections, FrameResult
-from vidqa.sinks.annotation import AnswerBoard
+from vidqa.messages import Answer, FrameResult, LatestAnswers
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
 ZONE_COLOURS = ((255, 180, 0), (0, 200, 255), (200, 0, 200), (0, 220, 120), (120, 120, 255))
-ALERT_COLOUR = (0, 0, 255)  # BGR red
 ZONE_ALPHA = 0.25  # opacity of the zone fill on the overlay
 DWELL_TOLERANCE_S = 1e-6  # frame times are index / fps: 1.9 - 0.9 must count as 1.0 s
 
@@ -154,7 +152,7 @@ class RuleEngine:
                ) -> list[Alert]:
         """Advance the dwell of every track in ``result``; the alerts that fire at this frame.
 
-        ``latest`` is the newest answer per track and question text (``AnswerBoard.latest``),
+        ``latest`` is the newest answer per track and question text (``LatestAnswers.latest``),
         already updated with ``result``'s answers.
         """
         alerts: list[Alert] = []
@@ -167,22 +165,6 @@ class RuleEngine:
         for track_id in result.ended_tracks:
             self._tracks.pop(track_id, None)
         return alerts
-
-    def alerted(self, track_id: int) -> list[str]:
-        """The rules that fired for the track, for the overlay."""
-        state = self._tracks.get(track_id)
-        return list(state.alerted) if state else []
-
-    def mark(self, image: np.ndarray, detections: Detections) -> np.ndarray:
-        """Draw a red frame and the rule names over alerted tracks onto ``image``; return it."""
-        for row, track_id in enumerate(detections.track_id.tolist()):
-            rules = self.alerted(track_id)
-            if not rules:
-                continue
-            x1, y1, x2, y2 = (int(v) for v in detections.xyxy[row])
-            cv2.rectangle(image, (x1 - 3, y1 - 3), (x2 + 3, y2 + 3), ALERT_COLOUR, 3)
-            _outlined_text(image, "! " + ", ".join(rules), (x1, y2 + 16), ALERT_COLOUR)
-        return image
 
     def _update_track(self, result: FrameResult, track_id: int, bbox: BBox,
                       answers: Mapping[str, Answer]) -> list[Alert]:
@@ -245,11 +227,11 @@ class RuleStage:
 
     def __init__(self, engine: RuleEngine) -> None:
         self.engine = engine
-        self.board = AnswerBoard()  # the latest answer of each live track, for the rules
+        self.answers = LatestAnswers()  # the latest answer of each live track, for the rules
 
     def update(self, result: FrameResult) -> FrameResult:
-        self.board.update(result)
-        alerts = self.engine.update(result, self.board.latest)
+        self.answers.update(result)
+        alerts = self.engine.update(result, self.answers.latest)
         return dataclasses.replace(result, alerts=result.alerts + tuple(alerts))
 
     def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:

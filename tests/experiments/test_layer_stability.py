@@ -8,9 +8,9 @@ from vidqa.assets.types import ModelInfo
 from vidqa.config import PipelineConfig, RoiConfig
 from vidqa.errors import ConfigError
 from vidqa.experiments import layer_stability as validate
-from vidqa.experiments.common import collect_rois
 from vidqa.experiments.stats import DECISION_TABLE
 from vidqa.messages import Roi
+from vidqa.pipeline import collect_rois
 from vidqa.roi import distinct_tracks
 from vidqa.vlm.model import VisionLanguageModel
 from vidqa.vlm.profiling.importance import Profile

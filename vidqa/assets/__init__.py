@@ -22,11 +22,11 @@ from vidqa.assets.detector import configure_offline_ultralytics, person_classes,
 from vidqa.assets.fetch import cache_dir, hub_reachable
 from vidqa.assets.types import STANDIN_WARNING, DetectorInfo, ModelInfo
 from vidqa.assets.video import sample_video
-from vidqa.assets.vlm import load_vlm, prefetch_hub, resolve_vlm, warn_standin
+from vidqa.assets.vlm import prefetch_hub, resolve_vlm, warn_standin
 from vidqa.clock import timed
 
 __all__ = ["STANDIN_WARNING", "DetectorInfo", "ModelInfo", "cache_dir",
-           "configure_offline_ultralytics", "fetch_all", "hub_reachable", "load_vlm",
+           "configure_offline_ultralytics", "fetch_all", "hub_reachable",
            "person_classes", "resolve_detector", "resolve_vlm", "sample_video", "warn_standin"]
 
 

@@ -32,9 +32,7 @@ from vidqa.assets.smolvlm import (
     make_processor,
     smolvlm_config,
 )
-from vidqa.assets.types import ModelInfo
 from vidqa.errors import ModelError
-from vidqa.vlm.model import VisionLanguageModel
 
 STANDIN_VERSION = 1  # bump when the recipe changes: older builds are rebuilt
 MARKER = "standin.json"
@@ -155,10 +153,12 @@ def _copy_text_weights(llm: torch.nn.Module, model: Idefics3ForConditionalGenera
 
 
 def _verify(out: Path, reference: str) -> str:
-    """Load ``out`` as users will and check its text model answers exactly like SmolLM2."""
-    info = ModelInfo(requested="standin", resolved=str(out), standin=True)
-    vlm = VisionLanguageModel.load(info, device="cpu", dtype="float32", local_files_only=True)
-    answer = greedy_text(vlm.model, vlm.processor.tokenizer, SANITY_PROMPT)
+    """Load ``out`` as users will (``from_pretrained``) and check its text model answers
+    exactly like SmolLM2."""
+    model = Idefics3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32,
+                                                             local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    answer = greedy_text(model, tokenizer, SANITY_PROMPT)
     if answer != reference:
         raise ModelError(f"stand-in text model answers {answer!r}, SmolLM2 itself {reference!r}: "
                          f"the text weights were not copied faithfully")

@@ -13,8 +13,7 @@ from vidqa.assets.types import STANDIN_WARNING, ModelInfo
 from vidqa.errors import ModelError
 
 if TYPE_CHECKING:  # torch and transformers take seconds to import: only when a VLM loads
-    from vidqa.config import VlmConfig
-    from vidqa.vlm.model import VisionLanguageModel
+    pass
 
 SMOLVLM_ID = "HuggingFaceTB/SmolVLM-500M-Instruct"
 STANDIN_DIRNAME = "smolvlm-256m-standin"
@@ -97,13 +96,3 @@ def warn_standin(info: ModelInfo) -> None:
     logger.warning(STANDIN_WARNING)
     logger.warning("For real answers run where the Hugging Face hub is reachable (vlm.model: auto)")
     logger.warning("=" * 78)
-
-
-def load_vlm(cfg: VlmConfig, info: ModelInfo | None = None) -> VisionLanguageModel:
-    """Resolve (unless given) and load the configured VLM, warning loudly about a stand-in."""
-    from vidqa.vlm.model import VisionLanguageModel
-
-    info = info or resolve_vlm(cfg.model, cfg.revision)
-    warn_standin(info)
-    return VisionLanguageModel.load(info, cfg.device, cfg.dtype, cfg.image_splitting,
-                                    local_files_only=not hub_reachable())

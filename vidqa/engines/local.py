@@ -36,6 +36,7 @@ from vidqa.sources import Source, is_camera, is_live, source_path
 from vidqa.storage import write_json
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
+from vidqa.vlm.loading import load_vlm
 
 
 class LocalRun:
@@ -208,7 +209,7 @@ def start_service(cfg: VlmConfig, log_path: Path, clients: int = 0, live: bool =
     if clients or _worker(cfg, live) == "process":
         service = WorkerService(cfg, info, log_path, clients).start()
         return None, service, service.info
-    vlm = assets.load_vlm(cfg, info)
+    vlm = load_vlm(cfg, info)
     answerer = BatchAnswerer(vlm, cfg)
     service = BatchingService(answerer.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size,
                               expect=lambda seconds: answerer.expect(seconds=seconds))

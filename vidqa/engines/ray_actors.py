@@ -43,6 +43,7 @@ from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.factory import make_answerers
+from vidqa.vlm.loading import load_vlm
 
 DEPLOYMENT = "VlmDeployment"
 
@@ -67,7 +68,7 @@ class VlmDeployment:
         logger.add(Path(run_dir) / LOG_NAME, level="INFO")  # the model's lines in the run's log
         self.cfg = cfg
         info = assets.resolve_vlm(cfg.model, cfg.revision)
-        vlm = assets.load_vlm(cfg, info)
+        vlm = load_vlm(cfg, info)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.plans = ActorProxy(ray.get_actor(plans_name))
         self.answerer = BatchAnswerer(vlm, cfg,

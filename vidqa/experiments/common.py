@@ -1,66 +1,19 @@
-"""What both experiments share: the crops a run would send to the VLM, labels, memory peaks."""
+"""What both experiments share: labels, output folders, memory peaks."""
 
 from __future__ import annotations
 
 import csv
 import ctypes
-import dataclasses
-import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from loguru import logger
 
-from vidqa.clock import StageClock
-from vidqa.config import PipelineConfig
-from vidqa.errors import ConfigError, OutputError, SourceError
-from vidqa.messages import FrameResult, Roi
-from vidqa.roi import RoiPolicy, distinct_tracks
-from vidqa.sources import Source, open_source, source_path
-from vidqa.tracking import PersonTracker
-
-
-def tracked(cfg: PipelineConfig, source: Source, max_frames: int = 0,
-            clock: StageClock | None = None) -> Iterator[FrameResult]:
-    """The pipeline's front half on an open ``source``: frames, tracked people and the crops
-    the ROI policy (``cfg.roi``) asks about — what a run would send to the VLM. ``clock``
-    times the source, tracker and roi stages."""
-    clock = clock or StageClock()
-    tracker = PersonTracker(cfg.tracker, reset_after_s=cfg.source.reset_tracks_after_s)
-    policy = RoiPolicy(cfg.roi)
-    frames = clock.wrap("source", itertools.islice(source, max_frames or None))
-    return clock.wrap("roi", policy(clock.wrap("tracker", tracker(frames))))
-
-
-def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
-                 ) -> tuple[list[Roi], dict[str, Any]]:
-    """The first crop of each of the first ``count`` tracks, from the pipeline's own source,
-    tracker and cropper, and the source's stats. Used by the experiments (validate,
-    compress-report) so they see exactly the crops a run would send to the VLM.
-
-    Stops reading as soon as ``count`` distinct tracks have a crop (or after ``max_frames``).
-    A tracker can give one person a new id after losing them; taking the first tracks of a
-    clip makes that unlikely.
-    """
-    once = dataclasses.replace(cfg, roi=dataclasses.replace(cfg.roi, reask_every=0,
-                                                             reask_growth=0.0))
-    with open_source(cfg.source, source_path(cfg.source)) as source:
-        results = tracked(once, source, max_frames)
-        chosen = distinct_tracks((roi for result in results for roi in result.rois), count)
-        stats = source.stats()
-    if not chosen:
-        raise SourceError(f"no person crop found in {stats['source_id']} (frames read: "
-                          f"{stats.get('frames_read')}): check the video, tracker.conf or "
-                          f"roi.min_width/min_height")
-    if len(chosen) < count:
-        logger.warning("only {} distinct tracks found in {} (asked for {})", len(chosen),
-                       stats["source_id"], count)
-    return chosen, stats
+from vidqa.errors import ConfigError, OutputError
+from vidqa.messages import Roi
 
 
 def load_labels(path: str | Path) -> dict[str, str]:

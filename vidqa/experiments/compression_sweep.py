@@ -42,16 +42,15 @@ from vidqa.experiments.plots import plot_impact
 from vidqa.messages import Roi
 from vidqa.storage import write_json
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.operators import module_bytes
-from vidqa.vlm.compression.plan import Plan
-from vidqa.vlm.compression.planner import (
+from vidqa.vlm.compression.orders import (
     Scope,
     compare,
     importance_order,
     operator_plan,
     random_order,
 )
-from vidqa.vlm.model import VisionLanguageModel, timed_margins
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.model import VisionLanguageModel, module_bytes, timed_margins
 from vidqa.vlm.profiling.importance import TASK_METRICS, profile_rois
 
 RESULTS_JSON = "compression_results.json"

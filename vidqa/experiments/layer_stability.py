@@ -54,16 +54,18 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from vidqa.assets import STANDIN_WARNING, load_vlm
+from vidqa.assets import STANDIN_WARNING
 from vidqa.clock import timed
 from vidqa.config import PipelineConfig, SourceConfig
 from vidqa.errors import ConfigError, SourceError
-from vidqa.experiments.common import collect_rois, prepare_out_dir
+from vidqa.experiments.common import prepare_out_dir
 from vidqa.experiments.plots import plot_importance
 from vidqa.experiments.stats import DECISION_TABLE, cross_question, summarize, verdict
 from vidqa.messages import Roi
+from vidqa.pipeline import collect_rois
 from vidqa.roi import distinct_tracks
 from vidqa.storage import write_json
+from vidqa.vlm.loading import load_vlm
 from vidqa.vlm.model import VisionLanguageModel
 from vidqa.vlm.profiling.importance import TASK_METRICS, TRACE_METRICS, Profile, profile_rois
 

@@ -217,9 +217,9 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
                     log_path: Path | None) -> None:
     """The worker: load the model, run a :class:`BatchingService`, relay requests and
     answers."""
-    from vidqa.assets import load_vlm
     from vidqa.serving.batching import BatchingService
     from vidqa.vlm.batch import BatchAnswerer
+    from vidqa.vlm.loading import load_vlm
     from vidqa.vlm.model import resolve_device
 
     # Ctrl-C reaches the whole process group: the owner stops the streams, which wait for the

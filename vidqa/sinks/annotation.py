@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidqa.messages import Answer, FrameResult
+from vidqa.messages import Answer, FrameResult, LatestAnswers
 
 YES_COLOUR = (80, 200, 60)  # BGR green
 NO_COLOUR = (60, 60, 230)  # BGR red
@@ -18,30 +18,25 @@ ALERT_COLOUR = (0, 0, 255)  # BGR red frame around a track that raised an alert
 ASKING = "asking..."
 
 
-class AnswerBoard:
+class AnswerBoard(LatestAnswers):
     """What the overlay shows per track: its latest answer to each question, or that it is being
-    asked. Forgotten when the cropper ends the track; an answer that arrives after its track
-    ended is not kept (it is still an event), so the board never grows with dead tracks."""
+    asked, and the rules it raised. Forgotten when the cropper ends the track; an answer that
+    arrives after its track ended is not kept (it is still an event), so the board never grows
+    with dead tracks."""
 
     def __init__(self, asking: Callable[[], Collection[int]] = frozenset,
                  zones: Any = None) -> None:
-        self.latest: dict[int, dict[str, Answer]] = {}
-        self.alive: set[int] = set()
+        super().__init__()
         self.asking = asking  # tracks whose crop is with the VLM now
         self.zones = zones  # a vidqa.zones.ZoneMap to draw, or None
         self.alerts: dict[int, list[str]] = {}  # track -> the rules it raised
 
     def update(self, result: FrameResult) -> None:
-        self.alive.update(result.detections.track_id.tolist())
-        for answer in result.answers:
-            if answer.track_id in self.alive:
-                self.latest.setdefault(answer.track_id, {})[answer.question] = answer
+        super().update(result)
         for alert in result.alerts:
             self.alerts.setdefault(alert.track_id, []).append(alert.rule)
         for track_id in result.ended_tracks:
-            self.latest.pop(track_id, None)
             self.alerts.pop(track_id, None)
-            self.alive.discard(track_id)
 
 
 def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:

@@ -248,8 +248,6 @@ class VisionLanguageModel:
 
     def weight_bytes(self) -> int:
         """Bytes held by parameters and buffers (quantized modules count their packed weights)."""
-        from vidqa.vlm.compression.operators import module_bytes  # knows the packed formats
-
         return module_bytes(self.model)
 
 
@@ -272,3 +270,17 @@ def timed_margins(vlm: VisionLanguageModel, batches: Sequence[BatchFeature], bod
     synchronize(vlm.device)
     seconds = time.perf_counter() - start
     return torch.cat(margins).float().cpu().numpy(), seconds
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters, buffers and packed (torch.ao) int8 weights."""
+    total = sum(t.numel() * t.element_size() for t in module.parameters())
+    total += sum(t.numel() * t.element_size() for t in module.buffers())
+    for sub in module.modules():
+        # Count packed weights once, at the quantized Linear (its LinearPackedParams child
+        # holds the same ScriptObject).
+        if hasattr(sub, "_packed_params") and hasattr(sub, "weight") and callable(sub.weight):
+            weight, bias = sub._weight_bias()
+            total += weight.numel() * weight.element_size()
+            total += 0 if bias is None else bias.numel() * bias.element_size()
+    return total

@@ -8,9 +8,9 @@ from factories import make_identity_layer, person_crops
 
 from vidqa.vlm.compression.compressor import Compressor, compressor_for, layer_paths
 from vidqa.vlm.compression.layers import get_module
-from vidqa.vlm.compression.operators import Identity, Int8Linear, SkipDecoderLayer, module_bytes
+from vidqa.vlm.compression.operators import Identity, Int8Linear, SkipDecoderLayer
 from vidqa.vlm.compression.plan import Plan
-from vidqa.vlm.model import VisionLanguageModel
+from vidqa.vlm.model import VisionLanguageModel, module_bytes
 
 QUESTION = "Is this person carrying a backpack?"
 VISION_0 = "model.vision_model.encoder.layers.0"

@@ -49,12 +49,11 @@ from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.operators import module_bytes
 from vidqa.vlm.compression.payoff import RoiForecast, static_plan
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
 from vidqa.vlm.compression.plan_library import LibraryPlan, find
-from vidqa.vlm.model import VisionLanguageModel
+from vidqa.vlm.model import VisionLanguageModel, module_bytes
 from vidqa.vlm.profiling.stream import ProfiledBatch, StreamProfile, new_stream_profile
 
 

@@ -15,10 +15,10 @@ from vidqa.messages import Roi
 from vidqa.vlm.adaptive.runner import PlanRunner
 from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
+from vidqa.vlm.compression.orders import compare
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache
 from vidqa.vlm.compression.plan_library import LibraryPlan, nearest
-from vidqa.vlm.compression.planner import compare
 
 
 class Borrower:

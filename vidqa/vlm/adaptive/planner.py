@@ -15,6 +15,7 @@ from vidqa.config import AdaptiveConfig
 from vidqa.messages import Roi
 from vidqa.vlm.adaptive.runner import PlanRunner
 from vidqa.vlm.compression.accounting import Ledger
+from vidqa.vlm.compression.orders import bottom_fraction, compare
 from vidqa.vlm.compression.payoff import (
     Candidate,
     RoiForecast,
@@ -24,7 +25,6 @@ from vidqa.vlm.compression.payoff import (
     next_candidate,
 )
 from vidqa.vlm.compression.plan import Plan
-from vidqa.vlm.compression.planner import bottom_fraction, compare
 from vidqa.vlm.profiling.stream import StreamProfile
 
 BUILD_S_PER_LAYER = 0.05  # prior cost of one int8 copy until one is measured

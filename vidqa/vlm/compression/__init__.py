@@ -4,6 +4,6 @@
 - :mod:`~vidqa.vlm.compression.plan` — a plan: keep / int8 / skip per layer (pure data);
 - :mod:`~vidqa.vlm.compression.operators` — the identity (skip) and int8 layer operators;
 - :mod:`~vidqa.vlm.compression.compressor` — swapping a plan's modules in and back out;
-- :mod:`~vidqa.vlm.compression.planner` — choosing a plan from a profile;
+- :mod:`~vidqa.vlm.compression.orders` — choosing a plan from a profile;
 - :mod:`~vidqa.vlm.compression.plan_cache` — plans on disk, keyed by model and question.
 """

@@ -21,11 +21,11 @@ from vidqa.vlm.compression.operators import (
     Identity,
     Int8Backend,
     int8_backend,
-    module_bytes,
     quantize_layer,
     skip_module,
 )
 from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.model import module_bytes
 
 
 def layer_paths(model: nn.Module) -> list[str]:

@@ -156,18 +156,3 @@ def quantize_layer(layer: nn.Module, backend: str) -> nn.Module:
                     setattr(parent, name, Int8Linear(child))
         return clone
     raise ValueError(f"cannot quantize with backend {backend!r}")
-
-
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters, buffers and packed (torch.ao) int8 weights."""
-    total = sum(t.numel() * t.element_size() for t in module.parameters())
-    total += sum(t.numel() * t.element_size() for t in module.buffers())
-    for sub in module.modules():
-        # Count packed weights once, at the quantized Linear (its LinearPackedParams child
-        # holds the same ScriptObject).
-        if hasattr(sub, "_packed_params") and hasattr(sub, "weight") and callable(sub.weight):
-            weight, bias = sub._weight_bias()
-            total += weight.numel() * weight.element_size()
-            total += 0 if bias is None else bias.numel() * bias.element_size()
-    return total
-
