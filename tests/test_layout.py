@@ -1,5 +1,6 @@
 """The package's dependencies point one way: no module imports, even lazily, a module that
-(directly or through others) imports it back."""
+(directly or through others) imports it back, nor a module of a higher layer; and the house
+stays small: no class over 250 lines, no module over 500."""
 
 from __future__ import annotations
 
@@ -89,3 +90,104 @@ def test_imports_of_when_lazy_or_type_checking_then_only_lazy_counts(tmp_path):
                       "def f():\n    from vidqa.b import y\n")
 
     assert imports_of(module, "vidqa.m", {"vidqa.a", "vidqa.b", "vidqa.m"}) == {"vidqa.b"}
+
+
+# The rooms of vidqa/, lowest first (../shared/ARCHITECTURE.md): a module may import its own
+# layer and those below it. The key is the module's first name under vidqa.
+LAYERS = (
+    ("", "config", "messages", "errors", "clock", "storage", "run", "workers"),  # ground floor
+    ("assets",),  # model and video files: resolved and fetched, never loaded
+    ("sinks",),  # drawing and writing
+    ("sources", "zones", "roi"),  # frames in; zones and rules; which crops to ask
+    ("detection", "tracking"),
+    ("vlm",),  # the model: loading, answering, adaptive compression
+    ("serving",),  # crops in, answers out
+    ("store", "delivery"),
+    ("web",),
+    ("pipeline",),  # one stream's chain
+    ("engines",),  # how a run's streams are executed
+    ("experiments", "evaluation"),  # research and scoring, on top of the product
+    ("cli",),  # the commands
+)
+LAYER = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_layers_when_every_import_checked_then_none_points_up():
+    graph = import_graph(PACKAGE)
+    undeclared = sorted({room(m) for m in graph} - set(LAYER))
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                    if LAYER.get(room(b), -1) > LAYER.get(room(a), -1))
+
+    assert not undeclared, f"declare these rooms in tests/test_layout.py LAYERS: {undeclared}"
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize("importer, forbidden", [
+    ("vidqa.zones", "vidqa.sinks"),  # rules do not draw
+    ("vidqa.assets", "vidqa.vlm"),  # assets resolve files; the model code loads them
+    ("vidqa.serving.worker", "vidqa.detection"),  # the VLM worker does not detect
+    ("vidqa.serving.worker", "vidqa.tracking"),
+])
+def test_imports_when_a_room_must_not_reach_another_then_it_does_not(importer, forbidden):
+    graph = import_graph(PACKAGE)
+    reached = _reachable(graph, {m for m in graph if m == importer or
+                                 m.startswith(importer + ".")})
+
+    assert not {m for m in reached if m == forbidden or m.startswith(forbidden + ".")}
+
+
+def test_product_when_any_module_outside_experiments_then_it_never_imports_them():
+    graph = import_graph(PACKAGE)
+    product = {m for m in graph if room(m) not in ("experiments", "cli")}
+
+    assert not [m for m in _reachable(graph, product) if room(m) == "experiments"]
+
+
+@pytest.mark.parametrize("command", ["cmd_run", "cmd_plan", "cmd_eval_tracks",
+                                     "cmd_eval_answers", "cmd_assets"])
+def test_cli_when_a_product_command_runs_then_it_imports_nothing_from_experiments(command):
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == command)
+    graph = import_graph(PACKAGE)
+    imported = {node.module for node in ast.walk(function)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {f"{node.module}.{a.name}" for node in ast.walk(function)
+                 if isinstance(node, ast.ImportFrom) and node.module for a in node.names}
+    called = {m for m in graph if m in imported}
+    top = {alias.name if isinstance(node, ast.Import) else node.module
+           for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+           for alias in node.names}  # cli.py's module-level imports count for every command
+    top |= {f"{node.module}.{a.name}" for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module for a in node.names}
+    top &= set(graph)
+
+    assert not [m for m in _reachable(graph, called | top) if room(m) == "experiments"]
+
+
+def _reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    seen, todo = set(start), list(start)
+    while todo:
+        for target in graph[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_sizes_when_measured_then_no_class_over_250_lines_and_no_module_over_500():
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250:
+                too_long.append(f"{path.relative_to(PACKAGE)}: class {node.name} "
+                                f"{node.end_lineno - node.lineno + 1} lines")
+
+    assert not too_long, too_long

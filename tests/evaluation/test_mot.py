@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from vidqa.errors import SourceError
-from vidqa.evaluation.mot import mot_rows, read_mot
+from vidqa.evaluation.mot import read_mot
 from vidqa.messages import Detections
+from vidqa.sinks.mot import mot_rows
 
 
 def detections(xyxy, track_ids, confidence=None) -> Detections:

@@ -1,4 +1,5 @@
-"""The MOTChallenge text format: writing tracker rows, reading prediction and ground-truth files.
+"""The MOTChallenge text format: reading prediction and ground-truth files (the rows are written
+by :mod:`vidqa.sinks.mot`).
 
 One line per box: ``frame,id,bb_left,bb_top,width,height,conf,x,y,z`` with 1-based frames.
 Predictions fill the last three columns with -1; a MOT16/17 ``gt.txt`` has nine columns instead:
@@ -13,26 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from vidqa.errors import SourceError
-from vidqa.messages import Detections
 
 PREDICTION_COLUMNS = 10  # frame, id, left, top, width, height, conf, -1, -1, -1
 GT_COLUMNS = 9  # frame, id, left, top, width, height, consider, class, visibility
-
-
-def mot_rows(frame_index: int, detections: Detections) -> list[str]:
-    """MOTChallenge lines for one frame; ``frame_index`` is 0-based, the file's frame 1-based.
-
-    Detections without a track id (``track_id < 0``) are not tracks and are left out.
-    """
-    rows = []
-    for (x1, y1, x2, y2), conf, track in zip(detections.xyxy.tolist(),
-                                             detections.confidence.tolist(),
-                                             detections.track_id.tolist(), strict=True):
-        if track < 0:
-            continue
-        rows.append(f"{frame_index + 1},{track},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},"
-                    f"{conf:.4f},-1,-1,-1")
-    return rows
 
 
 def read_mot(path: Path, min_columns: int = 7) -> np.ndarray:

@@ -157,16 +157,18 @@ class AdaptiveAnswerer:
             return self._answer_borrow(rois, shared)
         if self.phase == "profile":
             return self._answer_profile(rois, shared)
+        return self._answer_full(rois, shared, self.phase)
+
+    def _answer_full(self, rois: list[Roi], shared: SharedVision | None, phase: str
+                     ) -> list[Answer]:
         asked = self.runner.full(rois, shared)
         self.ledger.add("full", asked.seconds, len(rois))
-        return self.runner.answers(rois, asked, phase=self.phase)
+        return self.runner.answers(rois, asked, phase=phase)
 
     def _answer_profile(self, rois: list[Roi], shared: SharedVision | None) -> list[Answer]:
         key = self._gate_key
         if not self.gate.may_profile(key):  # another answerer profiles: full model meanwhile
-            asked = self.runner.full(rois, shared)
-            self.ledger.add("full", asked.seconds, len(rois))
-            answers = self.runner.answers(rois, asked, phase="profile")
+            answers = self._answer_full(rois, shared, "profile")
             if self.gate.published(key):
                 self._load_cached()  # adopts the published plan: compressed from the next batch
             return answers
@@ -312,33 +314,38 @@ class AdaptiveAnswerer:
 
     def summary(self) -> dict[str, Any]:
         """Accounting, plan and where it came from, agreement, cache."""
-        full_bytes = module_bytes(self.vlm.model)  # outside `using`: the full model
-        compressed_bytes = self._compressed_bytes or full_bytes
-        reason = self.reason
-        if self.phase in ("profile", "borrow"):
-            reason = (f"still {self.phase}: {len(self._tracks)} of {self.cfg.profile_tracks} "
-                      f"tracks seen")
-        ledger = self.ledger
-        return {
-            "question": self.question.question, "mode": f"adaptive/{self.cfg.mode}",
-            "phase": self.phase, "reason": reason, "replans": self.replans,
-            "plan_source": self.plan_source,
-            "answers": dict(ledger.rois),
-            "vlm_rois": sum(ledger.rois.values()), "vlm_seconds": round(ledger.vlm_s, 3),
-            "accounting": ledger.summary(),
-            "plan": self.plan.summary(), "search": self.search,
-            "weight_bytes": {"full": full_bytes, "compressed": compressed_bytes,
-                             "ratio": round(full_bytes / compressed_bytes, 3),
-                             "int8_copies": self.compressor.cached_bytes()},
-            "latency_ms": _latency(ledger),
-            "agreement": self.auditor.summary(),
-            "forecast": {"rois_seen": self.forecast.seen,
-                         "rois_per_stream_s": _round(self.forecast.rate(), 3)},
-            "cache": {**self.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
-        }
+        return _summary(self)
 
     def verdict(self) -> str:
         return self.ledger.verdict(self.question.label)
+
+
+def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
+    """:meth:`AdaptiveAnswerer.summary`: what the run's summary.json says of the question."""
+    full_bytes = module_bytes(answerer.vlm.model)  # outside `using`: the full model
+    compressed_bytes = answerer._compressed_bytes or full_bytes
+    reason = answerer.reason
+    if answerer.phase in ("profile", "borrow"):
+        reason = (f"still {answerer.phase}: {len(answerer._tracks)} of "
+                  f"{answerer.cfg.profile_tracks} tracks seen")
+    ledger = answerer.ledger
+    return {
+        "question": answerer.question.question, "mode": f"adaptive/{answerer.cfg.mode}",
+        "phase": answerer.phase, "reason": reason, "replans": answerer.replans,
+        "plan_source": answerer.plan_source,
+        "answers": dict(ledger.rois),
+        "vlm_rois": sum(ledger.rois.values()), "vlm_seconds": round(ledger.vlm_s, 3),
+        "accounting": ledger.summary(),
+        "plan": answerer.plan.summary(), "search": answerer.search,
+        "weight_bytes": {"full": full_bytes, "compressed": compressed_bytes,
+                         "ratio": round(full_bytes / compressed_bytes, 3),
+                         "int8_copies": answerer.compressor.cached_bytes()},
+        "latency_ms": _latency(ledger),
+        "agreement": answerer.auditor.summary(),
+        "forecast": {"rois_seen": answerer.forecast.seen,
+                     "rois_per_stream_s": _round(answerer.forecast.rate(), 3)},
+        "cache": {**answerer.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
+    }
 
 
 def _latency(ledger: Ledger) -> dict[str, Any]:
