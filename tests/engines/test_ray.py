@@ -144,7 +144,7 @@ def test_ray_when_run_ends_then_summary_has_local_keys_and_engine(runs):
     local, on_ray = summary(runs["local"]), summary(runs["ray"])
 
     assert on_ray["engine"] == "ray"
-    assert set(on_ray) == set(local) | {"engine"}
+    assert set(on_ray) == set(local) | {"engine", "nodes"}
     assert set(on_ray["vlm"]) == set(local["vlm"])
     assert set(on_ray["vlm"]["service"]) == set(local["vlm"]["service"])
     assert on_ray["vlm"]["service"]["rois"] == on_ray["answers"]  # one question per crop

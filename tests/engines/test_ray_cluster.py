@@ -1,0 +1,133 @@
+"""Beyond one machine: a real two-node Ray cluster on loopback — a head (``ray start --head``)
+and a second raylet (``ray start --address``), each with its own CPUs and a resource of its own —
+runs a three-stream config through ``run.ray_address``. The stream actors spread over both
+nodes, and the answers equal the local engine's for the same config.
+
+Ray turns a node address of 127.0.0.1 into the machine's outward address; 127.0.0.2 and
+127.0.0.3 are loopback too and are kept as given, so no packet leaves the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import pytest
+import yaml
+
+from vidqa import assets
+from vidqa.config import load_config
+from vidqa.engines import run_pipeline
+from vidqa.run import prepare_run_dir
+
+ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'vidqa[ray]'")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+HEAD, SECOND = "127.0.0.2", "127.0.0.3"
+FRAMES = 40
+SIZE = (320, 240)
+
+
+def ray_cli() -> str:
+    found = Path(sys.executable).with_name("ray")
+    return str(found) if found.exists() else (shutil.which("ray") or "ray")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def ray_start(*args: str, env: dict[str, str]) -> None:
+    done = subprocess.run([ray_cli(), "start", *args, "--disable-usage-stats",
+                           "--object-store-memory=200000000"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"ray start {args} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The cluster's address; both nodes are stopped afterwards, even on failure."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port(HEAD)
+    try:
+        ray_start("--head", f"--node-ip-address={HEAD}", f"--port={port}", "--num-cpus=2",
+                  '--resources={"head_node": 1}', "--include-dashboard=false", env=env)
+        ray_start(f"--address={HEAD}:{port}", f"--node-ip-address={SECOND}", "--num-cpus=2",
+                  '--resources={"second_node": 1}', env=env)
+        yield f"{HEAD}:{port}"
+    finally:
+        subprocess.run([ray_cli(), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first FRAMES frames of vtest.avi at 320x240 (MJPG, 10 fps)."""
+    path = tmp_path_factory.mktemp("clips") / "walking.avi"
+    capture = cv2.VideoCapture(str(assets.sample_video()))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, SIZE)
+    try:
+        for _ in range(FRAMES):
+            ok, image = capture.read()
+            assert ok, "the sample clip is shorter than FRAMES"
+            writer.write(cv2.resize(image, SIZE, interpolation=cv2.INTER_AREA))
+    finally:
+        writer.release()
+        capture.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(cluster: str, clip: Path, tiny_vlm_dir: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same three-stream config on the local engine and on the two-node cluster."""
+    root = tmp_path_factory.mktemp("runs")
+    config = root / "three.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": {"max_frames": FRAMES},
+        "roi": {"min_width": 8, "min_height": 16},  # people are 30-50 px tall here
+        "vlm": {"model": str(tiny_vlm_dir), "adaptive": {"enabled": False}},
+        "streams": [{"id": name, "source": {"kind": "file", "path": str(clip)}}
+                    for name in ("gate", "hall", "yard")]}))
+    out = {}
+    for engine, extra in (("local", []), ("cluster", [f"run.ray_address={cluster}"])):
+        cfg = load_config(config, [f"run.engine={'local' if engine == 'local' else 'ray'}",
+                                   *extra])
+        out[engine] = prepare_run_dir(cfg, root / engine)
+        run_pipeline(cfg, out[engine], config_name=str(config))
+    return out
+
+
+def answers(events: Path) -> dict[tuple[str, int, str], str]:
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    return {(e["stream_id"], e["track_id"], e["question"]): e["answer"] for e in lines}
+
+
+def test_cluster_when_two_nodes_then_stream_actors_run_on_both(runs, cluster):
+    summary = json.loads((runs["cluster"] / "summary.json").read_text())
+    ray.init(address=cluster, logging_level="warning")
+    try:
+        nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+
+    assert summary["engine"] == "ray" and summary["end_reason"] == "completed"
+    assert set(nodes.values()) == {HEAD, SECOND}
+    assert {nodes[node] for node in summary["nodes"].values()} == {HEAD, SECOND}
+
+
+def test_cluster_when_run_ends_then_answers_equal_the_local_engines(runs):
+    local = answers(runs["local"] / "events.jsonl")
+
+    assert len(local) >= 3 * 3  # each stream's people were tracked and asked
+    assert answers(runs["cluster"] / "events.jsonl") == local
