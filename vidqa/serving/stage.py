@@ -115,8 +115,8 @@ class AnswerStage:
             submitted = self._submitted.pop(future)
             if future.exception() is not None:  # raised at the next frame, after these
                 self._stats["failed"] += 1
-                self.failure = future.exception()
-                break
+                self.failure = self.failure or future.exception()
+                continue
             latency_ms = 1000 * (now - submitted)
             self._latency_ms.append(latency_ms)
             self._stats["answered"] += 1
