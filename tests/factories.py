@@ -129,12 +129,12 @@ class FakeProfile:
         return {"layers": [r.path for r in self.layers]}
 
 
-def make_rois(track_ids: list[int], frame: int = 0) -> list:
+def make_crops(track_ids: list[int], frame: int = 0) -> list:
     """One synthetic person ROI per track id, all from ``frame``."""
-    from vidqa.messages import Roi
+    from vidqa.messages import Crop
 
     crops = person_crops(len(track_ids), seed=frame)
-    return [Roi(track_id=t, frame_index=frame, time_s=frame / 10, bbox=(0, 0, 10, 20),
+    return [Crop(track_id=t, frame_index=frame, time_s=frame / 10, bbox=(0, 0, 10, 20),
                 crop_box=(0, 0, 10, 20), image=crop, reason="new")
             for t, crop in zip(track_ids, crops, strict=True)]
 
@@ -154,11 +154,11 @@ def clip_frames(count: int) -> list:
     return frames
 
 
-def scripted_answers(rois, questions, gate: threading.Event | None = None):
+def scripted_answers(crops, questions, gate: threading.Event | None = None):
     """Per ROI one answer per question, "yes" for even tracks (no model needed)."""
     if gate is not None:
         gate.wait(timeout=10)
     return [[Answer(frame_index=r.frame_index, time_s=r.time_s, track_id=r.track_id,
                     question=q, answer="yes" if r.track_id % 2 == 0 else "no", p_yes=0.5,
                     margin=0.0, bbox=r.bbox, vlm_ms=1.0, model="scripted",
-                    stream_id=r.stream_id) for q in questions] for r in rois]
+                    stream_id=r.stream_id) for q in questions] for r in crops]

@@ -74,3 +74,18 @@ def test_cli_when_help_then_lists_commands():
 
     for command in ("run", "assets", "validate", "compress-report"):
         assert command in out
+
+
+@pytest.mark.parametrize("argv, key, value, message", [
+    (["plan", "--rois", "5"], "crops", 5, "--rois is now --crops"),
+    (["validate", "--query", "q1", "--question", "q2"], "question", ["q1", "q2"],
+     "--query is now --question"),
+])
+def test_cli_when_an_old_option_name_is_used_then_it_works_and_names_the_new_one(
+        capsys, argv, key, value, message):
+    from vidqa.cli import _parser
+
+    args = _parser().parse_args(argv)
+
+    assert getattr(args, key) == value
+    assert message in capsys.readouterr().err

@@ -325,10 +325,10 @@ def test_pipeline_when_vlm_is_slower_than_the_camera_then_tracker_keeps_pace_and
         service = pipeline.answer_stage.service
         answer, batches = service.answer, []
 
-        def slow_answer(rois, questions):
-            batches.append(len(rois))
+        def slow_answer(crops, questions):
+            batches.append(len(crops))
             time.sleep(vlm_sleep_s)
-            return answer(rois, questions)
+            return answer(crops, questions)
 
         monkeypatch.setattr(service, "answer", slow_answer)
         with Runner(pipeline) as runner:

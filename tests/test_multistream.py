@@ -77,12 +77,12 @@ def test_fleet_when_queue_was_full_then_no_answer_is_lost(fleet):
     for stream in ("gate", "hall"):
         stream_summary = json.loads((run_dir / stream / "summary.json").read_text())
         asking = stream_summary["vlm"]
-        assert asking["submitted"] == asking["answered"] == stream_summary["rois"] > 0
+        assert asking["submitted"] == asking["answered"] == stream_summary["crops"] > 0
         assert asking["in_flight"] == 0
         # Two questions per crop: every crop the policy chose has both answers on disk.
-        assert len(events(run_dir / stream / "events.jsonl")) == 2 * stream_summary["rois"]
-    assert summary["vlm"]["service"]["rois"] == sum(
-        summary["streams"][s]["rois"] for s in ("gate", "hall"))
+        assert len(events(run_dir / stream / "events.jsonl")) == 2 * stream_summary["crops"]
+    assert summary["vlm"]["service"]["crops"] == sum(
+        summary["streams"][s]["crops"] for s in ("gate", "hall"))
 
 
 def test_fleet_when_done_then_merged_events_are_every_streams_events_tagged(fleet):

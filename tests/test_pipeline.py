@@ -47,7 +47,7 @@ def test_run_when_finished_then_every_asked_track_has_one_event_per_question(sam
     questions = {q["question"] for q in summary["config"]["vlm"]["questions"]}
     keys = [(e["track_id"], e["question"]) for e in events]
     assert len(keys) == len(set(keys))  # once per track (re-asking is off by default)
-    assert len(events) == summary["rois"] * len(questions)
+    assert len(events) == summary["crops"] * len(questions)
     assert {e["answer"] for e in events} <= {"yes", "no"}
 
 
@@ -78,7 +78,7 @@ def test_run_when_finished_then_summary_counts_match_events(sample_run):
               "audit_compressed": by_phase["audit"]}
     assert {k: v for k, v in question["answers"].items() if v} == \
         {k: v for k, v in counts.items() if v}
-    assert question["vlm_rois"] == len(events) + by_phase["audit"]
+    assert question["vlm_crops"] == len(events) + by_phase["audit"]
     for question, tally in summary["answers_by_question"].items():
         for answer, count in tally.items():
             assert count == sum(e["question"] == question and e["answer"] == answer

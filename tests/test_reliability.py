@@ -60,11 +60,11 @@ def test_run_when_stage_raises_mid_stream_then_outputs_finalised_and_error_rerai
     answer = pipeline.answerer.answerers[0].answer
     calls = []
 
-    def failing(rois):
-        calls.append(len(rois))
+    def failing(crops):
+        calls.append(len(crops))
         if len(calls) == 5:
             raise RuntimeError("GPU fell off the bus")
-        return answer(rois)
+        return answer(crops)
 
     monkeypatch.setattr(pipeline.answerer.answerers[0], "answer", failing)
 
@@ -90,14 +90,14 @@ def test_summary_when_answers_still_in_flight_at_the_end_then_fps_leaves_their_w
     service = pipeline.answer_stage.service
     answer = service.answer
 
-    def slow(rois, questions):
+    def slow(crops, questions):
         time.sleep(0.5)
-        return answer(rois, questions)
+        return answer(crops, questions)
 
     service.answer = slow
     summary = pipeline.run()
 
-    assert summary["answers"] == summary["rois"] > 0  # every answer waited for, none lost
+    assert summary["answers"] == summary["crops"] > 0  # every answer waited for, none lost
     assert summary["flush_s"] >= 0.4  # the last batch was still running when the frames ended
     streamed = summary["seconds"] - summary["flush_s"]  # each rounded to the millisecond
     assert summary["frames"] / summary["fps"] == pytest.approx(streamed, abs=0.003)

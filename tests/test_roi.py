@@ -67,17 +67,17 @@ SMALL = (10, 10, 15, 20)
 def test_query_policy_when_tracks_seen_then_asks_per_policy(cfg, frames, asked):
     results = run_policy(cfg, frames)
 
-    got = [(r.frame.frame_index, roi.track_id, roi.reason) for r in results for roi in r.rois]
+    got = [(r.frame.frame_index, crop.track_id, crop.reason) for r in results for crop in r.crops]
     assert got == asked
 
 
-def test_query_policy_when_roi_cropped_then_image_matches_padded_box():
+def test_query_policy_when_crop_cropped_then_image_matches_padded_box():
     result = run_policy(RoiConfig(min_hits=1, padding=0.1), [([BIG], [1])])[0]
 
-    roi = result.rois[0]
-    x1, y1, x2, y2 = roi.crop_box
-    assert roi.bbox == BIG
-    assert roi.image.shape == (y2 - y1, x2 - x1, 3)
+    crop = result.crops[0]
+    x1, y1, x2, y2 = crop.crop_box
+    assert crop.bbox == BIG
+    assert crop.image.shape == (y2 - y1, x2 - x1, 3)
 
 
 def test_query_policy_when_track_unseen_for_max_age_then_evicted_and_reported():

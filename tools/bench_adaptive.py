@@ -41,7 +41,7 @@ import torch
 from loguru import logger
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.vlm.batch import BatchAnswerer
 
 QUESTIONS = ("Is this person carrying a backpack?", "Is this person wearing a hat?",
@@ -53,14 +53,14 @@ QUESTIONS = ("Is this person carrying a backpack?", "Is this person wearing a ha
 # ROIs
 
 
-def clip_rois(source: str, crops: Path | None, count: int) -> list[Roi]:
+def clip_crops(source: str, crops_file: Path | None, count: int) -> list[Crop]:
     """The ROIs a run of the sample clip asks (one per new track), a crops file, or
     synthetic crops (``count`` tracks at 1 per second)."""
-    if crops is not None and crops.is_file():
-        return pickle.loads(crops.read_bytes())
+    if crops_file is not None and crops_file.is_file():
+        return pickle.loads(crops_file.read_bytes())
     if source == "synthetic":
         rng = np.random.default_rng(0)
-        return [Roi(i, i * 10, float(i), (0, 0, 1, 1), (0, 0, 1, 1),
+        return [Crop(i, i * 10, float(i), (0, 0, 1, 1), (0, 0, 1, 1),
                     rng.integers(0, 256, (int(rng.integers(120, 300)),
                                           int(rng.integers(50, 120)), 3), dtype=np.uint8), "new")
                 for i in range(count)]
@@ -69,23 +69,23 @@ def clip_rois(source: str, crops: Path | None, count: int) -> list[Roi]:
     from vidqa.sources import open_source, source_path
 
     cfg = PipelineConfig()
-    rois: list[Roi] = []
+    crops: list[Crop] = []
     with open_source(cfg.source, source_path(cfg.source)) as src:
         for result in tracked(cfg, src):
-            rois += list(result.rois)
+            crops += list(result.crops)
     if crops is not None:
-        crops.write_bytes(pickle.dumps(rois))
-    return rois
+        crops.write_bytes(pickle.dumps(crops))
+    return crops
 
 
-def looped(rois: list[Roi], seconds: float) -> list[Roi]:
+def looped(crops: list[Crop], seconds: float) -> list[Crop]:
     """The clip replayed until ``seconds`` of stream: new track ids and times per loop."""
-    span = max(r.time_s for r in rois) + 1.0
+    span = max(r.time_s for r in crops) + 1.0
     loops = int(np.ceil(seconds / span)) if seconds > 0 else 0
     out = []
     for loop in range(loops):
         out += [dataclasses.replace(r, track_id=r.track_id + 100_000 * loop,
-                                    time_s=r.time_s + loop * span) for r in rois]
+                                    time_s=r.time_s + loop * span) for r in crops]
     return out
 
 
@@ -93,20 +93,20 @@ def looped(rois: list[Roi], seconds: float) -> list[Roi]:
 # One mode on one stream
 
 
-def run_mode(vlm: Any, rois: list[Roi], adaptive: AdaptiveConfig, batch_size: int,
+def run_mode(vlm: Any, crops: list[Crop], adaptive: AdaptiveConfig, batch_size: int,
              questions: tuple[str, ...] = QUESTIONS[:1], share: bool = True
              ) -> dict[str, Any]:
     cfg = VlmConfig(questions=tuple(QuestionConfig(q) for q in questions),
                     batch_size=batch_size, adaptive=adaptive)
     stage = BatchAnswerer(vlm, cfg, share_vision=share)
-    stage.expect(rois=len(rois))
+    stage.expect(crops=len(crops))
     answers: list[list[Any]] = []
     start = time.perf_counter()
-    for i in range(0, len(rois), batch_size):
-        answers += stage.answer(rois[i:i + batch_size])
+    for i in range(0, len(crops), batch_size):
+        answers += stage.answer(crops[i:i + batch_size])
     seconds = time.perf_counter() - start
     summary = stage.summary()
-    logger.info("bench: {} ROIs x {} question(s), adaptive {} mode {}: {:.1f} s", len(rois),
+    logger.info("bench: {} ROIs x {} question(s), adaptive {} mode {}: {:.1f} s", len(crops),
                 len(questions), adaptive.enabled, adaptive.mode, seconds)
     return {"seconds": seconds, "answers": [[a.answer for a in per] for per in answers],
             "summary": summary, "load_1m": os.getloadavg()[0]}
@@ -121,7 +121,7 @@ def row(name: str, result: dict[str, Any], full: dict[str, Any], held_from: int,
     ref = (ref * (len(mine) // max(len(ref), 1) + 1))[:len(mine)]  # looped stream
     agree = float(np.mean([a == b for a, b in zip(mine, ref, strict=True)]))
     held = [a == b for a, b in zip(mine[held_from:], ref[held_from:], strict=True)]
-    return {"mode": name, "rois": len(mine), "vlm_s": round(result["seconds"], 2),
+    return {"mode": name, "crops": len(mine), "vlm_s": round(result["seconds"], 2),
             "planning_s": acc.get("planning_s"), "paired_ratio": acc.get("paired_ratio"),
             "net_ratio_claimed": acc.get("net_ratio"),
             "vs_full_run": round(full_seconds / result["seconds"], 3),
@@ -140,7 +140,7 @@ def row(name: str, result: dict[str, Any], full: dict[str, Any], held_from: int,
 
 def main(model: str = "auto", device: str = "auto", source: str = "video",
          crops: Path | None = None, batch_size: int = 8, stream_s: float = 300.0,
-         full_stream: bool = False, compile: bool = False, reuse_rois: int = 8,
+         full_stream: bool = False, compile: bool = False, reuse_crops: int = 8,
          count: int = 60, out: Path | None = None) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_vlm import load_model  # the stand-in, random-256m or a model, as bench_vlm
@@ -148,7 +148,7 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
     vlm = load_model(model, device, "auto")
     if vlm.device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # importing ultralytics leaves it at 1
-    clip = clip_rois(source, crops, count)
+    clip = clip_crops(source, crops, count)
     stream = looped(clip, stream_s)
     load_before = os.getloadavg()
     warmup = None
@@ -162,7 +162,7 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
                   "counters": _diff(counters, _compile_counters(compile))}
     counters = _compile_counters(compile)
     tables = measure(vlm, clip, stream, batch_size, compile, full_stream)
-    tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_rois], batch_size)
+    tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_crops], batch_size)
     summary = {"model": vlm.info.name, "device": str(vlm.device), "batch_size": batch_size,
                "clip_rois": len(clip), "stream_rois": len(stream),
                "loops": len(stream) // len(clip), "compile": compile,
@@ -176,7 +176,7 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
     return summary
 
 
-def measure(vlm: Any, clip: list[Roi], stream: list[Roi], batch_size: int, compile: bool,
+def measure(vlm: Any, clip: list[Crop], stream: list[Crop], batch_size: int, compile: bool,
             full_stream: bool) -> dict[str, list[dict[str, Any]]]:
     """Every mode on the clip and, if there is one, the stream, with fresh plan caches."""
     base = AdaptiveConfig(cache_dir=tempfile.mkdtemp(prefix="vidqa-plans-"), compile=compile)
@@ -203,7 +203,7 @@ def measure(vlm: Any, clip: list[Roi], stream: list[Roi], batch_size: int, compi
     return tables
 
 
-def stream_table(vlm: Any, clip: list[Roi], stream: list[Roi], full_clip: dict[str, Any],
+def stream_table(vlm: Any, clip: list[Crop], stream: list[Crop], full_clip: dict[str, Any],
                  results: dict[str, Any], modes: dict[str, AdaptiveConfig], batch_size: int,
                  measure_full: bool, held: int) -> list[dict[str, Any]]:
     loops = len(stream) // len(clip)
@@ -211,20 +211,20 @@ def stream_table(vlm: Any, clip: list[Roi], stream: list[Roi], full_clip: dict[s
     full_s = full_run["seconds"] if full_run else loops * full_clip["seconds"]
     results["static"] = run_mode(vlm, stream, modes["static"], batch_size)
     results["adaptive warm"] = run_mode(vlm, stream, modes["adaptive warm"], batch_size)
-    table = [{"mode": "full", "rois": len(stream), "vlm_s": round(full_s, 2),
+    table = [{"mode": "full", "crops": len(stream), "vlm_s": round(full_s, 2),
               "load_1m": full_run["load_1m"] if full_run else None,
               "note": "measured" if full_run else f"clip full x {loops} loops (same crops), "
                       "extrapolated"}]
     return table + [row(k, r, full_clip, held, full_s) for k, r in results.items()]
 
 
-def vision_reuse(vlm: Any, rois: list[Roi], batch_size: int) -> list[dict[str, Any]]:
+def vision_reuse(vlm: Any, crops: list[Crop], batch_size: int) -> list[dict[str, Any]]:
     """1, 3 and 5 questions about the same crops: independent passes vs one vision pass."""
     off = AdaptiveConfig(enabled=False)
     rows = []
     for n in (1, 3, 5):
-        alone = run_mode(vlm, rois, off, batch_size, QUESTIONS[:n], share=False)
-        shared = run_mode(vlm, rois, off, batch_size, QUESTIONS[:n], share=True)
+        alone = run_mode(vlm, crops, off, batch_size, QUESTIONS[:n], share=False)
+        shared = run_mode(vlm, crops, off, batch_size, QUESTIONS[:n], share=True)
         rows.append({"questions": n, "independent_s": round(alone["seconds"], 2),
                      "shared_s": round(shared["seconds"], 2),
                      "ratio": round(alone["seconds"] / shared["seconds"], 3),
@@ -232,14 +232,14 @@ def vision_reuse(vlm: Any, rois: list[Roi], batch_size: int) -> list[dict[str, A
     return rows
 
 
-def _held_from(rois: list[Roi], k: int) -> int:
+def _held_from(crops: list[Crop], k: int) -> int:
     """Index of the first ROI after the first ``k`` distinct tracks."""
     seen: set[Any] = set()
-    for i, roi in enumerate(rois):
-        seen.add(roi.key)
+    for i, crop in enumerate(crops):
+        seen.add(crop.key)
         if len(seen) > k:
             return i
-    return len(rois)
+    return len(crops)
 
 
 def _compile_counters(enabled: bool) -> dict[str, int]:

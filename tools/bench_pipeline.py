@@ -57,7 +57,7 @@ def every_box(results: list, padding: float = 0.1) -> list:
     return crops
 
 
-def seed_seconds_per_roi(vlm: VisionLanguageModel, crops: list, sample: int) -> tuple[float, int]:
+def seed_seconds_per_crop(vlm: VisionLanguageModel, crops: list, sample: int) -> tuple[float, int]:
     """Median seconds of generate() with default image splitting, on ``sample`` spread crops."""
     tile = vlm.processor.image_processor.max_image_size["longest_edge"]
     vlm.processor.image_processor.size = SizeDict(longest_edge=4 * tile)  # SmolVLM's default
@@ -80,10 +80,10 @@ def vidqa_seconds(vlm: VisionLanguageModel, results: list, batch_size: int) -> t
     """Once per track, one forward, one tile, batched: total VLM seconds and ROIs answered."""
     answerer = FullAnswerer(vlm, QuestionConfig(question=QUESTION))
     for result in results:
-        rois = list(result.rois)
-        for start in range(0, len(rois), batch_size):
-            answerer.answer(rois[start:start + batch_size])
-    return answerer.seconds, answerer.rois
+        crops = list(result.crops)
+        for start in range(0, len(crops), batch_size):
+            answerer.answer(crops[start:start + batch_size])
+    return answerer.seconds, answerer.crops
 
 
 def main(frames: int = 60, seed_sample: int = 4, batch_size: int = 8, model: str = "auto") -> None:
@@ -92,18 +92,18 @@ def main(frames: int = 60, seed_sample: int = 4, batch_size: int = 8, model: str
     info = vlm.info
     crops = every_box(results)
     vidqa_s, vidqa_calls = vidqa_seconds(vlm, results, batch_size)
-    per_roi, tiles = seed_seconds_per_roi(vlm, crops, seed_sample)
-    seed_s = per_roi * len(crops)
+    per_crop, tiles = seed_seconds_per_crop(vlm, crops, seed_sample)
+    seed_s = per_crop * len(crops)
     print(f"model: {info.name}   device: {vlm.device}   threads: {torch.get_num_threads()}")
     print(f"slice: {len(results)} frames of {assets.sample_video().name}")
     print(f"shared stages: decode {decode_s:.2f} s, track {track_s:.2f} s")
     print(f"seed : {len(crops)} VLM calls (every box), generate(5 tokens), up to {tiles} tiles; "
-          f"median {per_roi:.2f} s/ROI over {min(seed_sample, len(crops))} measured -> "
+          f"median {per_crop:.2f} s/ROI over {min(seed_sample, len(crops))} measured -> "
           f"{seed_s:.1f} s extrapolated")
     print(f"vidqa: {vidqa_calls} VLM calls (once per track), 1 forward, 1 tile, batch "
           f"{batch_size}: {vidqa_s:.1f} s measured ({vidqa_s / max(vidqa_calls, 1):.2f} s/ROI)")
     print(f"VLM calls ratio: {len(crops) / max(vidqa_calls, 1):.1f}x fewer;  per-ROI cost ratio: "
-          f"{per_roi / max(vidqa_s / max(vidqa_calls, 1), 1e-9):.1f}x;  VLM time ratio: "
+          f"{per_crop / max(vidqa_s / max(vidqa_calls, 1), 1e-9):.1f}x;  VLM time ratio: "
           f"{seed_s / max(vidqa_s, 1e-9):.1f}x;  end-to-end ratio: "
           f"{(decode_s + track_s + seed_s) / (decode_s + track_s + vidqa_s):.1f}x")
 

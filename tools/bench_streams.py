@@ -77,7 +77,7 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     else:
         run = LocalRun.from_config(cfg, out)
     if args.no_vlm:
-        run.service.answer = lambda rois, questions: [[] for _ in rois]
+        run.service.answer = lambda crops, questions: [[] for _ in crops]
     stopper = threading.Thread(target=_stop_when_streamed, daemon=True,
                                args=(run, [out / f"s{i}" for i in range(count)], args))
     started = time.perf_counter()
@@ -130,9 +130,9 @@ def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Nam
         "latency_ms_p50_max": max(latencies, default=None),
         "latency_ms_p95_max": max(p95, default=None),
         "batch_histogram": service["batch_histogram"], "mean_batch": service["mean_batch"],
-        "roi_per_s": round(service["rois"] / service["span_s"], 2) if service["span_s"] else 0,
+        "roi_per_s": round(service["crops"] / service["span_s"], 2) if service["span_s"] else 0,
         "answers_per_s": service.get("answers_per_s"),  # crop x question, over the same span
-        "roi_per_busy_s": service["rois_per_busy_s"],
+        "roi_per_busy_s": service["crops_per_busy_s"],
         "vlm_utilisation": service["utilisation"],
         "gpu_used_bytes": _gpu_used(),  # every process on the device: trackers and VLM worker
     }

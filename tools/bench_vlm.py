@@ -56,7 +56,7 @@ from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.graphs import CudaGraphs, buckets
 from vidqa.vlm.loading import load_vlm
 from vidqa.vlm.model import VisionLanguageModel, module_bytes, timed_margins
-from vidqa.vlm.profiling.importance import Profile, profile_rois
+from vidqa.vlm.profiling.importance import Profile, profile_crops
 
 QUESTION = "Is this person carrying a backpack?"
 
@@ -85,7 +85,7 @@ def video_crops(count: int, max_frames: int = 400) -> list[np.ndarray]:
     crops: list[np.ndarray] = []
     with open_source(cfg.source, source_path(cfg.source)) as source:
         for result in tracked(cfg, source, max_frames):
-            crops += [roi.image for roi in result.rois]
+            crops += [crop.image for crop in result.crops]
             if len(crops) >= count:
                 break
     return crops[:count]
@@ -129,14 +129,14 @@ def measure(vlm: VisionLanguageModel, compressor: Compressor, batches: list,
 # Main
 
 
-def main(model: str = "auto", device: str = "auto", dtype: str = "auto", rois: int = 24,
+def main(model: str = "auto", device: str = "auto", dtype: str = "auto", count: int = 24,
          profile: int = 8, batch_size: int = 8, repeats: int = 3, source: str = "video",
          metric: str = "block_influence", compile: bool = False, int8: str = "auto",
          plans: tuple[str, ...] = (), target_agreement: float = 0.98, max_dp_yes: float = 0.05,
          task_impact: tuple[str, ...] = (), profile_json: Path | None = None,
          out: Path | None = None) -> dict[str, Any]:
     vlm = load_model(model, device, dtype)
-    crops = video_crops(rois) if source == "video" else synthetic_crops(rois)
+    crops = video_crops(count) if source == "video" else synthetic_crops(count)
     start = time.perf_counter()
     batches = [vlm.encode(crops[i:i + batch_size], QUESTION)
                for i in range(0, len(crops), batch_size)]
@@ -146,12 +146,12 @@ def main(model: str = "auto", device: str = "auto", dtype: str = "auto", rois: i
     start = time.perf_counter()
     if profile_json is not None:  # a stored profile of the same first crops (a cache hit)
         prof = Profile.from_dict(json.loads(profile_json.read_text()))
-        if len(prof.roi_ids) != profile:
-            raise SystemExit(f"{profile_json} profiles {len(prof.roi_ids)} ROIs, not {profile}")
+        if len(prof.crop_ids) != profile:
+            raise SystemExit(f"{profile_json} profiles {len(prof.crop_ids)} ROIs, not {profile}")
     else:
         task = tuple(dict.fromkeys(list(task_impact) + ([metric] if metric.startswith("task_")
                                                         else [])))
-        prof = profile_rois(vlm, crops[:profile], QUESTION, list(range(profile)),
+        prof = profile_crops(vlm, crops[:profile], QUESTION, list(range(profile)),
                             task_impact=task, batch_size=batch_size)
         if out is not None:
             out.with_suffix(".profile.json").write_text(json.dumps(prof.to_dict()))
@@ -206,7 +206,7 @@ def _summary(vlm: VisionLanguageModel, results: dict, candidates: dict[str, Plan
                       "peak_memory_bytes": res["peak_memory_bytes"],
                       "times_s": [round(t, 4) for t in res["times"]]}
     return {"model": vlm.info.name, "device": _device(vlm), "dtype": str(vlm.dtype),
-            "rois": count, "profiled": profile, "settings": settings,
+            "crops": count, "profiled": profile, "settings": settings,
             "overhead_s": {k: round(v, 2) for k, v in overhead.items()},
             "search": search.to_dict(), "results": rows}
 

@@ -6,7 +6,7 @@ names below are what a script needs to build or inspect a run.
 
 from vidqa.config import PipelineConfig, load_config
 from vidqa.errors import ConfigError, ModelError, OutputError, SourceError, VidqaError
-from vidqa.messages import Answer, Detections, FrameResult, Roi, VideoFrame
+from vidqa.messages import Answer, Crop, Detections, FrameResult, VideoFrame
 
 __all__ = [
     "Answer",
@@ -16,7 +16,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "PipelineConfig",
-    "Roi",
+    "Crop",
     "SourceError",
     "VidqaError",
     "VideoFrame",

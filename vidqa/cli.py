@@ -100,7 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [])
     results = run_validation(
         args.source, args.question or [q.question for q in cfg.vlm.questions], args.out,
-        n_rois=args.rois, model=args.model or cfg.vlm.model, task_impact=not args.no_task_impact,
+        n_crops=args.crops, model=args.model or cfg.vlm.model, task_impact=not args.no_task_impact,
         device=args.device, batch_size=args.batch_size, seed=args.seed,
         primary_metric=args.metric, max_frames=args.max_frames, config=cfg)
     print(format_summary(results))
@@ -110,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_compress_report(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
     from vidqa.experiments.compression_sweep import ReportConfig, compression_report
-    from vidqa.pipeline import collect_rois
+    from vidqa.pipeline import collect_crops
     from vidqa.vlm.loading import load_vlm
 
     overrides = list(args.set or [])
@@ -122,10 +122,10 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
     report_cfg = ReportConfig(
         question=args.question or cfg.vlm.questions[0].question, fractions=tuple(args.fractions),
         operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
-        batch_size=args.batch_size, profile_rois=args.profile, controls=tuple(args.controls),
+        batch_size=args.batch_size, profile_crops=args.profile, controls=tuple(args.controls),
         scope=args.scope, seed=args.seed)
-    rois, _ = collect_rois(cfg, args.rois)
-    results = compression_report(load_vlm(cfg.vlm), rois, args.out, report_cfg, args.labels)
+    crops, _ = collect_crops(cfg, args.crops)
+    results = compression_report(load_vlm(cfg.vlm), crops, args.out, report_cfg, args.labels)
     _print_report(results, args.out)
     return 0
 
@@ -135,7 +135,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import dataclasses
 
     from vidqa.config import QuestionConfig, load_config
-    from vidqa.pipeline import collect_rois
+    from vidqa.pipeline import collect_crops
     from vidqa.vlm.adaptive import plan_offline
     from vidqa.vlm.compression.compressor import compressor_for
     from vidqa.vlm.compression.plan_library import save_library
@@ -147,10 +147,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     questions = [QuestionConfig(q) for q in args.question] or \
         [q for q in cfg.vlm.questions if q.answer == "yesno"]
-    rois, _ = collect_rois(cfg, args.rois)
+    crops, _ = collect_crops(cfg, args.crops)
     vlm = load_vlm(cfg.vlm)
     adaptive = dataclasses.replace(cfg.vlm.adaptive, profile_tracks=args.profile)
-    entries = [plan_offline(vlm, q, rois, adaptive, args.batch_size) for q in questions]
+    entries = [plan_offline(vlm, q, crops, adaptive, args.batch_size) for q in questions]
     save_library(args.out, vlm.info.name, compressor_for(vlm.model).paths, entries)
     for entry in entries:
         print(f"{entry['question']}: plan {entry['plan']['id']} — {entry['reason']} "
@@ -265,8 +265,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Profile per-layer importance of the VLM on crops of distinct tracks and "
                     "test its stability (Pearson, Spearman, bottom-k Jaccard, null baselines). "
                     "Writes validation_results.json and layer_importance.png.")
-    _experiment_args(validate, default_out="runs/validate", default_rois=8)
-    validate.add_argument("--question", "--query", action="append", metavar="QUESTION",
+    _experiment_args(validate, default_out="runs/validate", default_crops=8)
+    validate.add_argument("--query", dest="question", action=Renamed, help=argparse.SUPPRESS)
+    validate.add_argument("--question", action="append", metavar="QUESTION",
                           help="question to profile (repeatable; default: the config's "
                                "vlm.questions)")
     validate.add_argument("--metric", default="block_influence",
@@ -283,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Compress 0-75%% of the layers (int8, skip, both) in importance, random and "
                     "reverse order; measure latency, memory and agreement with the full model. "
                     "Writes compression_results.json and compression_impact.png.")
-    _experiment_args(report, default_out="runs/compress-report", default_rois=16)
+    _experiment_args(report, default_out="runs/compress-report", default_crops=16)
     report.add_argument("--question", help="question (default: the config's first query)")
     report.add_argument("--profile", type=int, default=8, help="ROIs profiled for the ranking")
     report.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
@@ -305,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Profile and confirm a plan per question on crops of the source's first "
                     "tracks (the rest are held-out checks) and write a plan file for "
                     "vlm.adaptive.plan. Plans are per model.")
-    _experiment_args(plan, default_out="plans.json", default_rois=24)
+    _experiment_args(plan, default_out="plans.json", default_crops=24)
     plan.set_defaults(out=Path("plans.json"))
     plan.add_argument("--question", action="append", default=[],
                       help="a yes/no question (repeatable; default: the config's questions)")
@@ -314,11 +315,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _experiment_args(parser: argparse.ArgumentParser, default_out: str, default_rois: int
+class Renamed(argparse.Action):
+    """An option under its old name: still accepted, with a line naming the new one."""
+
+    NEW = {"--rois": "--crops", "--query": "--question"}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        new = self.NEW.get(option_string or "", self.dest)
+        print(f"vidqa: {option_string} is now {new}; the old name still works for now",
+              file=sys.stderr)
+        if new == "--question":  # repeatable
+            values = [*(getattr(namespace, self.dest, None) or []), values]
+        setattr(namespace, self.dest, values)
+
+
+def _experiment_args(parser: argparse.ArgumentParser, default_out: str, default_crops: int
                      ) -> None:
     parser.add_argument("--source", help="video file or MOT sequence (default: the sample video)")
-    parser.add_argument("--rois", type=int, default=default_rois,
-                        help=f"person crops of distinct tracks (default {default_rois})")
+    parser.add_argument("--crops", type=int, default=default_crops,
+                        help=f"person crops of distinct tracks (default {default_crops})")
+    parser.add_argument("--rois", type=int, dest="crops", action=Renamed, help=argparse.SUPPRESS)
     parser.add_argument("--model", help="VLM hub id or folder (default: the config's vlm.model)")
     parser.add_argument("--config", help="pipeline YAML whose tracker/roi/vlm settings to use")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",

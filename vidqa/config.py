@@ -127,8 +127,8 @@ class QuestionConfig:
 
 @dataclass(frozen=True)
 class AdaptiveConfig:
-    enabled: bool = True  # profile the first tracks of each query, then compress
-    profile_tracks: int = 10  # K: tracks answered by the full model and profiled per query
+    enabled: bool = True  # profile the first tracks of each question, then compress
+    profile_tracks: int = 10  # K: tracks answered by the full model and profiled per question
     metric: Literal["block_influence", "activation", "task_skip", "task_int8"] = "block_influence"
     task_impact: bool = False  # also measure task impact while profiling (one pass per layer)
     mode: Literal["auto", "static", "bottom_fraction", "off"] = "auto"  # static: fixed plan

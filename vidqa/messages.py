@@ -80,8 +80,8 @@ class Detections:
 
 
 @dataclass(frozen=True)
-class Roi:
-    """A person crop chosen by the query policy, waiting for the VLM."""
+class Crop:
+    """A person crop chosen by the ROI policy, waiting for the VLM."""
 
     track_id: int
     frame_index: int
@@ -156,7 +156,7 @@ class FrameResult:
 
     frame: VideoFrame
     detections: Detections
-    rois: tuple[Roi, ...] = ()
+    crops: tuple[Crop, ...] = ()
     answers: tuple[Answer, ...] = ()
     ended_tracks: tuple[int, ...] = ()  # tracks the cropper declared dead at this frame
     alerts: tuple[Any, ...] = ()  # vidqa.zones.Alert raised at this frame by the rules

@@ -27,13 +27,13 @@ from vidqa import assets
 from vidqa.clock import StageClock
 from vidqa.config import PipelineConfig, StreamConfig
 from vidqa.errors import SourceError, VidqaError
-from vidqa.messages import FrameResult, Roi
+from vidqa.messages import Crop, FrameResult
 from vidqa.roi import RoiPolicy, distinct_tracks
 from vidqa.run import (
     EXIT_CODES,
     LOG_NAME,
     SCHEMA_VERSION,
-    RunCounts,
+    StreamCounts,
     Terminated,
     sigterm_raises,
 )
@@ -109,7 +109,7 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         """Drive the stages to the end (or to the first stop) and write ``summary.json``."""
-        clock, counts = StageClock(), RunCounts()
+        clock, counts = StageClock(), StreamCounts()
         started, end, error, crash = time.perf_counter(), "completed", None, None
         with sigterm_raises(), self.sinks() as sinks, self.source:
             try:
@@ -155,7 +155,7 @@ class Pipeline:
         for frame in frames:
             yield dataclasses.replace(frame, stream_id=self.stream_id)
 
-    def _flush(self, sinks: SinkSet, counts: RunCounts, end: str) -> BaseException | None:
+    def _flush(self, sinks: SinkSet, counts: StreamCounts, end: str) -> BaseException | None:
         """Answers still with the model when the frames ended: waited for, and written as
         events. Returns the failure of a batch the stream had not raised yet."""
         late = self.answer_stage.flush(FLUSH_TIMEOUT_S[end])
@@ -169,7 +169,7 @@ class Pipeline:
             return min(total, self.cfg.run.max_frames)
         return total or self.cfg.run.max_frames or None
 
-    def _summary(self, clock: StageClock, counts: RunCounts, sinks: SinkSet, end: str,
+    def _summary(self, clock: StageClock, counts: StreamCounts, sinks: SinkSet, end: str,
                  error: str | None, streamed: float, seconds: float) -> dict[str, Any]:
         """``streamed``: seconds until the frames ended; ``seconds``: with the wait for the
         answers still in flight then (``flush_s``). ``fps`` is over the streamed seconds: the
@@ -184,7 +184,7 @@ class Pipeline:
             "last_frame": counts.last_frame,
             "frames": counts.frames,
             "tracks": self.policy.tracks_seen,
-            "rois": self.policy.rois_emitted,
+            "crops": self.policy.crops_emitted,
             "answers": counts.answers,
             "answers_by_question": counts.by_question,
             "seconds": round(seconds, 3),
@@ -249,8 +249,8 @@ def tracked(cfg: PipelineConfig, source: Source, max_frames: int = 0,
     return clock.wrap("roi", policy(clock.wrap("tracker", tracker(frames))))
 
 
-def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
-                 ) -> tuple[list[Roi], dict[str, Any]]:
+def collect_crops(cfg: PipelineConfig, count: int, max_frames: int = 0
+                 ) -> tuple[list[Crop], dict[str, Any]]:
     """The first crop of each of the first ``count`` tracks, from the pipeline's own source,
     tracker and cropper, and the source's stats. Used by ``vidqa plan`` and the experiments
     (validate, compress-report) so they see exactly the crops a run would send to the VLM.
@@ -263,7 +263,7 @@ def collect_rois(cfg: PipelineConfig, count: int, max_frames: int = 0
                                                              reask_growth=0.0))
     with open_source(cfg.source, source_path(cfg.source)) as source:
         results = tracked(once, source, max_frames)
-        chosen = distinct_tracks((roi for result in results for roi in result.rois), count)
+        chosen = distinct_tracks((crop for result in results for crop in result.crops), count)
         stats = source.stats()
     if not chosen:
         raise SourceError(f"no person crop found in {stats['source_id']} (frames read: "

@@ -19,7 +19,7 @@ from vidqa.config import RoiConfig
 
 if TYPE_CHECKING:
     from vidqa.zones import ZoneMap
-from vidqa.messages import FrameResult, Roi
+from vidqa.messages import Crop, FrameResult
 
 Box = tuple[int, int, int, int]
 
@@ -42,11 +42,11 @@ def box_area(box: Box) -> int:
     return max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
 
 
-def distinct_tracks(rois: Iterable[Roi], count: int) -> list[Roi]:
+def distinct_tracks(crops: Iterable[Crop], count: int) -> list[Crop]:
     """The first ROI of each track, for the first ``count`` tracks (stops consuming there)."""
-    chosen: dict[int, Roi] = {}
-    for roi in rois:
-        chosen.setdefault(roi.track_id, roi)
+    chosen: dict[int, Crop] = {}
+    for crop in crops:
+        chosen.setdefault(crop.track_id, crop)
         if len(chosen) >= count:
             break
     return list(chosen.values())
@@ -69,26 +69,26 @@ class RoiPolicy:
         self.tracks: dict[int, _Track] = {}
         self.tick = 0
         self.tracks_seen = 0
-        self.rois_emitted = 0
+        self.crops_emitted = 0
 
     def update(self, result: FrameResult) -> FrameResult:
         self.tick += 1
         width, height = result.frame.size
-        rois = []
+        crops = []
         for row, track_id in enumerate(result.detections.track_id.tolist()):
             box = clip_box(result.detections.xyxy[row], width, height)
-            roi = self._consider(track_id, box, result)
-            if roi is not None:
-                rois.append(roi)
-        self.rois_emitted += len(rois)
-        return dataclasses.replace(result, rois=result.rois + tuple(rois),
+            crop = self._consider(track_id, box, result)
+            if crop is not None:
+                crops.append(crop)
+        self.crops_emitted += len(crops)
+        return dataclasses.replace(result, crops=result.crops + tuple(crops),
                                    ended_tracks=self._evict())
 
     def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
         for result in results:
             yield self.update(result)
 
-    def _consider(self, track_id: int, box: Box, result: FrameResult) -> Roi | None:
+    def _consider(self, track_id: int, box: Box, result: FrameResult) -> Crop | None:
         track = self.tracks.get(track_id)
         if track is None:
             track = self.tracks[track_id] = _Track()
@@ -119,13 +119,13 @@ class RoiPolicy:
             return "larger"
         return None
 
-    def _crop(self, track_id: int, box: Box, result: FrameResult, reason: str) -> Roi:
+    def _crop(self, track_id: int, box: Box, result: FrameResult, reason: str) -> Crop:
         frame = result.frame
         width, height = frame.size
         crop_box = pad_box(box, self.cfg.padding, width, height)
         x1, y1, x2, y2 = crop_box
         image = frame.image[y1:y2, x1:x2].copy()  # a copy: the frame buffer may be reused
-        return Roi(track_id=track_id, frame_index=frame.frame_index, time_s=frame.timestamp,
+        return Crop(track_id=track_id, frame_index=frame.frame_index, time_s=frame.timestamp,
                    bbox=box, crop_box=crop_box, image=image, reason=reason,
                    stream_id=frame.stream_id)
 

@@ -20,7 +20,7 @@ from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError
 from vidqa.messages import Answer, FrameResult
 
-SCHEMA_VERSION = 2  # of summary.json and events.jsonl; the README lists what changed
+SCHEMA_VERSION = 3  # of summary.json and events.jsonl; the README lists what changed
 LOG_NAME = "vidqa.log"
 # "partial": some streams of a multi-stream run failed while others ran to their end.
 EXIT_CODES = {"completed": 0, "max_frames": 0, "stopped": 0, "interrupted": 130,
@@ -79,7 +79,7 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class RunCounts:
+class StreamCounts:
     """Frames and answers seen by the sinks, and a progress line when no bar is shown."""
 
     def __init__(self) -> None:

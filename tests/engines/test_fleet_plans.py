@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from factories import make_rois
+from factories import make_crops
 
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig, load_config
 from vidqa.engines.fleet_plans import Fleet, FleetGate, SharedPlans
@@ -72,11 +72,11 @@ def test_fleet_when_two_replicas_start_together_then_one_profiles_and_both_compr
     plans, cfg = SharedPlans(), settings(tmp_path)
     first, second = replica(tiny_vlm, cfg, plans, "r1"), replica(tiny_vlm, cfg, plans, "r2")
 
-    first.answer(make_rois([1]))
-    waiting = second.answer(make_rois([5, 6]))  # two tracks: it would profile on its own
-    first.answer(make_rois([2], frame=1))  # the first replica's K-th track: it plans
-    adopted = second.answer(make_rois([7], frame=2))
-    later = second.answer(make_rois([8], frame=3))
+    first.answer(make_crops([1]))
+    waiting = second.answer(make_crops([5, 6]))  # two tracks: it would profile on its own
+    first.answer(make_crops([2], frame=1))  # the first replica's K-th track: it plans
+    adopted = second.answer(make_crops([7], frame=2))
+    later = second.answer(make_crops([8], frame=3))
 
     assert profiled == [[1, 2]]
     assert [a.compressed for a in waiting + adopted] == [False, False, False]
@@ -89,13 +89,13 @@ def test_fleet_when_plan_disproved_then_the_disproving_replica_profiles_again(
         tiny_vlm, tmp_path, profiled):
     plans, cfg = SharedPlans(), settings(tmp_path)
     first, second = replica(tiny_vlm, cfg, plans, "r1"), replica(tiny_vlm, cfg, plans, "r2")
-    first.answer(make_rois([1, 2]))
-    second.answer(make_rois([3]))  # adopts the published plan
+    first.answer(make_crops([1, 2]))
+    second.answer(make_crops([3]))  # adopts the published plan
 
     second.auditor.window.append(False)  # its audits disagree with the plan
     second._replan(second.auditor.shortfall())
-    second.answer(make_rois([4, 5], frame=1))
-    first.answer(make_rois([6, 7], frame=1))
+    second.answer(make_crops([4, 5], frame=1))
+    first.answer(make_crops([6, 7], frame=1))
 
     assert profiled == [[1, 2], [4, 5]]
     assert plans.plan(second.cache.key(second._key))["plan"] == second.plan.to_dict()

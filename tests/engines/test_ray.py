@@ -147,7 +147,7 @@ def test_ray_when_run_ends_then_summary_has_local_keys_and_engine(runs):
     assert set(on_ray) == set(local) | {"engine", "nodes"}
     assert set(on_ray["vlm"]) == set(local["vlm"])
     assert set(on_ray["vlm"]["service"]) == set(local["vlm"]["service"])
-    assert on_ray["vlm"]["service"]["rois"] == on_ray["answers"]  # one question per crop
+    assert on_ray["vlm"]["service"]["crops"] == on_ray["answers"]  # one question per crop
     for stream in ("file", "cam"):
         assert set(summary(runs["ray"] / stream)) == set(summary(runs["local"] / stream))
     assert (on_ray["end_reason"], on_ray["exit_code"]) == ("completed", 0)

@@ -15,12 +15,12 @@ from vidqa.experiments.compression_sweep import (
     compression_report,
     load_labels,
 )
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.vlm.compression.compressor import layer_paths
 
 
-def rois(count: int) -> list[Roi]:
-    return [Roi(track_id=10 + i, frame_index=i, time_s=i / 10, bbox=(0, 0, 5, 10),
+def crops(count: int) -> list[Crop]:
+    return [Crop(track_id=10 + i, frame_index=i, time_s=i / 10, bbox=(0, 0, 5, 10),
                 crop_box=(0, 0, 5, 10), image=crop, reason="new")
             for i, crop in enumerate(person_crops(count))]
 
@@ -33,7 +33,7 @@ def test_compression_report_when_run_writes_json_and_png(tiny_vlm, tmp_path):
     cfg = ReportConfig(fractions=(0.0, 0.5), metrics=("block_influence", "activation"),
                        repeats=1, batch_size=2)
 
-    compression_report(tiny_vlm, rois(3), tmp_path / "out", cfg, labels=labels, profile=profile)
+    compression_report(tiny_vlm, crops(3), tmp_path / "out", cfg, labels=labels, profile=profile)
 
     results = json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
     assert len(results["rows"]) == 4 * 3  # (2 metrics + random + reverse) x 3 operators

@@ -9,8 +9,8 @@ from vidqa.config import PipelineConfig, RoiConfig
 from vidqa.errors import ConfigError
 from vidqa.experiments import layer_stability as validate
 from vidqa.experiments.stats import DECISION_TABLE
-from vidqa.messages import Roi
-from vidqa.pipeline import collect_rois
+from vidqa.messages import Crop
+from vidqa.pipeline import collect_crops
 from vidqa.roi import distinct_tracks
 from vidqa.vlm.model import VisionLanguageModel
 from vidqa.vlm.profiling.importance import Profile
@@ -19,9 +19,9 @@ QUESTIONS = ["Is this person carrying a backpack?", "Is this worker wearing a ha
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_rois(track_ids: list[int]) -> list[Roi]:
+def make_crops(track_ids: list[int]) -> list[Crop]:
     crops = person_crops(len(track_ids), seed=1)
-    return [Roi(track_id=t, frame_index=i, time_s=i / 10, bbox=(0, 0, c.shape[1], c.shape[0]),
+    return [Crop(track_id=t, frame_index=i, time_s=i / 10, bbox=(0, 0, c.shape[1], c.shape[0]),
                 crop_box=(0, 0, c.shape[1], c.shape[0]), image=c, reason="new")
             for i, (t, c) in enumerate(zip(track_ids, crops, strict=True))]
 
@@ -32,8 +32,8 @@ def validated(tiny_vlm_dir, tmp_path_factory):
     info = ModelInfo(requested="tiny", resolved=str(tiny_vlm_dir), standin=True)
     vlm = VisionLanguageModel.load(info, device="cpu", local_files_only=True)
     out = tmp_path_factory.mktemp("validation")
-    results = validate.run_validation("synthetic", QUESTIONS, out, n_rois=4,
-                                      rois=make_rois([3, 3, 5, 8, 9, 11]), vlm=vlm)
+    results = validate.run_validation("synthetic", QUESTIONS, out, n_crops=4,
+                                      crops=make_crops([3, 3, 5, 8, 9, 11]), vlm=vlm)
     return results, out
 
 
@@ -111,9 +111,9 @@ def test_distinct_tracks_when_a_track_repeats_then_first_crop_of_each_and_stops_
     consumed = []
 
     def stream():
-        for roi in make_rois([4, 4, 6, 4, 7, 9]):
-            consumed.append(roi.track_id)
-            yield roi
+        for crop in make_crops([4, 4, 6, 4, 7, 9]):
+            consumed.append(crop.track_id)
+            yield crop
 
     chosen = distinct_tracks(stream(), 3)
 
@@ -124,7 +124,7 @@ def test_distinct_tracks_when_a_track_repeats_then_first_crop_of_each_and_stops_
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"questions": []}, "question"),
     ({"questions": ["  "]}, "question"),
-    ({"n_rois": 0}, "n_rois"),
+    ({"n_crops": 0}, "n_rois"),
     ({"primary_metric": "task_skip", "task_impact": False}, "primary metric"),
     ({"metrics": ("activation", "magnitude")}, "magnitude"),
     ({"task_impact": ("task_fp4",), "primary_metric": "activation"}, "task_fp4"),
@@ -137,18 +137,18 @@ def test_run_validation_when_arguments_bad_then_config_error(tmp_path, kwargs, m
 
 
 @pytest.mark.slow
-def test_collect_rois_when_sample_video_then_distinct_tracks_of_people():
-    rois, stats = collect_rois(PipelineConfig(), 3, max_frames=60)
+def test_collect_crops_when_sample_video_then_distinct_tracks_of_people():
+    crops, stats = collect_crops(PipelineConfig(), 3, max_frames=60)
 
-    assert len({r.track_id for r in rois}) == len(rois) >= 2
-    assert all(r.image.shape[0] >= RoiConfig().min_height for r in rois)
+    assert len({r.track_id for r in crops}) == len(crops) >= 2
+    assert all(r.image.shape[0] >= RoiConfig().min_height for r in crops)
     assert stats["frames_read"] <= 61
 
 
 def test_decide_when_primary_metric_was_skipped_then_verdict_says_why():
     stats = {"pearson": {"value": 0.9}, "verdict": "> 0.7 high → proceed"}
     profile = Profile(question="q?", layers=[], scores={"activation": np.ones((2, 3))},
-                      margins=np.zeros(2), p_yes=np.full(2, 0.5), roi_ids=[1, 2], seconds={},
+                      margins=np.zeros(2), p_yes=np.full(2, 0.5), crop_ids=[1, 2], seconds={},
                       skipped={"task_int8": "no cuda kernels"})
 
     decision = validate.decide([profile], [{"activation": stats}], "task_int8")

@@ -133,7 +133,7 @@ def test_stability_when_seeded_then_null_is_reproducible():
     assert stability(x, seed=7)["pearson"] != stability(x, seed=8)["pearson"]
 
 
-def test_stability_when_one_roi_then_statistics_undefined():
+def test_stability_when_one_crop_then_statistics_undefined():
     stats = stability(np.ones((1, 5)))
 
     assert stats["pearson"]["value"] is None
@@ -176,9 +176,9 @@ def test_cross_query_when_each_question_has_its_own_pattern_then_query_specific(
     assert result["interpretation"].startswith("query-specific")
 
 
-def test_cross_query_when_profiles_have_different_rois_then_value_error():
-    profiles = [SimpleNamespace(question="a?", roi_ids=[1, 2], scores={"m": np.ones((2, 3))}),
-                SimpleNamespace(question="b?", roi_ids=[1, 3], scores={"m": np.ones((2, 3))})]
+def test_cross_query_when_profiles_have_different_crops_then_value_error():
+    profiles = [SimpleNamespace(question="a?", crop_ids=[1, 2], scores={"m": np.ones((2, 3))}),
+                SimpleNamespace(question="b?", crop_ids=[1, 3], scores={"m": np.ones((2, 3))})]
 
     with pytest.raises(ValueError, match="same ROIs"):
         cross_question(profiles, "m")

@@ -5,24 +5,24 @@ from __future__ import annotations
 import threading
 
 import pytest
-from factories import make_rois, scripted_answers
+from factories import make_crops, scripted_answers
 
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.serving import BatchingService, ServiceClosed, answer_grouped
 
 QUESTIONS = ("Is this person carrying a backpack?", "Is this person running?")
 
 
-def stream_rois(stream_id: str, track_ids: list[int]) -> list[Roi]:
-    return [Roi(**{**roi.__dict__, "stream_id": stream_id}) for roi in make_rois(track_ids)]
+def stream_crops(stream_id: str, track_ids: list[int]) -> list[Crop]:
+    return [Crop(**{**crop.__dict__, "stream_id": stream_id}) for crop in make_crops(track_ids)]
 
 
 def test_service_when_streams_submit_together_then_batched_across_them():
     gate = threading.Event()
-    service = BatchingService(lambda rois, qs: scripted_answers(rois, qs, gate), batch_size=8,
+    service = BatchingService(lambda crops, qs: scripted_answers(crops, qs, gate), batch_size=8,
                          max_wait_ms=2000, queue_size=32).start()
-    futures = [service.submit(roi, QUESTIONS) for roi in
-               stream_rois("a", [1, 2, 3]) + stream_rois("b", [1, 2, 3, 4, 5])]
+    futures = [service.submit(crop, QUESTIONS) for crop in
+               stream_crops("a", [1, 2, 3]) + stream_crops("b", [1, 2, 3, 4, 5])]
     gate.set()
     service.close()
 
@@ -31,15 +31,15 @@ def test_service_when_streams_submit_together_then_batched_across_them():
     assert [answers[0].stream_id for answers in results] == ["a"] * 3 + ["b"] * 5
     assert all(a.queue_ms is not None and a.queue_ms >= 0 for r in results for a in r)
     summary = service.summary()
-    assert summary["rois"] == 8 and summary["batch_histogram"] == {"8": 1}
+    assert summary["crops"] == 8 and summary["batch_histogram"] == {"8": 1}
 
 
 def test_service_when_queue_full_then_nonblocking_submit_returns_none():
     gate = threading.Event()
-    service = BatchingService(lambda rois, qs: scripted_answers(rois, qs, gate), batch_size=1,
+    service = BatchingService(lambda crops, qs: scripted_answers(crops, qs, gate), batch_size=1,
                          max_wait_ms=0, queue_size=2).start()
-    rois = make_rois(list(range(6)))
-    accepted = [service.submit(roi, QUESTIONS[:1], block=False) for roi in rois]
+    crops = make_crops(list(range(6)))
+    accepted = [service.submit(crop, QUESTIONS[:1], block=False) for crop in crops]
     gate.set()
     service.close()
 
@@ -51,17 +51,17 @@ def test_service_when_queue_full_then_nonblocking_submit_returns_none():
 def test_service_when_a_batch_raises_then_its_callers_fail_and_later_batches_succeed():
     calls = []
 
-    def flaky(rois, questions):
-        calls.append(len(rois))
+    def flaky(crops, questions):
+        calls.append(len(crops))
         if len(calls) == 1:
             raise RuntimeError("CUDA error")
-        return scripted_answers(rois, questions)
+        return scripted_answers(crops, questions)
 
     service = BatchingService(flaky, batch_size=1, max_wait_ms=0).start()
-    first = service.submit(make_rois([1])[0], QUESTIONS[:1])
+    first = service.submit(make_crops([1])[0], QUESTIONS[:1])
     with pytest.raises(RuntimeError, match="CUDA error"):
         first.result(timeout=5)
-    second = service.submit(make_rois([2])[0], QUESTIONS[:1])
+    second = service.submit(make_crops([2])[0], QUESTIONS[:1])
 
     assert second.result(timeout=5)[0].track_id == 2
     service.close()
@@ -72,19 +72,19 @@ def test_service_when_closed_then_submit_raises():
     service.close()
 
     with pytest.raises(ServiceClosed, match="closed"):
-        service.submit(make_rois([1])[0], QUESTIONS)
+        service.submit(make_crops([1])[0], QUESTIONS)
 
 
 def test_answer_grouped_when_crops_ask_different_questions_then_one_call_per_group():
     calls = []
 
-    def answer(rois, questions):
-        calls.append((len(rois), tuple(questions)))
+    def answer(crops, questions):
+        calls.append((len(crops), tuple(questions)))
         if "boom" in questions:
             raise RuntimeError("bad group")
-        return scripted_answers(rois, questions)
+        return scripted_answers(crops, questions)
 
-    crops = make_rois([1, 2, 3, 4])
+    crops = make_crops([1, 2, 3, 4])
     asked = [QUESTIONS, ("boom",), QUESTIONS, QUESTIONS[:1]]
 
     results = answer_grouped(answer, crops, asked)

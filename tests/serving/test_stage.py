@@ -6,22 +6,22 @@ import threading
 import time
 
 import numpy as np
-from factories import detections, make_rois, scripted_answers
+from factories import detections, make_crops, scripted_answers
 
 from vidqa.config import load_config
-from vidqa.messages import FrameResult, Roi, VideoFrame
+from vidqa.messages import Crop, FrameResult, VideoFrame
 from vidqa.serving import AnswerStage, BatchingService
 from vidqa.vlm.batch import BatchAnswerer
 
 QUESTIONS = ("Is this person carrying a backpack?", "Is this person running?")
 
 
-def frame_result(index: int, rois: list[Roi], ended: tuple[int, ...] = ()) -> FrameResult:
+def frame_result(index: int, crops: list[Crop], ended: tuple[int, ...] = ()) -> FrameResult:
     frame = VideoFrame(image=np.zeros((40, 40, 3), np.uint8), frame_index=index,
                        timestamp=index / 10, source_id="t", fps=10.0)
-    boxes = [(0, 0, 10, 20)] * len(rois)
-    return FrameResult(frame=frame, detections=detections(boxes, [r.track_id for r in rois]),
-                       rois=tuple(rois), ended_tracks=ended)
+    boxes = [(0, 0, 10, 20)] * len(crops)
+    return FrameResult(frame=frame, detections=detections(boxes, [r.track_id for r in crops]),
+                       crops=tuple(crops), ended_tracks=ended)
 
 
 def test_service_stage_when_file_then_every_answer_arrives_and_is_stamped(tiny_vlm):
@@ -30,7 +30,7 @@ def test_service_stage_when_file_then_every_answer_arrives_and_is_stamped(tiny_v
     stage = BatchAnswerer(tiny_vlm, cfg.vlm)
     with BatchingService(stage.answer, batch_size=4, max_wait_ms=5) as service:
         asking = AnswerStage(service, QUESTIONS, live=False)
-        results = list(asking(frame_result(i, make_rois([i], frame=i)) for i in range(6)))
+        results = list(asking(frame_result(i, make_crops([i], frame=i)) for i in range(6)))
         late = asking.flush(timeout_s=30)
 
     answers = [a for r in results for a in r.answers] + late
@@ -43,16 +43,16 @@ def test_service_stage_when_file_then_every_answer_arrives_and_is_stamped(tiny_v
 
 def test_service_stage_when_live_and_queue_full_then_newest_crop_waits_and_ended_is_deferred():
     gate = threading.Event()
-    service = BatchingService(lambda rois, qs: scripted_answers(rois, qs, gate), batch_size=1,
+    service = BatchingService(lambda crops, qs: scripted_answers(crops, qs, gate), batch_size=1,
                          max_wait_ms=0, queue_size=1).start()
     asking = AnswerStage(service, QUESTIONS[:1], live=True)
-    asking.update(frame_result(0, make_rois([1])))
+    asking.update(frame_result(0, make_crops([1])))
     while service.waiting:  # 1 taken into a batch (held there by the gate) ...
         time.sleep(0.01)
-    asking.update(frame_result(0, make_rois([2])))  # ... so 2 fits in the queue
-    asking.update(frame_result(1, make_rois([3], frame=1)))  # full: 3 waits
-    asking.update(frame_result(2, make_rois([3], frame=2)))  # the newer crop of 3 replaces it
-    asking.update(frame_result(3, make_rois([4], frame=3)))  # 4 waits too ...
+    asking.update(frame_result(0, make_crops([2])))  # ... so 2 fits in the queue
+    asking.update(frame_result(1, make_crops([3], frame=1)))  # full: 3 waits
+    asking.update(frame_result(2, make_crops([3], frame=2)))  # the newer crop of 3 replaces it
+    asking.update(frame_result(3, make_crops([4], frame=3)))  # 4 waits too ...
     asking.update(frame_result(4, [], ended=(4,)))  # ... and its track ends first
 
     assert asking.waiting[3].frame_index == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from factories import make_rois
+from factories import make_crops
 
 from vidqa.assets import resolve_vlm
 from vidqa.config import load_config
@@ -26,14 +26,14 @@ def test_process_service_when_crops_submitted_then_each_future_has_its_answers(t
                              "vlm.batch_size=4"]).vlm
     question = cfg.questions[0].question
     with WorkerService(cfg, resolve_vlm(cfg.model)) as service:
-        futures = [service.submit(roi, [question]) for roi in make_rois([3, 4, 5, 6, 7])]
+        futures = [service.submit(crop, [question]) for crop in make_crops([3, 4, 5, 6, 7])]
         answers = [future.result(timeout=120) for future in futures]
 
     assert [a[0].track_id for a in answers] == [3, 4, 5, 6, 7]
-    assert service.summary()["rois"] == 5 and service.summary()["worker"] == "process"
+    assert service.summary()["crops"] == 5 and service.summary()["worker"] == "process"
     assert [q["question"] for q in service.answerer_summary()["questions"]] == [question]
     with pytest.raises(ServiceClosed):
-        service.submit(make_rois([1])[0], [question])
+        service.submit(make_crops([1])[0], [question])
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads' niceness: Linux")
@@ -43,8 +43,8 @@ def test_process_service_on_the_cpu_when_answering_then_every_worker_thread_yiel
     cfg = load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
                              "vlm.device=cpu", f"vlm.cpu_priority={priority}"]).vlm
     with WorkerService(cfg, resolve_vlm(cfg.model)) as service:
-        for future in [service.submit(roi, [cfg.questions[0].question])
-                       for roi in make_rois([1, 2, 3])]:
+        for future in [service.submit(crop, [cfg.questions[0].question])
+                       for crop in make_crops([1, 2, 3])]:
             future.result(timeout=120)
         worker = psutil.Process(service.client_end(0).worker_pid)
         # On Linux priority belongs to a thread: torch's own threads must have it too.

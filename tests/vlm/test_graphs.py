@@ -4,7 +4,7 @@ the CPU, eager), and on a GPU the replayed graphs give the model's answers for e
 import numpy as np
 import pytest
 import torch
-from factories import make_rois
+from factories import make_crops
 
 from vidqa.assets.types import ModelInfo
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
@@ -72,10 +72,10 @@ def test_replayed_graphs_give_the_models_answers_in_every_bucket(tiny_vlm_dir):
     assert graphs.summary()["graphs"] == captured == 3 * (1 + len(lengths))
 
     cfg = VlmConfig(questions=QUESTIONS, batch_size=4, adaptive=AdaptiveConfig(enabled=False))
-    rois = make_rois([1, 2, 3, 4, 5])
-    replayed = BatchAnswerer(vlm, cfg).answer(rois)
+    crops = make_crops([1, 2, 3, 4, 5])
+    replayed = BatchAnswerer(vlm, cfg).answer(crops)
     eager = BatchAnswerer(vlm, VlmConfig(questions=QUESTIONS, batch_size=4, cuda_graphs=False,
-                                    adaptive=AdaptiveConfig(enabled=False))).answer(rois)
+                                    adaptive=AdaptiveConfig(enabled=False))).answer(crops)
     assert [[a.answer for a in per] for per in replayed] == \
         [[a.answer for a in per] for per in eager]
     np.testing.assert_allclose([[a.margin for a in per] for per in replayed],

@@ -39,7 +39,7 @@ def _answers(run_dir: Path) -> list[tuple[int, int, str]]:
 
 
 def _counts(summary: dict[str, Any]) -> dict[str, Any]:
-    return {key: summary[key] for key in ("end_reason", "frames", "tracks", "rois", "answers")}
+    return {key: summary[key] for key in ("end_reason", "frames", "tracks", "crops", "answers")}
 
 
 def _stream_published(run: ServedRun) -> bool:

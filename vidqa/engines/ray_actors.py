@@ -37,7 +37,7 @@ from vidqa.pipeline import stream_pipeline
 from vidqa.run import LOG_NAME, run_log
 from vidqa.serving.batch import answer_grouped
 from vidqa.serving.batching import Request, ServiceStats
-from vidqa.serving.ray_client import Crop, RayClient
+from vidqa.serving.ray_client import CropRequest, RayClient
 from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
@@ -85,29 +85,29 @@ class VlmDeployment:
         """The model that actually runs (stand-in or not), for the summaries."""
         return self.answerer.vlm.info
 
-    async def answer(self, crop: Crop) -> list[Answer]:
+    async def answer(self, request: CropRequest) -> list[Answer]:
         """One crop's answers, one per question; a failed batch fails only its own crops."""
-        result = await self._answer_batch(crop)
+        result = await self._answer_batch(request)
         if isinstance(result, Exception):
             raise result
         return result
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # set from the config in __init__
-    async def _answer_batch(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
+    async def _answer_batch(self, requests: list[CropRequest]
+                            ) -> list[list[Answer] | Exception]:
         # The model runs off the event loop (which keeps gathering the next batch); serve.batch
         # runs one batch at a time, so the answerer is never entered twice.
-        return await asyncio.to_thread(self._run, crops)
+        return await asyncio.to_thread(self._run, requests)
 
-    def _run(self, crops: list[Crop]) -> list[list[Answer] | Exception]:
+    def _run(self, requests: list[CropRequest]) -> list[list[Answer] | Exception]:
         started = time.time()
-        results = answer_grouped(self.answerer.answer, [c[0] for c in crops],
-                                 [c[1] for c in crops])
-        for index, (result, (_, _, submitted)) in enumerate(zip(results, crops, strict=True)):
+        results = answer_grouped(self.answerer.answer, [r[0] for r in requests],
+                                 [r[1] for r in requests])
+        for index, (result, (_, _, submitted)) in enumerate(zip(results, requests, strict=True)):
             if not isinstance(result, Exception):
                 queue_ms = 1000 * (started - submitted)
                 results[index] = [dataclasses.replace(a, queue_ms=queue_ms) for a in result]
-        self.stats.add([Request(roi, questions, submitted) for roi, questions, submitted in crops],
-                       started, time.time())
+        self.stats.add([Request(*request) for request in requests], started, time.time())
         self._post_summary()
         return results
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vidqa.errors import ConfigError, OutputError
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 
 
 def load_labels(path: str | Path) -> dict[str, str]:
@@ -37,19 +37,19 @@ def load_labels(path: str | Path) -> dict[str, str]:
     return labels
 
 
-def crops_and_ids(rois: Iterable[Roi | np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+def crops_and_ids(crops: Iterable[Crop | np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
     """BGR crops and their ids: the track id of a Roi, the position of a bare crop."""
-    crops, ids = [], []
-    for i, roi in enumerate(rois):
-        if isinstance(roi, Roi):
-            crops.append(roi.image)
-            ids.append(str(roi.track_id))
+    images, ids = [], []
+    for i, crop in enumerate(crops):
+        if isinstance(crop, Crop):
+            images.append(crop.image)
+            ids.append(str(crop.track_id))
         else:
-            crops.append(roi)
+            images.append(crop)
             ids.append(str(i))
-    if not crops:
-        raise ConfigError("compress-report got no ROIs: is the source empty or too short?")
-    return crops, ids
+    if not images:
+        raise ConfigError("compress-report got no crops: is the source empty or too short?")
+    return images, ids
 
 
 def prepare_out_dir(out_dir: Path) -> Path:

@@ -39,7 +39,7 @@ from vidqa.experiments.common import (
     prepare_out_dir,
 )
 from vidqa.experiments.plots import plot_impact
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.storage import write_json
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
 from vidqa.vlm.compression.orders import (
@@ -51,7 +51,7 @@ from vidqa.vlm.compression.orders import (
 )
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.model import VisionLanguageModel, module_bytes, timed_margins
-from vidqa.vlm.profiling.importance import TASK_METRICS, profile_rois
+from vidqa.vlm.profiling.importance import TASK_METRICS, profile_crops
 
 RESULTS_JSON = "compression_results.json"
 IMPACT_PNG = "compression_impact.png"
@@ -68,7 +68,7 @@ class ReportConfig:
     controls: tuple[str, ...] = ("random", "reverse")  # reverse = of the first metric
     repeats: int = 3  # timed passes per configuration; the median is reported
     batch_size: int = 8
-    profile_rois: int = 10  # the first K ROIs are profiled
+    profile_crops: int = 10  # the first K ROIs are profiled
     scope: Scope = "global"  # fraction of all layers, or of each tower
     seed: int = 0  # random order
 
@@ -80,7 +80,7 @@ class ReportConfig:
             raise ConfigError(f"unknown operators {sorted(bad)}: choose int8, skip, int8+skip")
         if set(self.controls) - {"random", "reverse"}:
             raise ConfigError(f"controls must be random and/or reverse, got {self.controls}")
-        if self.repeats < 1 or self.batch_size < 1 or self.profile_rois < 1:
+        if self.repeats < 1 or self.batch_size < 1 or self.profile_crops < 1:
             raise ConfigError("repeats, batch_size and profile_rois must be >= 1")
 
 
@@ -147,19 +147,19 @@ def orders_for(profile: Any, cfg: ReportConfig, paths: Sequence[str]) -> dict[st
     return orders
 
 
-def compression_report(vlm: VisionLanguageModel, rois: Iterable[Roi | np.ndarray],
+def compression_report(vlm: VisionLanguageModel, crops: Iterable[Crop | np.ndarray],
                        out_dir: str | Path, cfg: ReportConfig = ReportConfig(),
                        labels: str | Path | None = None, profile: Any = None) -> dict[str, Any]:
     """Run Experiment 2 and write its JSON and plot into ``out_dir``; returns the results."""
     out = prepare_out_dir(Path(out_dir))
-    crops, ids = crops_and_ids(rois)
+    images, ids = crops_and_ids(crops)
     truth = load_labels(labels) if labels else None
     compressor = compressor_for(vlm.model)
     seconds: dict[str, float] = {"profile": 0.0}
     with timed(seconds, "profile", vlm.device):
         if profile is None:
-            profile = _profile(vlm, crops[:cfg.profile_rois], ids[:cfg.profile_rois], cfg)
-    bench = Bench(vlm, compressor, crops, cfg.question, cfg.batch_size)
+            profile = _profile(vlm, images[:cfg.profile_crops], ids[:cfg.profile_crops], cfg)
+    bench = Bench(vlm, compressor, images, cfg.question, cfg.batch_size)
     full = Plan.keep_all(compressor.paths)
     baseline = [bench.run(full, cfg.repeats)]
     rows = _sweep(bench, orders_for(profile, cfg, compressor.paths), cfg)
@@ -167,7 +167,7 @@ def compression_report(vlm: VisionLanguageModel, rois: Iterable[Roi | np.ndarray
     results = _results(vlm, compressor, cfg, baseline, rows, ids, truth, seconds["profile"])
     write_json(out / RESULTS_JSON, results, indent=1)
     plot_impact(results, out / IMPACT_PNG)
-    logger.info("compress-report: {} configurations on {} ROIs -> {}", len(rows), len(crops), out)
+    logger.info("compress-report: {} configurations on {} ROIs -> {}", len(rows), len(images), out)
     return results
 
 
@@ -176,7 +176,7 @@ def _profile(vlm: VisionLanguageModel, crops: list[np.ndarray], ids: list[str],
     metrics = tuple(m for m in cfg.metrics if m not in TASK_METRICS)
     task = tuple(m for m in cfg.metrics if m in TASK_METRICS)
     track_ids = [int(i) if i.lstrip("-").isdigit() else n for n, i in enumerate(ids)]
-    return profile_rois(vlm, crops, cfg.question, track_ids, metrics=metrics or ("activation",),
+    return profile_crops(vlm, crops, cfg.question, track_ids, metrics=metrics or ("activation",),
                         task_impact=task, batch_size=cfg.batch_size)
 
 

@@ -61,13 +61,13 @@ from vidqa.errors import ConfigError, SourceError
 from vidqa.experiments.common import prepare_out_dir
 from vidqa.experiments.plots import plot_importance
 from vidqa.experiments.stats import DECISION_TABLE, cross_question, summarize, verdict
-from vidqa.messages import Roi
-from vidqa.pipeline import collect_rois
+from vidqa.messages import Crop
+from vidqa.pipeline import collect_crops
 from vidqa.roi import distinct_tracks
 from vidqa.storage import write_json
 from vidqa.vlm.loading import load_vlm
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.profiling.importance import TASK_METRICS, TRACE_METRICS, Profile, profile_rois
+from vidqa.vlm.profiling.importance import TASK_METRICS, TRACE_METRICS, Profile, profile_crops
 
 SCHEMA = "vidqa.validation/2"
 RESULTS_NAME = "validation_results.json"
@@ -87,13 +87,13 @@ DECISION_FIELDS = ("table", "primary_metric", "pearson", "verdict", "verdicts")
 
 
 def run_validation(source: Path | str | None, questions: Sequence[str], out_dir: Path,
-                   n_rois: int = 8, model: str = "auto",
+                   n_crops: int = 8, model: str = "auto",
                    metrics: Sequence[str] = TRACE_METRICS,
                    task_impact: bool | Sequence[str] = True,
                    device: str = "auto", dtype: str = "auto", detector: str = "auto",
                    seed: int = 0, batch_size: int = 8, primary_metric: str = "block_influence",
                    max_frames: int = 0, config: PipelineConfig | None = None,
-                   rois: Iterable[Roi] | None = None,
+                   crops: Iterable[Crop] | None = None,
                    vlm: VisionLanguageModel | None = None) -> dict[str, Any]:
     """Run Experiment 1 and write ``validation_results.json`` and ``layer_importance.png``.
 
@@ -106,7 +106,7 @@ def run_validation(source: Path | str | None, questions: Sequence[str], out_dir:
     ``rois`` / ``vlm``: inject crops or a loaded model instead (tests, notebooks).
     Returns the results (the JSON's content); :func:`format_summary` makes the terminal text.
     """
-    task = _check_arguments(questions, n_rois, metrics, primary_metric, task_impact)
+    task = _check_arguments(questions, n_crops, metrics, primary_metric, task_impact)
     started = time.perf_counter()
     out_dir = prepare_out_dir(Path(out_dir))
     cfg = config or PipelineConfig()
@@ -114,19 +114,19 @@ def run_validation(source: Path | str | None, questions: Sequence[str], out_dir:
         cfg = dataclasses.replace(cfg, tracker=dataclasses.replace(cfg.tracker, weights=detector))
     timings: dict[str, Any] = {}
     with timed(timings, "extract_rois"):
-        rois, source_label, source_stats = _rois(source, rois, n_rois, cfg, max_frames)
+        crops, source_label, source_stats = _crops(source, crops, n_crops, cfg, max_frames)
     with timed(timings, "load_model"):
         vlm = vlm or _load_vlm(model, device, dtype, cfg)
-    profiles = _profile_all(vlm, rois, questions, metrics, task, batch_size, timings)
-    settings = {"source": source_label, "questions": list(questions), "n_rois": n_rois,
+    profiles = _profile_all(vlm, crops, questions, metrics, task, batch_size, timings)
+    settings = {"source": source_label, "questions": list(questions), "n_rois": n_crops,
                 "metrics": list(metrics), "task_impact": list(task), "batch_size": batch_size,
                 "image_splitting": cfg.vlm.image_splitting, "seed": seed,
                 "primary_metric": primary_metric, "detector": detector, "device": device,
                 "dtype": dtype, "max_frames": max_frames,
                 "tracker": dataclasses.asdict(cfg.tracker), "roi": dataclasses.asdict(cfg.roi)}
-    results = _results(vlm, rois, profiles, settings, source_stats, primary_metric, seed)
+    results = _results(vlm, crops, profiles, settings, source_stats, primary_metric, seed)
     with timed(timings, "plot"):
-        plot_importance(profiles, out_dir / PLOT_NAME, title=_plot_title(vlm, len(rois)))
+        plot_importance(profiles, out_dir / PLOT_NAME, title=_plot_title(vlm, len(crops)))
     timings["total"] = time.perf_counter() - started
     results["timings"] = _rounded(timings)
     results["outputs"] = {"json": str(out_dir / RESULTS_NAME), "png": str(out_dir / PLOT_NAME)}
@@ -135,13 +135,13 @@ def run_validation(source: Path | str | None, questions: Sequence[str], out_dir:
     return results
 
 
-def _check_arguments(questions: Sequence[str], n_rois: int, metrics: Sequence[str],
+def _check_arguments(questions: Sequence[str], n_crops: int, metrics: Sequence[str],
                      primary_metric: str, task_impact: bool | Sequence[str]) -> tuple[str, ...]:
     """The task metrics to measure; a ConfigError for anything that would fail later."""
     if not questions or not all(q.strip() for q in questions):
         raise ConfigError("vidqa validate needs at least one non-empty question (--question)")
-    if n_rois < 1:
-        raise ConfigError(f"n_rois = {n_rois}: expected at least 1 (2 or more for statistics)")
+    if n_crops < 1:
+        raise ConfigError(f"n_rois = {n_crops}: expected at least 1 (2 or more for statistics)")
     task = TASK_METRICS if task_impact is True else () if task_impact is False \
         else tuple(task_impact)
     unknown = [m for m in metrics if m not in TRACE_METRICS] + \
@@ -155,13 +155,13 @@ def _check_arguments(questions: Sequence[str], n_rois: int, metrics: Sequence[st
     return task
 
 
-def _rois(source: Path | str | None, rois: Iterable[Roi] | None, n_rois: int,
-          cfg: PipelineConfig, max_frames: int) -> tuple[list[Roi], str, dict[str, Any]]:
+def _crops(source: Path | str | None, crops: Iterable[Crop] | None, n_crops: int,
+          cfg: PipelineConfig, max_frames: int) -> tuple[list[Crop], str, dict[str, Any]]:
     """(ROIs of distinct tracks, a label of where they came from, the source's stats)."""
-    if rois is not None:
-        return distinct_tracks(rois, n_rois), str(source or "injected ROIs"), {}
+    if crops is not None:
+        return distinct_tracks(crops, n_crops), str(source or "injected ROIs"), {}
     cfg = dataclasses.replace(cfg, source=_source_config(source, cfg.source))
-    chosen, stats = collect_rois(cfg, n_rois, max_frames)
+    chosen, stats = collect_crops(cfg, n_crops, max_frames)
     return chosen, cfg.source.path, stats
 
 
@@ -185,15 +185,15 @@ def _load_vlm(model: str, device: str, dtype: str, cfg: PipelineConfig) -> Visio
 # Profiling and statistics
 
 
-def _profile_all(vlm: VisionLanguageModel, rois: list[Roi], questions: Sequence[str],
+def _profile_all(vlm: VisionLanguageModel, crops: list[Crop], questions: Sequence[str],
                  metrics: Sequence[str], task: Sequence[str], batch_size: int,
                  timings: dict[str, Any]) -> list[Profile]:
-    images = [roi.image for roi in rois]
-    track_ids = [roi.track_id for roi in rois]
+    images = [crop.image for crop in crops]
+    track_ids = [crop.track_id for crop in crops]
     profiles, timings["profile"] = [], {}
     for question in questions:
         with timed(timings["profile"], question):
-            profiles.append(profile_rois(vlm, images, question, track_ids, metrics=metrics,
+            profiles.append(profile_crops(vlm, images, question, track_ids, metrics=metrics,
                                          task_impact=task, batch_size=batch_size))
     return profiles
 
@@ -222,7 +222,7 @@ def decide(profiles: Sequence[Profile], stats: Sequence[dict[str, Any]],
     return decision
 
 
-def _results(vlm: VisionLanguageModel, rois: list[Roi], profiles: list[Profile],
+def _results(vlm: VisionLanguageModel, crops: list[Crop], profiles: list[Profile],
              settings: dict[str, Any], source_stats: dict[str, Any], primary_metric: str,
              seed: int) -> dict[str, Any]:
     info = vlm.info
@@ -240,7 +240,7 @@ def _results(vlm: VisionLanguageModel, rois: list[Roi], profiles: list[Profile],
         "warning": STANDIN_WARNING if info.standin else None,
         "config": settings,
         "source": source_stats,
-        "rois": [_roi_entry(roi) for roi in rois],
+        "rois": [_crop_entry(crop) for crop in crops],
         "layers": profiles[0].to_dict()["layers"],
         "questions": [_question_entry(p, st) for p, st in zip(profiles, stats)],
         "cross_question": crossed,
@@ -248,16 +248,16 @@ def _results(vlm: VisionLanguageModel, rois: list[Roi], profiles: list[Profile],
     }
 
 
-def _roi_entry(roi: Roi) -> dict[str, Any]:
-    height, width = roi.image.shape[:2]
-    return {"track_id": int(roi.track_id), "frame_index": int(roi.frame_index),
-            "time_s": round(float(roi.time_s), 4), "bbox": [int(v) for v in roi.bbox],
-            "crop_box": [int(v) for v in roi.crop_box], "size": [width, height]}
+def _crop_entry(crop: Crop) -> dict[str, Any]:
+    height, width = crop.image.shape[:2]
+    return {"track_id": int(crop.track_id), "frame_index": int(crop.frame_index),
+            "time_s": round(float(crop.time_s), 4), "bbox": [int(v) for v in crop.bbox],
+            "crop_box": [int(v) for v in crop.crop_box], "size": [width, height]}
 
 
 def _question_entry(profile: Profile, stats: dict[str, Any]) -> dict[str, Any]:
     answers = [{"track_id": int(t), "answer": a, "p_yes": float(p), "margin": float(m)}
-               for t, a, p, m in zip(profile.roi_ids, profile.answers, profile.p_yes,
+               for t, a, p, m in zip(profile.crop_ids, profile.answers, profile.p_yes,
                                      profile.margins, strict=True)]
     return {"question": profile.question, "answers": answers,
             "profile": {**profile.to_dict(), "stats": stats}}
@@ -279,32 +279,32 @@ def check_results(data: dict[str, Any]) -> list[str]:
         return problems
     problems += [f"model.{k}: missing" for k in MODEL_FIELDS if k not in data["model"]]
     problems += [f"decision.{k}: missing" for k in DECISION_FIELDS if k not in data["decision"]]
-    n_rois, n_layers = len(data["rois"]), len(data["layers"])
+    n_crops, n_layers = len(data["rois"]), len(data["layers"])
     for entry in data["questions"]:
-        problems += _check_question(entry, n_rois, n_layers)
+        problems += _check_question(entry, n_crops, n_layers)
     return problems
 
 
-def _check_question(entry: dict[str, Any], n_rois: int, n_layers: int) -> list[str]:
+def _check_question(entry: dict[str, Any], n_crops: int, n_layers: int) -> list[str]:
     where = f"questions[{entry.get('question')!r}]"
     profile = entry.get("profile", {})
     problems = [f"{where}.profile.{k}: missing" for k in PROFILE_FIELDS if k not in profile]
-    if len(entry.get("answers", [])) != n_rois:
-        problems.append(f"{where}.answers: expected {n_rois} entries")
+    if len(entry.get("answers", [])) != n_crops:
+        problems.append(f"{where}.answers: expected {n_crops} entries")
     for metric, matrix in profile.get("scores", {}).items():
         shape = np.asarray(matrix).shape
-        if shape != (n_rois, n_layers):
+        if shape != (n_crops, n_layers):
             problems.append(f"{where}.scores.{metric}: shape {shape}, expected "
-                            f"{(n_rois, n_layers)}")
+                            f"{(n_crops, n_layers)}")
         stats = profile.get("stats", {}).get(metric, {})
         problems += [f"{where}.stats.{metric}.{k}: missing" for k in (*STAT_FIELDS, "verdict")
                      if k not in stats]
     return problems
 
 
-def _plot_title(vlm: VisionLanguageModel, n_rois: int) -> str:
+def _plot_title(vlm: VisionLanguageModel, n_crops: int) -> str:
     standin = " — OFFLINE STAND-IN: random vision encoder" if vlm.info.standin else ""
-    return f"Layer importance, {n_rois} ROIs of distinct tracks — {vlm.info.resolved}{standin}"
+    return f"Layer importance, {n_crops} ROIs of distinct tracks — {vlm.info.resolved}{standin}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def plot_importance(profiles: Sequence[Profile], path: Path, title: str = "") ->
     metrics = list(profiles[0].scores)
     layers = profiles[0].layers
     n_vision = sum(layer.tower == "vision" for layer in layers)
-    n_rows = sum(len(p.roi_ids) for p in profiles)
+    n_rows = sum(len(p.crop_ids) for p in profiles)
     width = min(22.0, max(12.0, 0.45 * len(layers)))  # inches: ~0.2 per layer per panel
     figure = Figure(figsize=(width, 1.2 + 3.2 * len(metrics)), layout="constrained")
     FigureCanvasAgg(figure)  # Agg canvas without pyplot: no global backend state
@@ -44,9 +44,9 @@ def _heatmap(figure: Any, ax: Any, profiles: Sequence[Profile], metric: str, n_v
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
     figure.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
     labels = [f"Q{q + 1} #{t}" if len(profiles) > 1 else f"track {t}"
-              for q, p in enumerate(profiles) for t in p.roi_ids]
+              for q, p in enumerate(profiles) for t in p.crop_ids]
     ax.set_yticks(range(n_rows), labels, fontsize=7)
-    for boundary in np.cumsum([len(p.roi_ids) for p in profiles])[:-1]:
+    for boundary in np.cumsum([len(p.crop_ids) for p in profiles])[:-1]:
         ax.axhline(boundary - 0.5, color="white", linewidth=1.5)
     _layer_axis(ax, profiles[0], n_vision)
     pearsons = [mean_pairwise_pearson(p.scores[metric]) for p in profiles]

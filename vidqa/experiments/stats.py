@@ -138,8 +138,8 @@ def with_null(statistic: Statistic, x: np.ndarray, seed: int = 0,
 def stability(x: np.ndarray, seed: int = 0, n_shuffles: int = N_SHUFFLES) -> dict[str, Any]:
     """Every statistic of the module docstring with its null baseline, and the seed's verdict."""
     x = np.asarray(x, np.float64)
-    n_rois, n_layers = x.shape
-    out: dict[str, Any] = {"n_rois": n_rois, "n_layers": n_layers}
+    n_crops, n_layers = x.shape
+    out: dict[str, Any] = {"n_rois": n_crops, "n_layers": n_layers}
     # Spearman = Pearson of the ranks, and shuffling a row shuffles its ranks the same way:
     # its null is Pearson's null on the rank matrix (no re-ranking per shuffle).
     statistics: dict[str, tuple[Statistic, np.ndarray]] = {
@@ -150,7 +150,7 @@ def stability(x: np.ndarray, seed: int = 0, n_shuffles: int = N_SHUFFLES) -> dic
             (lambda m, k=k: mean_pairwise_jaccard(m, k), x)
         out[f"k_bottom_{round(100 * fraction)}"] = k
     for name, (statistic, matrix) in statistics.items():
-        out[name] = with_null(statistic, matrix, seed, n_shuffles) if n_rois >= 2 else \
+        out[name] = with_null(statistic, matrix, seed, n_shuffles) if n_crops >= 2 else \
             {"value": None, "null_mean": None, "null_std": None, "p_null": None}
     out["verdict"] = verdict(out["pearson"]["value"])
     out["decision_table"] = DECISION_TABLE
@@ -192,18 +192,18 @@ def cross_question(profiles: Sequence[Any] | Mapping[str, np.ndarray], metric: s
     if len(questions) < 2:
         return {"questions": questions, "note": "needs at least 2 questions"}
     stack = np.stack([np.asarray(by_query[q], np.float64) for q in questions])  # (Q, n, L)
-    n_queries, n_rois, n_layers = stack.shape
-    if n_rois < 2:
+    n_queries, n_crops, n_layers = stack.shape
+    if n_crops < 2:
         return {"questions": questions, "note": "needs at least 2 ROIs"}
-    vectors = stack.reshape(n_queries * n_rois, n_layers)  # (Q*n, L), question-major
-    query = np.repeat(np.arange(n_queries), n_rois)  # (Q*n,) question of each row
-    roi = np.tile(np.arange(n_rois), n_queries)  # (Q*n,) ROI of each row
+    vectors = stack.reshape(n_queries * n_crops, n_layers)  # (Q*n, L), question-major
+    query = np.repeat(np.arange(n_queries), n_crops)  # (Q*n,) question of each row
+    crop = np.tile(np.arange(n_crops), n_queries)  # (Q*n,) ROI of each row
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"questions": questions, "n_rois": n_rois, "n_layers": n_layers}
+    out: dict[str, Any] = {"questions": questions, "n_rois": n_crops, "n_layers": n_layers}
     for name, rows in (("pearson", vectors), ("spearman", rank_rows(vectors))):
         corr = corr_matrix(rows)
-        observed = _similarities(corr, query, roi)
-        null = np.array([_similarities(corr, _permute_labels(query, roi, rng), roi)["gap"]
+        observed = _similarities(corr, query, crop)
+        null = np.array([_similarities(corr, _permute_labels(query, crop, rng), crop)["gap"]
                          for _ in range(n_permutations)])
         null = null[~np.isnan(null)]
         observed["null_gap_mean"] = _num(null.mean()) if len(null) else None
@@ -223,21 +223,21 @@ def _matrices(profiles: Sequence[Any] | Mapping[str, np.ndarray],
     if metric is None:
         raise ValueError("cross_question(profiles) needs the metric to compare, e.g. "
                          "metric='block_influence'")
-    first = profiles[0].roi_ids if profiles else []
+    first = profiles[0].crop_ids if profiles else []
     for profile in profiles:
-        if list(profile.roi_ids) != list(first):
+        if list(profile.crop_ids) != list(first):
             raise ValueError(f"cross_question needs the same ROIs in every profile: "
-                             f"{list(first)} vs {list(profile.roi_ids)} for {profile.question!r}")
+                             f"{list(first)} vs {list(profile.crop_ids)} for {profile.question!r}")
     return {profile.question: profile.scores[metric] for profile in profiles}
 
 
-def _similarities(corr: np.ndarray, query: np.ndarray, roi: np.ndarray) -> dict[str, float]:
+def _similarities(corr: np.ndarray, query: np.ndarray, crop: np.ndarray) -> dict[str, float]:
     same_query = query[:, None] == query[None, :]
-    same_roi = roi[:, None] == roi[None, :]
-    within = _masked_mean(corr, same_query & ~same_roi)
-    across_other = _masked_mean(corr, ~same_query & ~same_roi)
+    same_crop = crop[:, None] == crop[None, :]
+    within = _masked_mean(corr, same_query & ~same_crop)
+    across_other = _masked_mean(corr, ~same_query & ~same_crop)
     return {"within_query": within, "across_query_other_roi": across_other,
-            "across_query_same_roi": _masked_mean(corr, ~same_query & same_roi),
+            "across_query_same_roi": _masked_mean(corr, ~same_query & same_crop),
             "gap": within - across_other}
 
 
@@ -247,11 +247,11 @@ def _masked_mean(matrix: np.ndarray, mask: np.ndarray) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def _permute_labels(query: np.ndarray, roi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _permute_labels(query: np.ndarray, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each ROI's question labels shuffled among its own rows."""
     permuted = query.copy()
-    for r in np.unique(roi):
-        rows = np.flatnonzero(roi == r)
+    for r in np.unique(crop):
+        rows = np.flatnonzero(crop == r)
         permuted[rows] = rng.permutation(query[rows])
     return permuted
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, runtime_checkable
 
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 
 
 class ServiceClosed(RuntimeError):
@@ -23,7 +23,7 @@ class ServiceClosed(RuntimeError):
 class AnswerService(Protocol):
     """Crops in, answers out."""
 
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+    def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
         """Queue one crop; its future resolves to one answer per question. ``block=False``
         returns None at once when the service is full (live streams); ``block=True`` waits for

@@ -7,13 +7,13 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 
 # (crops, questions) -> per crop, its answer to each question: BatchAnswerer.answer
-AnswerFn = Callable[[Sequence[Roi], Sequence[str]], list[list[Answer]]]
+AnswerFn = Callable[[Sequence[Crop], Sequence[str]], list[list[Answer]]]
 
 
-def answer_grouped(answer: AnswerFn, crops: Sequence[Roi],
+def answer_grouped(answer: AnswerFn, crops: Sequence[Crop],
                    questions: Sequence[tuple[str, ...]]) -> list[list[Answer] | Exception]:
     """Per crop (``questions[i]`` is what crop ``i`` asks), its answers; a group whose call
     raised gets the error instead, so one bad group fails its own crops, not the batch."""

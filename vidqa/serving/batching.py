@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.serving.base import ServiceClosed
 from vidqa.serving.batch import AnswerFn, answer_grouped
 
@@ -34,7 +34,7 @@ from vidqa.serving.batch import AnswerFn, answer_grouped
 class Request:
     """One crop waiting for the VLM, and the future its caller holds."""
 
-    roi: Roi
+    crop: Crop
     questions: tuple[str, ...]  # question texts to ask about this crop
     submitted: float = field(default_factory=time.perf_counter)
     future: Future[list[Answer]] = field(default_factory=Future)
@@ -60,7 +60,7 @@ class BatchingService:
         self._thread.start()
         return self
 
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+    def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
         """Queue one crop; its future resolves to one answer per question.
 
@@ -69,7 +69,7 @@ class BatchingService:
         """
         if self._closed.is_set():
             raise ServiceClosed("the VLM service is closed: no more crops can be answered")
-        request = Request(roi, tuple(questions))
+        request = Request(crop, tuple(questions))
         try:
             self._queue.put(request, block=block, timeout=timeout)
         except queue.Full:
@@ -130,7 +130,7 @@ class BatchingService:
 
     def _run(self, batch: list[Request]) -> None:
         started = time.perf_counter()
-        results = answer_grouped(self.answer, [r.roi for r in batch],
+        results = answer_grouped(self.answer, [r.crop for r in batch],
                                  [r.questions for r in batch])
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
@@ -146,7 +146,7 @@ class ServiceStats:
 
     def __init__(self) -> None:
         self.batches: Counter[int] = Counter()
-        self.rois = 0
+        self.crops = 0
         self.answers = 0  # crops x their questions: what one model pass each would answer
         self.busy_s = 0.0
         self.refused = 0
@@ -156,7 +156,7 @@ class ServiceStats:
 
     def add(self, batch: list[Request], started: float, ended: float) -> None:
         self.batches[len(batch)] += 1
-        self.rois += len(batch)
+        self.crops += len(batch)
         self.answers += sum(len(r.questions) for r in batch)
         self.busy_s += ended - started
         self.queue_ms += [1000 * (started - r.submitted) for r in batch]
@@ -168,13 +168,13 @@ class ServiceStats:
         waits = sorted(self.queue_ms)
         return {
             "batch_size": batch_size, "max_wait_ms": round(1000 * max_wait_s, 1),
-            "batches": sum(self.batches.values()), "rois": self.rois,
+            "batches": sum(self.batches.values()), "crops": self.crops,
             "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())},
-            "mean_batch": round(self.rois / max(sum(self.batches.values()), 1), 2),
+            "mean_batch": round(self.crops / max(sum(self.batches.values()), 1), 2),
             "answers": self.answers,
             "answers_per_s": round(self.answers / span, 2) if span else None,
             "busy_s": round(self.busy_s, 3), "span_s": round(span, 3),
-            "rois_per_busy_s": round(self.rois / self.busy_s, 2) if self.busy_s else None,
+            "crops_per_busy_s": round(self.crops / self.busy_s, 2) if self.busy_s else None,
             "utilisation": round(self.busy_s / span, 3) if span else None,
             "queue_ms_p50": percentile(waits, 50), "queue_ms_p95": percentile(waits, 95),
             "refused_when_full": self.refused,

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.serving.base import ServiceClosed
 
 # One crop as it travels to the deployment: the crop, its questions, when it was submitted
 # (wall clock: the stream and the replica may be different processes or machines).
-Crop = tuple[Roi, tuple[str, ...], float]
+CropRequest = tuple[Crop, tuple[str, ...], float]
 
 
 class RayClient:
@@ -32,7 +32,7 @@ class RayClient:
         self._closed = False
         self.refused = 0
 
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+    def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
         """Send one crop; its future resolves to one answer per question. When the stream has
         ``max_in_flight`` crops out, ``block=False`` returns None at once, ``block=True`` waits
@@ -42,8 +42,8 @@ class RayClient:
         if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
             self.refused += 1
             return None
-        crop = (roi, tuple(questions), time.time())
-        future = asyncio.run_coroutine_threadsafe(self._ask(crop), self._loop)
+        request = (crop, tuple(questions), time.time())
+        future = asyncio.run_coroutine_threadsafe(self._ask(request), self._loop)
         future.add_done_callback(lambda _: self._slots.release())
         return future
 
@@ -59,8 +59,8 @@ class RayClient:
     def summary(self) -> dict[str, Any]:
         return {"worker": "ray", "refused_when_full": self.refused}
 
-    async def _ask(self, crop: Crop) -> list[Answer]:
-        return await self._handle.answer.remote(crop)
+    async def _ask(self, request: CropRequest) -> list[Answer]:
+        return await self._handle.answer.remote(request)
 
     def close(self) -> None:
         """Stop the loop (answers still in flight are abandoned; the stage has waited)."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
-from vidqa.messages import Answer, FrameResult, Roi, VideoFrame
+from vidqa.messages import Answer, Crop, FrameResult, VideoFrame
 from vidqa.serving.base import AnswerService
 from vidqa.serving.batching import percentile
 
@@ -32,7 +32,7 @@ class AnswerStage:
         self.questions = tuple(questions)
         self.live = live
         self.stop = stop or threading.Event()
-        self.waiting: dict[int, Roi] = {}  # live, queue full: track -> its newest crop
+        self.waiting: dict[int, Crop] = {}  # live, queue full: track -> its newest crop
         self.pending: set[int] = set()  # tracks asked and not answered yet (for the overlay)
         self._submitted: dict[Future, float] = {}  # not yet attached -> when it was submitted
         self._stats: Counter[str] = Counter()
@@ -53,8 +53,8 @@ class AnswerStage:
             self.pending.discard(track_id)
         if self.live:
             self._retry_waiting()
-        for roi in result.rois:
-            self._ask(roi)
+        for crop in result.crops:
+            self._ask(crop)
         return dataclasses.replace(result, answers=result.answers + self._take(result.frame))
 
     def flush(self, timeout_s: float | None) -> list[Answer]:
@@ -78,34 +78,34 @@ class AnswerStage:
                 "latency_ms_p50": percentile(latencies, 50),
                 "latency_ms_p95": percentile(latencies, 95)}
 
-    def _ask(self, roi: Roi) -> None:
+    def _ask(self, crop: Crop) -> None:
         if self.live:
-            future = self.service.submit(roi, self.questions, block=False)
+            future = self.service.submit(crop, self.questions, block=False)
             if future is None:
                 self._stats["queue_full_waits"] += 1
-                self.waiting[roi.track_id] = roi  # the newest crop of the track wins
+                self.waiting[crop.track_id] = crop  # the newest crop of the track wins
                 return
         else:
             future = None
             while future is None and not self.stop.is_set():  # stay responsive to a stop
-                future = self.service.submit(roi, self.questions, block=True, timeout=0.5)
+                future = self.service.submit(crop, self.questions, block=True, timeout=0.5)
             if future is None:
                 return
-        self._track(future, roi)
+        self._track(future, crop)
 
     def _retry_waiting(self) -> None:
         for track_id in list(self.waiting):
-            roi = self.waiting.pop(track_id)
-            future = self.service.submit(roi, self.questions, block=False)
+            crop = self.waiting.pop(track_id)
+            future = self.service.submit(crop, self.questions, block=False)
             if future is None:
-                self.waiting[track_id] = roi
+                self.waiting[track_id] = crop
                 return  # still full: the rest wait for a later frame
-            self._track(future, roi)
+            self._track(future, crop)
 
-    def _track(self, future: Future, roi: Roi) -> None:
+    def _track(self, future: Future, crop: Crop) -> None:
         self._submitted[future] = time.perf_counter()
         self._stats["submitted"] += 1
-        self.pending.add(roi.track_id)
+        self.pending.add(crop.track_id)
 
     def _take(self, frame: VideoFrame) -> tuple[Answer, ...]:
         """The answers that arrived since the last frame, stamped with this frame."""

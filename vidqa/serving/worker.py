@@ -30,7 +30,7 @@ from loguru import logger
 from vidqa.assets.types import ModelInfo
 from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.serving.base import ServiceClosed
 from vidqa.workers import picklable, pid_alive
 
@@ -71,7 +71,7 @@ class WorkerClient:
         self._reader.start()
         return self
 
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+    def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
         """See :meth:`vidqa.serving.base.AnswerService.submit`."""
         if self._closed.is_set():
@@ -79,7 +79,7 @@ class WorkerClient:
         request_id, future = next(self._ids), Future()
         self._futures[request_id] = future
         try:
-            self.end.requests.put(("ask", self.end.client, request_id, roi, tuple(questions)),
+            self.end.requests.put(("ask", self.end.client, request_id, crop, tuple(questions)),
                                   block=block, timeout=timeout)
         except queue.Full:
             del self._futures[request_id]
@@ -176,9 +176,9 @@ class WorkerService:
         return ClientEnd(self._requests, self._results[client], client, self._process.pid,
                          self.info)
 
-    def submit(self, roi: Roi, questions: Sequence[str], block: bool = True,
+    def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
-        return self.client.submit(roi, questions, block, timeout)
+        return self.client.submit(crop, questions, block, timeout)
 
     @property
     def waiting(self) -> int:
@@ -254,8 +254,8 @@ def _relay(requests: Any, results: list[Any], service: Any) -> None:
         if kind == "expect":
             service.expect(*payload)
             continue
-        client, request_id, roi, questions = payload
-        future = service.submit(roi, questions, block=True)
+        client, request_id, crop, questions = payload
+        future = service.submit(crop, questions, block=True)
         future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
             ("answer", rid, _outcome(done))))
 

@@ -14,25 +14,25 @@ import torch
 
 from vidqa.clock import synchronize
 from vidqa.config import QuestionConfig
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.vlm.model import VisionLanguageModel, YesNo, to_yes_no
 
 
-def build_answers(rois: Sequence[Roi], question: QuestionConfig, results: Sequence[YesNo | str],
+def build_answers(crops: Sequence[Crop], question: QuestionConfig, results: Sequence[YesNo | str],
                   seconds: float, model: str, compressed: bool = False,
                   plan_id: str | None = None, extra: dict[str, Any] | None = None
                   ) -> list[Answer]:
     """One :class:`Answer` per ROI; ``seconds`` is the batch's wall time, split evenly."""
-    vlm_ms = 1000 * seconds / max(len(rois), 1)
+    vlm_ms = 1000 * seconds / max(len(crops), 1)
     answers = []
-    for roi, result in zip(rois, results, strict=True):
+    for crop, result in zip(crops, results, strict=True):
         scored = isinstance(result, YesNo)
         answers.append(Answer(
-            frame_index=roi.frame_index, time_s=roi.time_s, track_id=roi.track_id,
+            frame_index=crop.frame_index, time_s=crop.time_s, track_id=crop.track_id,
             question=question.question, answer=result.answer if scored else result,
             p_yes=result.p_yes if scored else None, margin=result.margin if scored else None,
-            bbox=roi.bbox, vlm_ms=vlm_ms, model=model, compressed=compressed,
-            plan_id=plan_id, extra=dict(extra or {}), stream_id=roi.stream_id,
+            bbox=crop.bbox, vlm_ms=vlm_ms, model=model, compressed=compressed,
+            plan_id=plan_id, extra=dict(extra or {}), stream_id=crop.stream_id,
         ))
     return answers
 
@@ -55,9 +55,9 @@ class SharedVision:
     question's plan, "full" for the full model). Idefics3 takes the features in place of the
     pixels, so every question's answers equal those of its own independent pass."""
 
-    def __init__(self, vlm: VisionLanguageModel, rois: Sequence[Roi]) -> None:
+    def __init__(self, vlm: VisionLanguageModel, crops: Sequence[Crop]) -> None:
         self.vlm = vlm
-        self.images = [roi.image for roi in rois]
+        self.images = [crop.image for crop in crops]
         self._inputs: dict[str, Any] = {}
         self._features: dict[str, tuple[torch.Tensor, float]] = {}
         self._encode_s = 0.0
@@ -92,14 +92,14 @@ class SharedVision:
         return features, 0.0
 
 
-def ask(vlm: VisionLanguageModel, question: QuestionConfig, rois: Sequence[Roi],
+def ask(vlm: VisionLanguageModel, question: QuestionConfig, crops: Sequence[Crop],
         max_new_tokens: int, shared: SharedVision | None = None, vision_key: str = "full",
         body: Any = None, trace: Any = None) -> Asked:
     """Run one batch through the model as it is now (or through ``body``, a plan's compiled
     module). ``shared``: the batch's shared pixels and vision features; ``trace``: a
     :class:`~vidqa.vlm.profiling.stream.StreamProfile` the pass also profiles into (it runs
     its own vision tower then, whose layers it measures)."""
-    images = [roi.image for roi in rois]
+    images = [crop.image for crop in crops]
     synchronize(vlm.device)
     start = time.perf_counter()
     paid_by_others = 0.0
@@ -136,25 +136,25 @@ class FullAnswerer:
         self.body = body  # a compiled full model (yes/no only), or None: the model itself
         self.question = question
         self.max_new_tokens = max_new_tokens
-        self.rois = 0
+        self.crops = 0
         self.seconds = 0.0
 
-    def answer(self, rois: Sequence[Roi], shared: SharedVision | None = None) -> list[Answer]:
+    def answer(self, crops: Sequence[Crop], shared: SharedVision | None = None) -> list[Answer]:
         body = self.body if self.question.answer == "yesno" else None
-        asked = ask(self.vlm, self.question, rois, self.max_new_tokens, shared, body=body)
-        self.rois += len(rois)
+        asked = ask(self.vlm, self.question, crops, self.max_new_tokens, shared, body=body)
+        self.crops += len(crops)
         self.seconds += asked.seconds
-        return build_answers(rois, self.question, asked.results, asked.seconds,
+        return build_answers(crops, self.question, asked.results, asked.seconds,
                              self.vlm.info.name)
 
     def summary(self) -> dict[str, Any]:
-        return {"question": self.question.question, "mode": "full", "vlm_rois": self.rois,
+        return {"question": self.question.question, "mode": "full", "vlm_crops": self.crops,
                 "vlm_seconds": round(self.seconds, 3)}
 
 
 class Answerer(Protocol):
     question: QuestionConfig
 
-    def answer(self, rois: list[Roi], shared: SharedVision | None = None) -> list[Answer]: ...
+    def answer(self, crops: list[Crop], shared: SharedVision | None = None) -> list[Answer]: ...
 
     def summary(self) -> dict[str, Any]: ...

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from factories import make_identity_layer, make_rois
+from factories import make_crops, make_identity_layer
 
 import vidqa.vlm.adaptive.runner as runner
 from vidqa.config import AdaptiveConfig, QuestionConfig
@@ -23,7 +23,7 @@ from vidqa.vlm.profiling.stream import StreamProfile
 
 QUERY = QuestionConfig(question="Is this person carrying a backpack?")
 BAG = QuestionConfig(question="Is this person carrying a bag?")
-rois = rois_of = make_rois
+crops = crops_of = make_crops
 
 
 @pytest.fixture()
@@ -38,7 +38,7 @@ def identity_model(tiny_vlm):
 def fixed_seconds(monkeypatch):
     """Deterministic costs: 1 s per ROI for the full model, 0.25 s under a plan, each of the
     tiny model's 6 layers 0.16 s of it (the model swapped, or a plan's own module)."""
-    monkeypatch.setattr(StreamProfile, "layer_seconds_per_roi",
+    monkeypatch.setattr(StreamProfile, "layer_seconds_per_crop",
                         lambda self: np.full(len(self.layers), 0.16))
     real_ask = runner.ask
 
@@ -79,10 +79,10 @@ def make(vlm, cfg, question=QUERY, **kwargs) -> AdaptiveAnswerer:
 def test_answer_when_k_tracks_profiled_and_plan_pays_compresses_later_tracks(
         identity_model, tmp_path, fixed_seconds):
     query = make(identity_model, config(tmp_path))
-    query.expect(rois=1000)
+    query.expect(crops=1000)
 
-    first = query.answer(rois([1, 2]))
-    later = query.answer(rois([3, 4], frame=1))
+    first = query.answer(crops([1, 2]))
+    later = query.answer(crops([3, 4], frame=1))
 
     assert {a.extra["phase"] for a in first} == {"profile"}
     assert query.phase == "compressed" and query.plan.paths("skip")
@@ -91,12 +91,12 @@ def test_answer_when_k_tracks_profiled_and_plan_pays_compresses_later_tracks(
     assert query.compressor.current.id == "full"  # compressed only inside answer()
 
 
-def test_plan_when_too_few_rois_remain_does_not_search(identity_model, tmp_path,
+def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path,
                                                        fixed_seconds):
     query = make(identity_model, config(tmp_path))
-    query.expect(rois=3)
+    query.expect(crops=3)
 
-    query.answer(rois([1, 2]))
+    query.answer(crops([1, 2]))
 
     assert query.phase == "full" and "can pay back" in query.reason
     assert query.search["trials"] == []
@@ -109,9 +109,9 @@ def test_plan_when_a_candidate_pays_only_if_it_surely_passes_does_not_confirm(
     # 28 ROIs to come could return ~4.5 s on the best candidate, more than its ~1.7 s
     # confirmation, but it keeps the answers only ~3 times in 10: expected value negative.
     query = make(identity_model, config(tmp_path))
-    query.expect(rois=30)
+    query.expect(crops=30)
 
-    query.answer(rois([1, 2]))
+    query.answer(crops([1, 2]))
 
     assert query.phase == "full" and "p_pass" in query.reason
     assert query.search["trials"] == [] and query.ledger.seconds["confirm"] == 0.0
@@ -120,11 +120,11 @@ def test_plan_when_a_candidate_pays_only_if_it_surely_passes_does_not_confirm(
 def test_confirm_when_a_batch_already_misses_the_target_stops_there(
         identity_model, tmp_path, fixed_seconds, monkeypatch):
     query = make(identity_model, config(tmp_path, profile_tracks=4))
-    query.expect(rois=1000)
+    query.expect(crops=1000)
     flip_when_compressed(query, monkeypatch)
 
-    query.answer(rois([1, 2]))
-    query.answer(rois([3, 4], frame=1))  # two profiled batches
+    query.answer(crops([1, 2]))
+    query.answer(crops([3, 4], frame=1))  # two profiled batches
 
     trials = query.search["trials"]
     assert trials and all(t["batches_checked"] == 1 and not t["accepted"] for t in trials)
@@ -139,17 +139,17 @@ def compiled(identity_model, monkeypatch):
     return compressor, CompiledPlans(identity_model.model, compressor)
 
 
-@pytest.mark.parametrize(("rois", "confirms"), [(1000, False), (100_000, True)])
+@pytest.mark.parametrize(("crops", "confirms"), [(1000, False), (100_000, True)])
 def test_plan_when_compiling_prices_each_graph_not_built_yet(
-        identity_model, tmp_path, fixed_seconds, compiled, rois, confirms):
+        identity_model, tmp_path, fixed_seconds, compiled, crops, confirms):
     # Two graphs (candidate and full) at ~30 s each: 1000 ROIs saving 0.16 s x p_pass ~0.29
     # cannot pay for them; 100k can.
     compressor, plans = compiled
     query = make(identity_model, config(tmp_path, compile=True), compressor=compressor,
                  compiled=plans)
-    query.expect(rois=rois)
+    query.expect(crops=crops)
 
-    query.answer(rois_of([1, 2]))
+    query.answer(crops_of([1, 2]))
 
     assert bool(query.search["trials"]) is confirms
     assert ("can pay back" in query.reason) is not confirms
@@ -160,9 +160,9 @@ def test_confirm_when_compiling_builds_both_graphs_outside_the_paired_passes(
     compressor, plans = compiled
     query = make(identity_model, config(tmp_path, compile=True), compressor=compressor,
                  compiled=plans)
-    query.expect(rois=100_000)
+    query.expect(crops=100_000)
 
-    query.answer(rois_of([1, 2]))
+    query.answer(crops_of([1, 2]))
 
     # the first call of each graph (it compiles): candidate 2 x 0.25 s, full 2 x 1 s
     assert query.ledger.seconds["build"] == pytest.approx(0.5 + 2.0, abs=0.05)
@@ -173,11 +173,11 @@ def test_confirm_when_compiling_builds_both_graphs_outside_the_paired_passes(
 def test_audit_when_due_runs_the_whole_batch_both_ways_and_pairs_it(
         identity_model, tmp_path, fixed_seconds):
     query = make(identity_model, config(tmp_path, audit_every=4))
-    query.expect(rois=1000)
-    query.answer(rois([1, 2]))
+    query.expect(crops=1000)
+    query.answer(crops([1, 2]))
 
-    audited = query.answer(rois([3, 4], frame=1))
-    plain = query.answer(rois([5, 6], frame=2))
+    audited = query.answer(crops([3, 4], frame=1))
+    plain = query.answer(crops([5, 6], frame=2))
 
     assert [a.extra["phase"] for a in audited] == ["audit", "audit"]
     assert all(a.extra["audit_agree"] for a in audited)
@@ -191,14 +191,14 @@ def test_audit_when_due_runs_the_whole_batch_both_ways_and_pairs_it(
 def test_audit_when_compressed_answers_are_wrong_reprofiles_then_falls_back(
         identity_model, tmp_path, fixed_seconds, monkeypatch):
     query = make(identity_model, config(tmp_path, audit_every=4), max_replans=1)
-    query.expect(rois=1000)
-    query.answer(rois([1, 2]))
+    query.expect(crops=1000)
+    query.answer(crops([1, 2]))
     flip_when_compressed(query, monkeypatch)
 
-    audited = query.answer(rois([3], frame=1))
+    audited = query.answer(crops([3], frame=1))
     assert query.phase == "profile" and query.replans == 1
     assert audited[0].extra["audit_agree"] is False and not audited[0].compressed
-    query.answer(rois([5, 6], frame=2))  # re-profile; the candidate now disagrees
+    query.answer(crops([5, 6], frame=2))  # re-profile; the candidate now disagrees
     assert query.phase == "full"
     assert query.summary()["agreement"]["audit"] == 0.0
 
@@ -207,11 +207,11 @@ def test_cache_when_second_answerer_starts_skips_profiling_and_reports_saving(
         identity_model, tmp_path, fixed_seconds):
     cfg = config(tmp_path)
     first = make(identity_model, cfg)
-    first.expect(rois=1000)
-    first.answer(rois([1, 2]))
+    first.expect(crops=1000)
+    first.answer(crops([1, 2]))
 
     second = make(identity_model, cfg, cache=PlanCache(tmp_path / "cache"))
-    answers = second.answer(rois([8, 9]))
+    answers = second.answer(crops([8, 9]))
 
     assert all(a.compressed for a in answers) and second.plan == first.plan
     summary = second.summary()
@@ -219,10 +219,10 @@ def test_cache_when_second_answerer_starts_skips_profiling_and_reports_saving(
     assert summary["cache"]["saved_s"] == pytest.approx(first.ledger.planning_s, abs=1e-3)
 
 
-def test_answer_when_mode_is_static_compresses_from_the_first_roi(tiny_vlm, tmp_path):
+def test_answer_when_mode_is_static_compresses_from_the_first_crop(tiny_vlm, tmp_path):
     query = make(tiny_vlm, config(tmp_path, mode="static"))
 
-    answers = query.answer(rois([1]))
+    answers = query.answer(crops([1]))
 
     assert query.plan_source == "static" and answers[0].compressed
     assert query.ledger.planning_s == pytest.approx(query.ledger.seconds["build"])
@@ -237,7 +237,7 @@ def test_answer_when_plan_file_names_the_question_uses_it(tiny_vlm, tmp_path):
     query = make(tiny_vlm, config(tmp_path, plan=str(file)),
                  library=load_library(file, paths))
 
-    answers = query.answer(rois([1]))
+    answers = query.answer(crops([1]))
 
     assert query.plan == plan and query.plan_source == "plan file"
     assert answers[0].compressed
@@ -249,11 +249,11 @@ def test_borrow_when_nearest_question_has_a_plan_checks_it_on_held_out_tracks(
         identity_model, tmp_path, fixed_seconds, monkeypatch, flip, source):
     cfg = config(tmp_path, borrow=True)
     first = make(identity_model, cfg)
-    first.expect(rois=1000)
-    first.answer(rois([1, 2]))
+    first.expect(crops=1000)
+    first.answer(crops([1, 2]))
     fixed = runner.ask
     new = make(identity_model, cfg, question=BAG)
-    new.expect(rois=1000)
+    new.expect(crops=1000)
 
     def flipped(vlm, q, batch, *args, **kwargs):
         asked = fixed(vlm, q, batch, *args, **kwargs)
@@ -263,7 +263,7 @@ def test_borrow_when_nearest_question_has_a_plan_checks_it_on_held_out_tracks(
     monkeypatch.setattr(runner, "ask", flipped)
 
     assert new.phase == "borrow"
-    checked = new.answer(rois([5, 6]))
+    checked = new.answer(crops([5, 6]))
 
     assert {a.extra["phase"] for a in checked} == {"borrow"} and not checked[0].compressed
     assert new.search["mode" if source == "borrowed" else "trials"] is not None
@@ -274,16 +274,16 @@ def test_answer_when_question_is_text_uses_full_model(tiny_vlm, tmp_path):
     query = make(tiny_vlm, config(tmp_path), QuestionConfig(question="Describe the person.",
                                                              answer="text"),
                  max_new_tokens=3)
-    answers = query.answer(rois([1, 2, 3]))
+    answers = query.answer(crops([1, 2, 3]))
     assert [a.compressed for a in answers] == [False] * 3 and query.phase == "text"
 
 
 def test_summary_when_compressing_reports_accounting_without_unpaired_speedup(
         identity_model, tmp_path, fixed_seconds):
     query = make(identity_model, config(tmp_path, audit_every=3))
-    query.expect(rois=1000)
+    query.expect(crops=1000)
     for frame, tracks in enumerate([[1, 2], [3, 4], [5, 6], [7, 8]]):
-        query.answer(rois(tracks, frame))
+        query.answer(crops(tracks, frame))
 
     summary = query.summary()
 
@@ -291,7 +291,7 @@ def test_summary_when_compressing_reports_accounting_without_unpaired_speedup(
     accounting = summary["accounting"]
     assert set(accounting) >= {"vlm_s", "planning_s", "full_equivalent_s", "net_saving_s",
                                "break_even_rois", "paired_ratio"}
-    assert accounting["rois"]["full"] == 2
+    assert accounting["crops"]["full"] == 2
     assert "saved" in query.verdict() or "LOST" in query.verdict()
 
 
@@ -305,8 +305,8 @@ def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_pat
     bag = make(tiny_vlm, config(tmp_path, plan=str(file)), BAG, compressor=compressor,
                library=load_library(file, paths))
 
-    first = bag.answer(rois([3]))
-    second = skip.answer(rois([3]))
+    first = bag.answer(crops([3]))
+    second = skip.answer(crops([3]))
 
     assert first[0].plan_id == bag.plan.id != second[0].plan_id == skip.plan.id
     assert compressor.current.id == "full"
@@ -315,10 +315,10 @@ def test_answer_when_two_queries_share_a_model_keeps_each_plan(tiny_vlm, tmp_pat
 def test_plan_offline_when_sample_crops_given_returns_a_checked_plan_entry(
         identity_model, tmp_path, fixed_seconds):
     cfg = config(tmp_path)
-    entry = plan_offline(identity_model, QUERY, rois([1, 2, 3, 4]), cfg,
+    entry = plan_offline(identity_model, QUERY, crops([1, 2, 3, 4]), cfg,
                                   batch_size=2)
 
     plan = Plan.from_dict(entry["plan"])
     assert plan.compressed and entry["phase"] == "compressed"
-    assert entry["held_out_rois"] == 2 and entry["agreement_held_out"] == 1.0
+    assert entry["held_out_crops"] == 2 and entry["agreement_held_out"] == 1.0
     assert entry["planning_s"] > 0

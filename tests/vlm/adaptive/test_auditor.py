@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from factories import make_rois, scripted_answers
+from factories import make_crops, scripted_answers
 
 from vidqa.config import AdaptiveConfig
 from vidqa.vlm.adaptive.auditor import Auditor
@@ -30,8 +30,8 @@ def test_auditor_when_audits_never_then_never_due():
 
 def test_auditor_when_answers_disagree_then_full_answers_marked_and_plan_falls_short():
     auditor = Auditor(AdaptiveConfig(audit_window=4, target_agreement=0.75), Ledger())
-    rois = make_rois([2, 3, 4, 5])  # even tracks answer "yes" in the scripted answers
-    reference = [a[0] for a in scripted_answers(rois, ["q"])]
+    crops = make_crops([2, 3, 4, 5])  # even tracks answer "yes" in the scripted answers
+    reference = [a[0] for a in scripted_answers(crops, ["q"])]
     compressed = [a.__class__(**{**a.__dict__, "answer": "yes"}) for a in reference]
 
     judged = auditor.judge(compressed, reference, plan_id="p1")
@@ -40,13 +40,13 @@ def test_auditor_when_answers_disagree_then_full_answers_marked_and_plan_falls_s
     assert [a.answer for a in judged] == [a.answer for a in reference]  # the full answers
     assert all(a.plan_id == "p1" and a.extra["phase"] == "audit" for a in judged)
     assert "audit agreement 50%" in auditor.shortfall()
-    assert auditor.summary() == {"audit": 0.5, "audited_rois": 4, "rolling": 0.5}
+    assert auditor.summary() == {"audit": 0.5, "audited_crops": 4, "rolling": 0.5}
 
 
 def test_auditor_when_agreement_recovers_in_the_window_then_no_shortfall():
     auditor = Auditor(AdaptiveConfig(audit_window=2, target_agreement=0.75), Ledger())
-    rois = make_rois([2, 3])
-    reference = [a[0] for a in scripted_answers(rois, ["q"])]
+    crops = make_crops([2, 3])
+    reference = [a[0] for a in scripted_answers(crops, ["q"])]
     auditor.judge([reference[1], reference[0]], reference, "p")  # both disagree ...
     auditor.judge(reference, reference, "p")  # ... then both agree: the window forgets
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from factories import make_identity_layer, make_rois
+from factories import make_crops, make_identity_layer
 
 from vidqa.config import AdaptiveConfig, QuestionConfig
 from vidqa.vlm.adaptive.borrower import Borrower
@@ -53,11 +53,11 @@ def test_borrower_when_the_plan_keeps_the_answers_then_kept_and_paired(runner):
     ledger = Ledger()
     borrower = Borrower(skip_first(runner), BACKPACK.question, 0.8, runner, ledger)
     for frame in range(2):
-        rois = make_rois([frame * 2 + 1, frame * 2 + 2], frame=frame)
-        borrower.check(rois, runner.full(rois, None), None)
+        crops = make_crops([frame * 2 + 1, frame * 2 + 2], frame=frame)
+        borrower.check(crops, runner.full(crops, None), None)
 
     kept, search, reason = borrower.settle(AdaptiveConfig())
 
-    assert kept and search["agreement"] == 1.0 and search["held_out_rois"] == 4
+    assert kept and search["agreement"] == 1.0 and search["held_out_crops"] == 4
     assert "borrowed from" in reason
     assert len(ledger.pairs) == 2 and ledger.seconds["borrow"] > 0

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from factories import make_identity_layer, make_rois
+from factories import make_crops, make_identity_layer
 
 from vidqa.config import AdaptiveConfig, QuestionConfig
 from vidqa.vlm.adaptive.planner import Planner
 from vidqa.vlm.adaptive.runner import PlanRunner
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.compressor import Compressor, layer_paths
-from vidqa.vlm.compression.payoff import RoiForecast
+from vidqa.vlm.compression.payoff import CropForecast
 from vidqa.vlm.profiling.stream import ProfiledBatch, new_stream_profile
 
 QUESTION = QuestionConfig(question="Is this person carrying a backpack?")
@@ -24,16 +24,16 @@ def profiled(tiny_vlm):
     runner = PlanRunner(tiny_vlm, QUESTION, Compressor(tiny_vlm.model, int8="none"))
     trace = new_stream_profile(tiny_vlm)
     for frame, tracks in enumerate(([1, 2], [3, 4])):
-        rois = make_rois(tracks, frame=frame)
-        asked = runner.traced(rois, None, trace)
-        trace.batches.append(ProfiledBatch(rois, asked.standalone_s,
+        crops = make_crops(tracks, frame=frame)
+        asked = runner.traced(crops, None, trace)
+        trace.batches.append(ProfiledBatch(crops, asked.standalone_s,
                                            [r.margin for r in asked.results]))
     return runner, trace, trace.profile(QUESTION.question, tiny_vlm.info.name)
 
 
-def forecast(rois: int) -> RoiForecast:
-    ahead = RoiForecast(horizon_s=300)
-    ahead.expect(rois=rois)
+def forecast(crops: int) -> CropForecast:
+    ahead = CropForecast(horizon_s=300)
+    ahead.expect(crops=crops)
     return ahead
 
 

@@ -37,11 +37,11 @@ def test_verdict_when_planning_costs_more_than_it_saved_says_so(planning, word):
     assert (book.summary()["net_saving_s"] < 0) == (word == "LOST")
 
 
-def test_break_even_when_plan_saves_per_roi_divides_planning_by_the_saving():
+def test_break_even_when_plan_saves_per_crop_divides_planning_by_the_saving():
     book = ledger(planning=9.0)
     # per ROI: compressed 0.5 s (pairs), full 1.0 s, audit share 4/44
     expected = 9.0 / (1.0 - 0.5 - (4 / 44) * 1.0)
-    assert book.break_even_rois() == pytest.approx(expected)
+    assert book.break_even_crops() == pytest.approx(expected)
 
 
 def test_full_equivalent_when_nothing_priced_the_compressed_answers_is_none():

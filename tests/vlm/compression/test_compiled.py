@@ -52,20 +52,20 @@ def test_compiled_plans_when_a_second_one_is_made_on_the_model_shares_its_module
 
 def test_stage_when_compile_is_on_answers_like_swapping_and_leaves_the_model_full(
         tiny_vlm, tmp_path, monkeypatch):
-    from factories import make_rois
+    from factories import make_crops
 
     from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
     from vidqa.vlm.batch import BatchAnswerer
 
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # no compiler here
-    rois = make_rois([1, 2, 3])
+    crops = make_crops([1, 2, 3])
 
     def answers(compile_: bool) -> list:
         adaptive = AdaptiveConfig(mode="static", compile=compile_, audit_every=0,
                                   cache_dir=str(tmp_path / "cache"))
         cfg = VlmConfig(questions=(QuestionConfig("Is this person running?"),),
                         adaptive=adaptive)
-        return [(a.margin, a.plan_id) for per in BatchAnswerer(tiny_vlm, cfg).answer(rois)
+        return [(a.margin, a.plan_id) for per in BatchAnswerer(tiny_vlm, cfg).answer(crops)
                 for a in per]
 
     assert answers(True) == answers(False)

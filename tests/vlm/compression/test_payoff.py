@@ -7,7 +7,7 @@ import pytest
 
 from vidqa.vlm.compression.payoff import (
     Candidate,
-    RoiForecast,
+    CropForecast,
     candidates,
     expected_return,
     expected_value,
@@ -35,9 +35,9 @@ STANDIN_LAYER_S = np.array([
     0.0047, 0.0041, 0.0038, 0.0039, 0.0041, 0.0041, 0.0042, 0.0038, 0.0038])
 
 
-def test_forecast_when_rois_are_announced_counts_down():
-    forecast = RoiForecast(horizon_s=100)
-    forecast.expect(rois=10)
+def test_forecast_when_crops_are_announced_counts_down():
+    forecast = CropForecast(horizon_s=100)
+    forecast.expect(crops=10)
     for t in range(3):
         forecast.observe("0", float(t))
     assert forecast.remaining()[0] == 7
@@ -45,7 +45,7 @@ def test_forecast_when_rois_are_announced_counts_down():
 
 @pytest.mark.parametrize(("seconds", "expected"), [(None, 100.0), (50.0, 40.0), (5.0, 0.0)])
 def test_forecast_when_rate_is_known_uses_seconds_left_or_horizon(seconds, expected):
-    forecast = RoiForecast(horizon_s=100)
+    forecast = CropForecast(horizon_s=100)
     for t in range(11):  # one ROI a second for 10 s: 8 after the first 2 s, over 8 s
         forecast.observe("0", float(t))
     forecast.expect(seconds=seconds)
@@ -54,7 +54,7 @@ def test_forecast_when_rate_is_known_uses_seconds_left_or_horizon(seconds, expec
 
 
 def test_forecast_when_a_stream_starts_with_a_crowd_then_the_burst_does_not_count():
-    forecast = RoiForecast(horizon_s=100)
+    forecast = CropForecast(horizon_s=100)
     for track in range(12):  # twelve people in view at the start ...
         forecast.observe("0", 0.5)
     for t in (4.0, 8.0, 12.0):  # ... then one new person every 4 s
@@ -64,7 +64,7 @@ def test_forecast_when_a_stream_starts_with_a_crowd_then_the_burst_does_not_coun
 
 
 def test_forecast_when_under_a_second_seen_expects_nothing():
-    forecast = RoiForecast(horizon_s=100)
+    forecast = CropForecast(horizon_s=100)
     forecast.observe("0", 0.0)
     assert forecast.remaining()[0] == 0.0
 
@@ -118,12 +118,12 @@ def test_next_candidate_when_one_was_rejected_only_offers_a_safer_one():
     assert second is None or second.risk <= first.risk / 2
 
 
-@pytest.mark.parametrize(("rois", "saving", "every", "expected"),
+@pytest.mark.parametrize(("crops", "saving", "every", "expected"),
                          [(100, 0.5, 10, 40.0), (100, 0.05, 10, -5.0), (0, 0.5, 10, 0.0),
                           (100, 0.5, 0, 50.0)])
-def test_expected_return_when_audits_cost_full_passes_subtracts_them(rois, saving, every,
+def test_expected_return_when_audits_cost_full_passes_subtracts_them(crops, saving, every,
                                                                       expected):
-    assert expected_return(rois, 1.0, saving, every) == pytest.approx(expected)
+    assert expected_return(crops, 1.0, saving, every) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("int8", "op"), [(True, "int8"), (False, "skip")])

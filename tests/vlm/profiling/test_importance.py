@@ -12,8 +12,8 @@ from vidqa.vlm.profiling.importance import (
     TASK_METRICS,
     TRACE_METRICS,
     Profile,
-    profile_rois,
-    roi_means,
+    crop_means,
+    profile_crops,
     vision_tokens,
 )
 
@@ -36,21 +36,21 @@ def profiled(tiny_vlm_dir):
     """A full profile (every metric) of 3 crops, and the model it came from."""
     info = ModelInfo(requested=str(tiny_vlm_dir), resolved=str(tiny_vlm_dir))
     vlm = VisionLanguageModel.load(info, device="cpu", local_files_only=True)
-    return vlm, profile_rois(vlm, person_crops(3), QUESTION, [7, 8, 9], batch_size=2, **ALL)
+    return vlm, profile_crops(vlm, person_crops(3), QUESTION, [7, 8, 9], batch_size=2, **ALL)
 
 
-def test_profile_rois_when_profiled_then_one_row_per_roi_and_one_column_per_layer(profiled):
+def test_profile_crops_when_profiled_then_one_row_per_crop_and_one_column_per_layer(profiled):
     vlm, profile = profiled
 
     assert profile.layers == find_layers(vlm.model)
-    assert profile.roi_ids == [7, 8, 9]
+    assert profile.crop_ids == [7, 8, 9]
     assert set(profile.scores) == set(TRACE_METRICS + TASK_METRICS)
     for matrix in [*profile.scores.values(), *profile.deltas.values()]:
         assert matrix.shape == (3, 6)
         assert np.isfinite(matrix).all()
 
 
-def test_profile_rois_when_profiled_then_full_model_answers_are_recorded(profiled):
+def test_profile_crops_when_profiled_then_full_model_answers_are_recorded(profiled):
     vlm, profile = profiled
 
     plain = vlm.answer_yes_no(person_crops(3), QUESTION)
@@ -60,7 +60,7 @@ def test_profile_rois_when_profiled_then_full_model_answers_are_recorded(profile
     assert profile.answers == [a.answer for a in plain]
 
 
-def test_profile_rois_when_done_then_model_has_no_hooks_and_same_layers(profiled):
+def test_profile_crops_when_done_then_model_has_no_hooks_and_same_layers(profiled):
     vlm, _ = profiled
 
     assert hook_count(vlm.model) == 0
@@ -68,13 +68,13 @@ def test_profile_rois_when_done_then_model_has_no_hooks_and_same_layers(profiled
                ("Idefics3EncoderLayer", "LlamaDecoderLayer") for layer in find_layers(vlm.model))
 
 
-def test_profile_rois_when_layer_is_identity_then_influence_and_task_impact_are_zero(tiny_vlm):
+def test_profile_crops_when_layer_is_identity_then_influence_and_task_impact_are_zero(tiny_vlm):
     identity = [layer for layer in find_layers(tiny_vlm.model)
                 if layer.path.endswith(("encoder.layers.0", "text_model.layers.1"))]
     for layer in identity:
         make_identity(get_module(tiny_vlm.model, layer.path))
 
-    profile = profile_rois(tiny_vlm, person_crops(3), QUESTION, **ALL)
+    profile = profile_crops(tiny_vlm, person_crops(3), QUESTION, **ALL)
 
     columns = [profile.layers.index(layer) for layer in identity]
     others = [i for i in range(len(profile.layers)) if i not in columns]
@@ -94,7 +94,7 @@ def test_activation_when_computed_then_mean_token_norm_of_layer_output(tiny_vlm)
         tiny_vlm.margins(inputs)
     hidden_in, hidden_out = traced[path]  # (B, T, C)
 
-    profile = profile_rois(tiny_vlm, crops, QUESTION, task_impact=False)
+    profile = profile_crops(tiny_vlm, crops, QUESTION, task_impact=False)
 
     column = [layer.path for layer in profile.layers].index(path)
     expected_activation = hidden_out.norm(dim=-1).mean(dim=1)  # (B,)
@@ -105,11 +105,11 @@ def test_activation_when_computed_then_mean_token_norm_of_layer_output(tiny_vlm)
                                (1 - cos).mean(dim=1), rtol=1e-4)
 
 
-def test_profile_rois_when_batch_size_changes_then_scores_are_the_same(tiny_vlm):
+def test_profile_crops_when_batch_size_changes_then_scores_are_the_same(tiny_vlm):
     crops = person_crops(2, seed=4)
 
-    one = profile_rois(tiny_vlm, crops, QUESTION, batch_size=1)
-    both = profile_rois(tiny_vlm, crops, QUESTION, batch_size=2)
+    one = profile_crops(tiny_vlm, crops, QUESTION, batch_size=1)
+    both = profile_crops(tiny_vlm, crops, QUESTION, batch_size=2)
 
     for metric in one.scores:
         np.testing.assert_allclose(one.scores[metric], both.scores[metric], rtol=1e-3,
@@ -126,11 +126,11 @@ def test_task_deltas_when_recorded_then_signed_and_consistent_with_scores(profil
     assert profile.passes["task_skip"] == 2 * 6  # 2 batches x 6 layers
 
 
-def test_profile_rois_when_model_is_not_float32_then_task_int8_skipped_with_reason(tiny_vlm_dir):
+def test_profile_crops_when_model_is_not_float32_then_task_int8_skipped_with_reason(tiny_vlm_dir):
     info = ModelInfo(requested=str(tiny_vlm_dir), resolved=str(tiny_vlm_dir))
     vlm = VisionLanguageModel.load(info, device="cpu", dtype="bfloat16", local_files_only=True)
 
-    profile = profile_rois(vlm, person_crops(2), QUESTION, task_impact=True)
+    profile = profile_crops(vlm, person_crops(2), QUESTION, task_impact=True)
 
     assert "task_int8" not in profile.scores
     assert "float32" in profile.skipped["task_int8"]
@@ -141,9 +141,9 @@ def test_profile_rois_when_model_is_not_float32_then_task_int8_skipped_with_reas
     (("activation", "magnitude"), (), "magnitude"),
     (("activation",), ("task_skip", "task_fp4"), "task_fp4"),
 ])
-def test_profile_rois_when_metric_unknown_then_value_error(tiny_vlm, metrics, task_impact, match):
+def test_profile_crops_when_metric_unknown_then_value_error(tiny_vlm, metrics, task_impact, match):
     with pytest.raises(ValueError, match=match):
-        profile_rois(tiny_vlm, person_crops(1), QUESTION, metrics=metrics,
+        profile_crops(tiny_vlm, person_crops(1), QUESTION, metrics=metrics,
                      task_impact=task_impact)
 
 
@@ -159,20 +159,20 @@ def test_vision_tokens_when_padding_image_and_masked_pixels_then_only_real_patch
     assert mask.tolist() == [[1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1]]
 
 
-def test_roi_means_when_tokens_padded_then_padding_is_left_out():
+def test_crop_means_when_tokens_padded_then_padding_is_left_out():
     tokens = torch.tensor([[[1.0, 0.0], [3.0, 1.0], [99.0, 99.0]],
                            [[5.0, 2.0], [99.0, 99.0], [99.0, 99.0]]])  # (N=2, T=3, 2)
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
-    means = roi_means(tokens, mask, torch.tensor([0, 1]), batch=2)
+    means = crop_means(tokens, mask, torch.tensor([0, 1]), batch=2)
 
     assert means.tolist() == [[2.0, 0.5], [5.0, 2.0]]
 
 
-def test_roi_means_when_one_roi_owns_two_rows_then_averages_all_its_tokens():
+def test_crop_means_when_one_crop_owns_two_rows_then_averages_all_its_tokens():
     tokens = torch.tensor([[[2.0, 0.0]], [[4.0, 1.0]]])  # (N=2, T=1, 2): two tiles of ROI 0
 
-    means = roi_means(tokens, torch.ones(2, 1), torch.tensor([0, 0]), batch=1)
+    means = crop_means(tokens, torch.ones(2, 1), torch.tensor([0, 0]), batch=1)
 
     assert means.tolist() == [[3.0, 0.5]]
 
@@ -181,7 +181,7 @@ def make_profile(scores: np.ndarray) -> Profile:
     layers = [LayerRef(f"model.text_model.layers.{i}", "text", i) for i in range(scores.shape[1])]
     margins = np.linspace(-1, 1, len(scores))
     return Profile(question="q?", layers=layers, scores={"activation": scores}, margins=margins,
-                   p_yes=1 / (1 + np.exp(-margins)), roi_ids=list(range(len(scores))),
+                   p_yes=1 / (1 + np.exp(-margins)), crop_ids=list(range(len(scores))),
                    seconds={"trace": 0.5})
 
 
@@ -195,7 +195,7 @@ def test_ranking_when_scores_known_then_least_important_first(scores, ranking):
     assert make_profile(np.array(scores)).ranking("activation") == ranking
 
 
-def test_normalized_when_a_roi_is_all_zero_then_its_row_stays_zero():
+def test_normalized_when_a_crop_is_all_zero_then_its_row_stays_zero():
     normalized = make_profile(np.array([[0.0, 0.0], [1.0, 3.0]])).normalized("activation")
 
     assert normalized.tolist() == [[0.0, 0.0], [0.25, 0.75]]
@@ -224,8 +224,8 @@ def test_task_impact_when_prefix_replayed_then_same_as_full_passes(tiny_vlm):
     paths = [layer.path for layer in find_layers(tiny_vlm.model)]
     layers_before = [get_module(tiny_vlm.model, path) for path in paths]
 
-    replayed = profile_rois(tiny_vlm, crops, QUESTION, task_impact=True, batch_size=2)
-    full = profile_rois(tiny_vlm, crops, QUESTION, task_impact=True, batch_size=2, replay=False)
+    replayed = profile_crops(tiny_vlm, crops, QUESTION, task_impact=True, batch_size=2)
+    full = profile_crops(tiny_vlm, crops, QUESTION, task_impact=True, batch_size=2, replay=False)
 
     for metric in TASK_METRICS:
         # bit-identical on CPU: the replayed tensors are the ones a full pass computes

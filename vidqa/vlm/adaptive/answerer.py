@@ -40,7 +40,7 @@ import numpy as np
 from loguru import logger
 
 from vidqa.config import AdaptiveConfig, QuestionConfig
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.vlm.adaptive.auditor import Auditor
 from vidqa.vlm.adaptive.borrower import Borrower
 from vidqa.vlm.adaptive.planner import Planner
@@ -49,7 +49,7 @@ from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.payoff import RoiForecast, static_plan
+from vidqa.vlm.compression.payoff import CropForecast, static_plan
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
 from vidqa.vlm.compression.plan_library import LibraryPlan, find
@@ -93,7 +93,7 @@ class AdaptiveAnswerer:
         self.max_replans = max_replans
         self.runner = PlanRunner(vlm, question, self.compressor, max_new_tokens, compiled)
         self.ledger = Ledger()
-        self.forecast = RoiForecast(cfg.horizon_s)
+        self.forecast = CropForecast(cfg.horizon_s)
         self.planner = Planner(self.runner, cfg, self.ledger)
         self.auditor = Auditor(cfg, self.ledger)
         self.borrower: Borrower | None = None
@@ -139,81 +139,81 @@ class AdaptiveAnswerer:
 
     # ----------------------------------------------------------------------------- the stream
 
-    def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
-        """Announce what is still to come — ``rois`` ROIs, or ``seconds`` of stream (a file's
+    def expect(self, crops: int | None = None, seconds: float | None = None) -> None:
+        """Announce what is still to come — ``crops`` ROIs, or ``seconds`` of stream (a file's
         remaining length) — so planning never spends more than the plan can return."""
-        self.forecast.expect(rois, seconds)
+        self.forecast.expect(crops, seconds)
 
-    def answer(self, rois: Sequence[Roi], shared: SharedVision | None = None) -> list[Answer]:
+    def answer(self, crops: Sequence[Crop], shared: SharedVision | None = None) -> list[Answer]:
         """Answers for one batch of ROIs, by the phase this question is in."""
-        rois = list(rois)
-        if not rois:
+        crops = list(crops)
+        if not crops:
             return []
-        for roi in rois:
-            self.forecast.observe(roi.stream_id, roi.time_s)
+        for crop in crops:
+            self.forecast.observe(crop.stream_id, crop.time_s)
         if self.phase == "compressed":
-            return self._answer_compressed(rois, shared)
+            return self._answer_compressed(crops, shared)
         if self.phase == "borrow":
-            return self._answer_borrow(rois, shared)
+            return self._answer_borrow(crops, shared)
         if self.phase == "profile":
-            return self._answer_profile(rois, shared)
-        return self._answer_full(rois, shared, self.phase)
+            return self._answer_profile(crops, shared)
+        return self._answer_full(crops, shared, self.phase)
 
-    def _answer_full(self, rois: list[Roi], shared: SharedVision | None, phase: str
+    def _answer_full(self, crops: list[Crop], shared: SharedVision | None, phase: str
                      ) -> list[Answer]:
-        asked = self.runner.full(rois, shared)
-        self.ledger.add("full", asked.seconds, len(rois))
-        return self.runner.answers(rois, asked, phase=phase)
+        asked = self.runner.full(crops, shared)
+        self.ledger.add("full", asked.seconds, len(crops))
+        return self.runner.answers(crops, asked, phase=phase)
 
-    def _answer_profile(self, rois: list[Roi], shared: SharedVision | None) -> list[Answer]:
+    def _answer_profile(self, crops: list[Crop], shared: SharedVision | None) -> list[Answer]:
         key = self._gate_key
         if not self.gate.may_profile(key):  # another answerer profiles: full model meanwhile
-            answers = self._answer_full(rois, shared, "profile")
+            answers = self._answer_full(crops, shared, "profile")
             if self.gate.published(key):
                 self._load_cached()  # adopts the published plan: compressed from the next batch
             return answers
-        asked = self._traced(rois, shared)
-        answers = self.runner.answers(rois, asked, phase="profile")
+        asked = self._traced(crops, shared)
+        answers = self.runner.answers(crops, asked, phase="profile")
         if len(self._tracks) >= self.cfg.profile_tracks:
             self._plan_from_stream()
         return answers
 
-    def _traced(self, rois: list[Roi], shared: SharedVision | None) -> Asked:
+    def _traced(self, crops: list[Crop], shared: SharedVision | None) -> Asked:
         """The full model on a batch, profiled; the batch is kept for confirmations."""
-        asked = self.runner.traced(rois, shared, self._trace)
+        asked = self.runner.traced(crops, shared, self._trace)
         hooks = min(self._trace.hook_s, asked.seconds)  # profiling's own share of the pass
-        self.ledger.add("full", asked.seconds - hooks, len(rois))
+        self.ledger.add("full", asked.seconds - hooks, len(crops))
         self.ledger.add("profile", hooks)
         margins = np.asarray([r.margin for r in asked.results])
-        self._trace.batches.append(ProfiledBatch(rois, asked.standalone_s - hooks, margins))
-        self._tracks.update(roi.key for roi in rois)
+        self._trace.batches.append(ProfiledBatch(crops, asked.standalone_s - hooks, margins))
+        self._tracks.update(crop.key for crop in crops)
         return asked
 
-    def _answer_compressed(self, rois: list[Roi], shared: SharedVision | None) -> list[Answer]:
-        n = len(rois)
+    def _answer_compressed(self, crops: list[Crop], shared: SharedVision | None) -> list[Answer]:
+        n = len(crops)
         audited = self.auditor.due(n)
-        compressed = self.runner.plan(rois, self.plan, shared)
-        answers = self.runner.answers(rois, compressed, "compressed", self.plan)
+        compressed = self.runner.plan(crops, self.plan, shared)
+        answers = self.runner.answers(crops, compressed, "compressed", self.plan)
         if not audited:
             self.ledger.add("compressed", compressed.seconds, n)
             return answers
-        full = self.runner.full(rois, shared)
+        full = self.runner.full(crops, shared)
         self.ledger.add("audit_compressed", compressed.seconds, n)
         self.ledger.add("audit", full.seconds, n)
         self.ledger.pair(full.standalone_s, compressed.standalone_s, n, "audit")
-        judged = self.auditor.judge(answers, self.runner.answers(rois, full, "audit"),
+        judged = self.auditor.judge(answers, self.runner.answers(crops, full, "audit"),
                                     self.plan.id)
         if (why := self.auditor.shortfall()) is not None:
             self._replan(why)
         return judged
 
-    def _answer_borrow(self, rois: list[Roi], shared: SharedVision | None) -> list[Answer]:
+    def _answer_borrow(self, crops: list[Crop], shared: SharedVision | None) -> list[Answer]:
         """Full answers (profiled too), and the borrowed plan on the same batch, compared."""
         if not self._trace.batches:
             self.planner.build(self.borrower.plan)
-        full = self._traced(rois, shared)
-        self.borrower.check(rois, full, shared)
-        answers = self.runner.answers(rois, full, "borrow")
+        full = self._traced(crops, shared)
+        self.borrower.check(crops, full, shared)
+        answers = self.runner.answers(crops, full, "borrow")
         if len(self._tracks) >= self.cfg.profile_tracks:
             self._settle_borrow()
         return answers
@@ -333,8 +333,8 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
         "question": answerer.question.question, "mode": f"adaptive/{answerer.cfg.mode}",
         "phase": answerer.phase, "reason": reason, "replans": answerer.replans,
         "plan_source": answerer.plan_source,
-        "answers": dict(ledger.rois),
-        "vlm_rois": sum(ledger.rois.values()), "vlm_seconds": round(ledger.vlm_s, 3),
+        "answers": dict(ledger.crops),
+        "vlm_crops": sum(ledger.crops.values()), "vlm_seconds": round(ledger.vlm_s, 3),
         "accounting": ledger.summary(),
         "plan": answerer.plan.summary(), "search": answerer.search,
         "weight_bytes": {"full": full_bytes, "compressed": compressed_bytes,
@@ -342,8 +342,8 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
                          "int8_copies": answerer.compressor.cached_bytes()},
         "latency_ms": _latency(ledger),
         "agreement": answerer.auditor.summary(),
-        "forecast": {"rois_seen": answerer.forecast.seen,
-                     "rois_per_stream_s": _round(answerer.forecast.rate(), 3)},
+        "forecast": {"crops_seen": answerer.forecast.seen,
+                     "crops_per_stream_s": _round(answerer.forecast.rate(), 3)},
         "cache": {**answerer.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
     }
 
@@ -351,7 +351,7 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
 def _latency(ledger: Ledger) -> dict[str, Any]:
     """Mean ms per ROI of each kind (not comparable across kinds: see accounting)."""
     return {f"{kind}_mean": round(1000 * ledger.seconds[kind] / n, 2) if n else None
-            for kind, n in ledger.rois.items()}
+            for kind, n in ledger.crops.items()}
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -26,8 +26,8 @@ class Auditor:
     def due(self, count: int) -> bool:
         """Audit this whole batch when audited ROIs would fall below 1 in ``audit_every``."""
         every = self.cfg.audit_every
-        answered = self.ledger.rois["compressed"] + self.ledger.rois["audit_compressed"]
-        return bool(every) and self.ledger.rois["audit"] < (answered + count) / every
+        answered = self.ledger.crops["compressed"] + self.ledger.crops["audit_compressed"]
+        return bool(every) and self.ledger.crops["audit"] < (answered + count) / every
 
     def judge(self, compressed: list[Answer], reference: list[Answer], plan_id: str
               ) -> list[Answer]:
@@ -56,7 +56,7 @@ class Auditor:
 
     def summary(self) -> dict[str, Any]:
         mean = self.agreed / self.audited if self.audited else None
-        return {"audit": _round(mean), "audited_rois": self.audited,
+        return {"audit": _round(mean), "audited_crops": self.audited,
                 "rolling": _round(self.rolling())}
 
 

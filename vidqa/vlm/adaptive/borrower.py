@@ -11,7 +11,7 @@ import numpy as np
 from loguru import logger
 
 from vidqa.config import AdaptiveConfig
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.vlm.adaptive.runner import PlanRunner
 from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
@@ -53,11 +53,11 @@ class Borrower:
                     "tracks", runner.question.label, best[0], best[1])
         return cls(plan, best[0], best[1], runner, ledger)
 
-    def check(self, rois: Sequence[Roi], full: Asked, shared: SharedVision | None) -> None:
+    def check(self, crops: Sequence[Crop], full: Asked, shared: SharedVision | None) -> None:
         """The borrowed plan on the batch ``full`` answered: paired, margins kept."""
-        borrowed = self.runner.plan(rois, self.plan, shared)
+        borrowed = self.runner.plan(crops, self.plan, shared)
         self.ledger.add("borrow", borrowed.seconds)
-        self.ledger.pair(full.standalone_s, borrowed.standalone_s, len(rois), "profile")
+        self.ledger.pair(full.standalone_s, borrowed.standalone_s, len(crops), "profile")
         self._checks.append((np.asarray([r.margin for r in full.results]),
                              np.asarray([r.margin for r in borrowed.results])))
 
@@ -67,7 +67,7 @@ class Borrower:
         borrowed = np.concatenate([b for _, b in self._checks])
         agreement, dp = compare(borrowed, full)
         search = {"mode": "borrow", "from": self.source,
-                  "similarity": round(self.similarity, 3), "held_out_rois": int(full.size),
+                  "similarity": round(self.similarity, 3), "held_out_crops": int(full.size),
                   "agreement": round(agreement, 4), "mean_dp_yes": round(dp, 5)}
         if agreement >= cfg.target_agreement and dp <= cfg.max_dp_yes:
             return True, search, (f"borrowed from {self.source!r}: agreement {agreement:.0%} "

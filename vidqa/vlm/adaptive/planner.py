@@ -12,13 +12,13 @@ import numpy as np
 from loguru import logger
 
 from vidqa.config import AdaptiveConfig
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.vlm.adaptive.runner import PlanRunner
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.orders import bottom_fraction, compare
 from vidqa.vlm.compression.payoff import (
     Candidate,
-    RoiForecast,
+    CropForecast,
     candidates,
     expected_return,
     expected_value,
@@ -57,7 +57,7 @@ class Planner:
     def label(self) -> str:
         return self.runner.question.label
 
-    def plan(self, trace: StreamProfile, profile: Any, tracks: int, forecast: RoiForecast
+    def plan(self, trace: StreamProfile, profile: Any, tracks: int, forecast: CropForecast
              ) -> Decision:
         """Rank candidates from the profiled answers; confirm only what can pay back."""
         if self.cfg.mode == "bottom_fraction":
@@ -66,23 +66,23 @@ class Planner:
             return Decision(plan, {"mode": "bottom_fraction"}, f"profiled {tracks} tracks")
         ranked = self._ranked(trace, profile)
         remaining, how = forecast.remaining()
-        full_per_roi = trace.seconds / max(trace.rois, 1)
+        full_per_crop = trace.seconds / max(trace.crops, 1)
         trials, rejected, tried, chosen, stop = [], [], [], None, ""
         for _ in range(self.cfg.confirm):
             candidate = self._worth_confirming(trace, ranked, rejected, tried, remaining,
-                                               full_per_roi)
+                                               full_per_crop)
             if candidate is None:
-                stop = self._why_not(trace, ranked, rejected, remaining, how, full_per_roi)
+                stop = self._why_not(trace, ranked, rejected, remaining, how, full_per_crop)
                 break
-            trial = self._confirm(trace, candidate, full_per_roi, remaining)
+            trial = self._confirm(trace, candidate, full_per_crop, remaining)
             trials.append(trial)
             if trial["accepted"]:
                 chosen = candidate
                 break
             (tried if trial["kept_answers"] else rejected).append(candidate)
             stop = trial["why"]
-        search = {"mode": "auto", "remaining_rois": round(remaining, 1), "forecast": how,
-                  "full_per_roi_s": round(full_per_roi, 4),
+        search = {"mode": "auto", "remaining_crops": round(remaining, 1), "forecast": how,
+                  "full_per_roi_s": round(full_per_crop, 4),
                   "ranked": [c.to_dict() for c in ranked[:8]], "trials": trials,
                   "stopped": "" if chosen else stop}
         if chosen is None:  # cached only when every candidate, down to the safest, changed answers
@@ -111,19 +111,19 @@ class Planner:
                                          else "task_skip")
         influence = profile.mean(metric if metric in profile.scores else "block_influence")
         compressor = self.runner.compressor
-        return candidates(compressor.paths, influence, trace.layer_seconds_per_roi(),
-                          trace.seconds / max(trace.rois, 1), compressor.supports("int8"))
+        return candidates(compressor.paths, influence, trace.layer_seconds_per_crop(),
+                          trace.seconds / max(trace.crops, 1), compressor.supports("int8"))
 
     def _task_profile(self, trace: StreamProfile, metric: str) -> Any:
         """Task impact on the profiled tracks' first crops: extra passes, paid as planning."""
-        from vidqa.vlm.profiling.importance import profile_rois
+        from vidqa.vlm.profiling.importance import profile_crops
 
-        first: dict[tuple[str, int], Roi] = {}
+        first: dict[tuple[str, int], Crop] = {}
         for batch in trace.batches:
-            for roi in batch.rois:
-                first.setdefault(roi.key, roi)
+            for crop in batch.crops:
+                first.setdefault(crop.key, crop)
         start = time.perf_counter()
-        profile = profile_rois(self.runner.vlm, [r.image for r in first.values()],
+        profile = profile_crops(self.runner.vlm, [r.image for r in first.values()],
                                self.runner.question.question,
                                [r.track_id for r in first.values()], task_impact=(metric,))
         self.ledger.add("profile", time.perf_counter() - start)
@@ -133,13 +133,13 @@ class Planner:
 
     def _worth_confirming(self, trace: StreamProfile, ranked: list[Candidate],
                           rejected: list[Candidate], tried: list[Candidate], remaining: float,
-                          full_per_roi: float) -> Candidate | None:
+                          full_per_crop: float) -> Candidate | None:
         """The best-ranked untried candidate (expected saving, ``est_saving * p_pass``: the
         safe plan first) whose expected value is positive and whose confirmation, added to
         the planning so far, stays below what it can return: never more planning than the
         ROIs still to come can pay back."""
         def returns(c: Candidate) -> float:
-            return expected_return(remaining, full_per_roi, c.est_saving, self.cfg.audit_every)
+            return expected_return(remaining, full_per_crop, c.est_saving, self.cfg.audit_every)
 
         viable = [c for c in ranked if
                   expected_value(c, returns(c), self._confirm_cost(trace, c)) > 0 and
@@ -148,11 +148,11 @@ class Planner:
 
     def _why_not(self, trace: StreamProfile, ranked: list[Candidate],
                  rejected: list[Candidate], remaining: float, how: str,
-                 full_per_roi: float) -> str:
+                 full_per_crop: float) -> str:
         if not ranked:
             return "no candidate saves time"
         best = ranked[0]
-        payback = expected_return(remaining, full_per_roi, best.est_saving,
+        payback = expected_return(remaining, full_per_crop, best.est_saving,
                                   self.cfg.audit_every)
         tail = f"; {len(rejected)} candidate(s) rejected" if rejected else ""
         return (f"no candidate left that can pay back (best ranked, {best.label}, would cost "
@@ -172,37 +172,37 @@ class Planner:
 
     # ----------------------------------------------------------------------------- confirming
 
-    def _confirm(self, trace: StreamProfile, candidate: Candidate, full_per_roi: float,
+    def _confirm(self, trace: StreamProfile, candidate: Candidate, full_per_crop: float,
                  remaining: float) -> dict[str, Any]:
         """Re-run the profiled batches under ``candidate``: agreement and paired time. Stops
         at the first batch after which the target can no longer be met."""
         self.build(candidate.plan)
-        self._compile_graphs(candidate.plan, trace.batches[0].rois)
+        self._compile_graphs(candidate.plan, trace.batches[0].crops)
         compressed_s, full_s, margins = 0.0, 0.0, []
         for batch in trace.batches:
             if margins and self._target_out_of_reach(trace, margins):
                 break
-            asked = self.runner.plan(batch.rois, candidate.plan, None)
+            asked = self.runner.plan(batch.crops, candidate.plan, None)
             self.ledger.add("confirm", asked.seconds)
             reference_s = batch.seconds
             if self.runner.compiled is not None:  # the traced pass ran eager: time compiled
-                full = self.runner.plan(batch.rois, self.runner.full_plan, None)
+                full = self.runner.plan(batch.crops, self.runner.full_plan, None)
                 self.ledger.add("confirm", full.seconds)
                 reference_s = full.standalone_s
-            self.ledger.pair(reference_s, asked.standalone_s, len(batch.rois), "profile")
+            self.ledger.pair(reference_s, asked.standalone_s, len(batch.crops), "profile")
             compressed_s, full_s = compressed_s + asked.standalone_s, full_s + reference_s
             margins.append(np.asarray([r.margin for r in asked.results]))
-        return self._trial(trace, candidate, margins, compressed_s, full_s, full_per_roi,
+        return self._trial(trace, candidate, margins, compressed_s, full_s, full_per_crop,
                            remaining)
 
     def _trial(self, trace: StreamProfile, candidate: Candidate, margins: list[np.ndarray],
-               compressed_s: float, full_s: float, full_per_roi: float, remaining: float
+               compressed_s: float, full_s: float, full_per_crop: float, remaining: float
                ) -> dict[str, Any]:
         """The verdict on a confirmed candidate: kept the answers, and pays for its audits."""
         reference = np.concatenate([b.margins for b in trace.batches[:len(margins)]])
         agreement, dp = compare(np.concatenate(margins), reference)
         saving = 1 - compressed_s / full_s if full_s else 0.0
-        payback = expected_return(remaining, full_per_roi, saving, self.cfg.audit_every)
+        payback = expected_return(remaining, full_per_crop, saving, self.cfg.audit_every)
         checked = len(margins)
         ok = kept = agreement >= self.cfg.target_agreement and dp <= self.cfg.max_dp_yes
         why = "" if ok else (f"{candidate.label}: agreement {agreement:.0%}, |dp| {dp:.3f} "
@@ -220,7 +220,7 @@ class Planner:
     def _target_out_of_reach(self, trace: StreamProfile, margins: list[np.ndarray]) -> bool:
         """Whether the batches confirmed so far already rule the candidate out: more
         disagreements, or more summed |dp|, than the whole profiled set may hold."""
-        total = trace.rois
+        total = trace.crops
         reference = np.concatenate([b.margins for b in trace.batches[:len(margins)]])
         done = np.concatenate(margins)
         agreement, dp = compare(done, reference)
@@ -228,7 +228,7 @@ class Planner:
         return disagree > (1 - self.cfg.target_agreement) * total + 1e-9 or \
             dp * done.size > self.cfg.max_dp_yes * total
 
-    def _compile_graphs(self, plan: Plan, rois: list[Roi]) -> None:
+    def _compile_graphs(self, plan: Plan, crops: list[Crop]) -> None:
         """Compile ``plan``'s graph and the full model's on one profiled batch before the
         paired passes: compiling is building a plan (booked as ``build``), not answering, and
         what it cost prices the next candidate."""
@@ -238,5 +238,5 @@ class Planner:
         for graph in (plan, self.runner.full_plan):
             if compiled.built(graph):
                 continue
-            self.compile_s = self.runner.plan(rois, graph, None).seconds
+            self.compile_s = self.runner.plan(crops, graph, None).seconds
             self.ledger.add("build", self.compile_s)

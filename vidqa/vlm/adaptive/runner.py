@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vidqa.config import QuestionConfig
-from vidqa.messages import Answer, Roi
+from vidqa.messages import Answer, Crop
 from vidqa.vlm.answerers import Asked, SharedVision, ask, build_answers
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor
@@ -30,33 +30,33 @@ class PlanRunner:
     def full_plan(self) -> Plan:
         return Plan.keep_all(self.compressor.paths)
 
-    def traced(self, rois: Sequence[Roi], shared: SharedVision | None,
+    def traced(self, crops: Sequence[Crop], shared: SharedVision | None,
                trace: StreamProfile) -> Asked:
         """The full model, eager, with the profiling hooks of ``trace``."""
-        return ask(self.vlm, self.question, list(rois), self.max_new_tokens, shared,
+        return ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared,
                    trace=trace)
 
-    def full(self, rois: Sequence[Roi], shared: SharedVision | None) -> Asked:
+    def full(self, crops: Sequence[Crop], shared: SharedVision | None) -> Asked:
         """The full model on a batch: compiled like the plans when compiling (fair pairs)."""
         if self.compiled is not None and self.question.answer == "yesno":
-            return self.plan(rois, self.full_plan, shared)
-        return ask(self.vlm, self.question, list(rois), self.max_new_tokens, shared)
+            return self.plan(crops, self.full_plan, shared)
+        return ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared)
 
-    def plan(self, rois: Sequence[Roi], plan: Plan, shared: SharedVision | None) -> Asked:
+    def plan(self, crops: Sequence[Crop], plan: Plan, shared: SharedVision | None) -> Asked:
         """A batch under ``plan``: its compiled module, or its layers swapped in and back."""
         key = vision_key(plan)
         if self.compiled is not None:
-            asked = ask(self.vlm, self.question, list(rois), self.max_new_tokens, shared, key,
+            asked = ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared, key,
                         body=self.compiled.body(plan))
             self.compiled.mark_built(plan)
             return asked
         with self.compressor.using(plan):
-            return ask(self.vlm, self.question, list(rois), self.max_new_tokens, shared, key)
+            return ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared, key)
 
-    def answers(self, rois: Sequence[Roi], asked: Asked, phase: str, plan: Plan | None = None
+    def answers(self, crops: Sequence[Crop], asked: Asked, phase: str, plan: Plan | None = None
                 ) -> list[Answer]:
         """The answer events of a batch, marked with the phase (and plan) they came from."""
-        return build_answers(list(rois), self.question, asked.results, asked.seconds,
+        return build_answers(list(crops), self.question, asked.results, asked.seconds,
                              self.vlm.info.name, compressed=plan is not None,
                              plan_id=None if plan is None else plan.id, extra={"phase": phase})
 

@@ -19,11 +19,11 @@ PLANNING_KINDS = ("profile", "confirm", "borrow", "build")
 
 @dataclass
 class Pair:
-    """One batch answered both ways: full and compressed seconds on the same ``rois``."""
+    """One batch answered both ways: full and compressed seconds on the same ``crops``."""
 
     full_s: float
     compressed_s: float
-    rois: int
+    crops: int
     source: str  # "profile" (a confirmed candidate on profiled batches) or "audit"
 
 
@@ -40,17 +40,17 @@ class Ledger:
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ANSWER_KINDS + PLANNING_KINDS, 0.0))
-    rois: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ANSWER_KINDS, 0))
+    crops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ANSWER_KINDS, 0))
     pairs: list[Pair] = field(default_factory=list)
     cache_saved_s: float = 0.0  # planning seconds a cached or library plan made unnecessary
 
-    def add(self, kind: str, seconds: float, rois: int = 0) -> None:
+    def add(self, kind: str, seconds: float, crops: int = 0) -> None:
         self.seconds[kind] += seconds
-        if kind in self.rois:
-            self.rois[kind] += rois
+        if kind in self.crops:
+            self.crops[kind] += crops
 
-    def pair(self, full_s: float, compressed_s: float, rois: int, source: str) -> None:
-        self.pairs.append(Pair(full_s, compressed_s, rois, source))
+    def pair(self, full_s: float, compressed_s: float, crops: int, source: str) -> None:
+        self.pairs.append(Pair(full_s, compressed_s, crops, source))
 
     @property
     def vlm_s(self) -> float:
@@ -82,24 +82,24 @@ class Ledger:
         # An audited batch's full side is what the full model spent on those ROIs.
         return self.seconds["full"] + self.seconds["audit"] + priced
 
-    def break_even_rois(self) -> float | None:
+    def break_even_crops(self) -> float | None:
         """ROIs answered under the plan that pay back the planning, at the paired per-ROI
         costs and the audits' share; None when the plan does not save per ROI."""
-        per_roi = self._per_roi_costs()
-        if per_roi is None:
+        per_crop = self._per_crop_costs()
+        if per_crop is None:
             return None
-        full, compressed, audit_share = per_roi
+        full, compressed, audit_share = per_crop
         saving = full - compressed - audit_share * full
         return self.planning_s / saving if saving > 0 else None
 
-    def _per_roi_costs(self) -> tuple[float, float, float] | None:
+    def _per_crop_costs(self) -> tuple[float, float, float] | None:
         ratio, source = self.paired_ratio()
-        pairs = [p for p in self.pairs if p.rois and p.source == source]
+        pairs = [p for p in self.pairs if p.crops and p.source == source]
         if ratio is None or not pairs:
             return None
-        compressed = sum(p.compressed_s for p in pairs) / sum(p.rois for p in pairs)
-        answered = self.rois["compressed"] + self.rois["audit_compressed"]
-        audit_share = self.rois["audit"] / answered if answered else 0.0
+        compressed = sum(p.compressed_s for p in pairs) / sum(p.crops for p in pairs)
+        answered = self.crops["compressed"] + self.crops["audit_compressed"]
+        audit_share = self.crops["audit"] / answered if answered else 0.0
         return compressed * ratio, compressed, audit_share
 
     def summary(self) -> dict[str, Any]:
@@ -117,8 +117,8 @@ class Ledger:
             "net_ratio": round(full_eq / spent, 3) if full_eq and spent else None,
             "paired_ratio": None if ratio is None else round(ratio, 3),
             "paired_by": source, "pairs": len(self.pairs),
-            "break_even_rois": _round(self.break_even_rois()),
-            "rois": dict(self.rois),
+            "break_even_rois": _round(self.break_even_crops()),
+            "crops": dict(self.crops),
             "cache_saved_s": round(self.cache_saved_s, 3),
         }
 
@@ -136,7 +136,7 @@ class Ledger:
                 f"{s['pairs']} pairs by {s['paired_by']})")
         if net is not None and net < 0:
             return (f"{head}: compression LOST {-net:.1f} s — planning did not pay back "
-                    f"(break-even after {_fmt_rois(s['break_even_rois'])} compressed ROIs)")
+                    f"(break-even after {_fmt_crops(s['break_even_rois'])} compressed ROIs)")
         return f"{head}: saved {net:.1f} s ({s['net_ratio']}x)"
 
 
@@ -144,5 +144,5 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _fmt_rois(value: float | None) -> str:
+def _fmt_crops(value: float | None) -> str:
     return "never (no per-ROI saving)" if value is None else f"{value:.0f}"

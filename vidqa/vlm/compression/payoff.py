@@ -44,7 +44,7 @@ INT8_RISK = 0.25
 # How many ROIs are still to come
 
 
-class RoiForecast:
+class CropForecast:
     """ROIs still to come for one question, from an explicit count, a stream time still to
     come, or the rate of new ROIs (per second of stream time) times the live horizon.
 
@@ -62,10 +62,10 @@ class RoiForecast:
         self._arrivals = 0  # ROIs after their stream's first BURST_S seconds
         self.seen = 0
 
-    def expect(self, rois: int | None = None, seconds: float | None = None) -> None:
-        """Announce what is still to come: ``rois`` (exact), or ``seconds`` of stream from
+    def expect(self, crops: int | None = None, seconds: float | None = None) -> None:
+        """Announce what is still to come: ``crops`` (exact), or ``seconds`` of stream from
         the first ROI on (a file's duration: ``frame_count / fps``)."""
-        self._expected, self._seconds, self._since = rois, seconds, 0
+        self._expected, self._seconds, self._since = crops, seconds, 0
 
     def observe(self, stream_id: str, time_s: float) -> None:
         self.seen += 1
@@ -173,11 +173,11 @@ def next_candidate(ranked: Sequence[Candidate], rejected: Sequence[Candidate],
     return None
 
 
-def expected_return(rois: float, full_per_roi_s: float, saving: float,
+def expected_return(crops: float, full_per_crop_s: float, saving: float,
                     audit_every: int) -> float:
-    """Seconds a plan saving ``saving`` returns over ``rois`` ROIs, audits paid."""
+    """Seconds a plan saving ``saving`` returns over ``crops`` ROIs, audits paid."""
     audit_share = 1 / audit_every if audit_every else 0.0
-    return rois * full_per_roi_s * (saving - audit_share)
+    return crops * full_per_crop_s * (saving - audit_share)
 
 
 def expected_value(candidate: Candidate, returns: float, confirm_s: float) -> float:

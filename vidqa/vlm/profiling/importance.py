@@ -79,7 +79,7 @@ class Profile:
     scores: dict[str, np.ndarray]  # metric -> (n_rois, n_layers) raw, higher = more important
     margins: np.ndarray  # (n_rois,) full-model logit(yes) - logit(no)
     p_yes: np.ndarray  # (n_rois,) sigmoid(margins)
-    roi_ids: list[int]  # track id of each row
+    crop_ids: list[int]  # track id of each row
     seconds: dict[str, float]  # wall time per group: encode, trace, task_skip, total
     deltas: dict[str, np.ndarray] = field(default_factory=dict)  # "task_skip.margin" -> signed
     passes: dict[str, int] = field(default_factory=dict)  # forward passes per metric group
@@ -121,7 +121,7 @@ class Profile:
             "question": self.question, "model": self.model,
             "layers": [{"path": ref.path, "tower": ref.tower, "index": ref.index}
                        for ref in self.layers],
-            "roi_ids": [int(r) for r in self.roi_ids],
+            "roi_ids": [int(r) for r in self.crop_ids],
             "margins": _floats(self.margins), "p_yes": _floats(self.p_yes),
             "scores": {m: _floats(v) for m, v in self.scores.items()},
             "deltas": {m: _floats(v) for m, v in self.deltas.items()},
@@ -141,7 +141,7 @@ class Profile:
             layers=[LayerRef(**layer) for layer in data["layers"]],
             scores={m: matrix(v) for m, v in data["scores"].items()},
             margins=np.asarray(data["margins"], np.float64),
-            p_yes=np.asarray(data["p_yes"], np.float64), roi_ids=list(data["roi_ids"]),
+            p_yes=np.asarray(data["p_yes"], np.float64), crop_ids=list(data["roi_ids"]),
             seconds=dict(data["seconds"]),
             deltas={m: matrix(v) for m, v in data["deltas"].items()},
             passes=dict(data.get("passes", {})), skipped=dict(data.get("skipped", {})),
@@ -156,7 +156,7 @@ def _floats(array: np.ndarray) -> list:
 # Profiling
 
 
-def profile_rois(vlm: VisionLanguageModel, images: Sequence[np.ndarray], question: str,
+def profile_crops(vlm: VisionLanguageModel, images: Sequence[np.ndarray], question: str,
                  track_ids: Sequence[int] | None = None,
                  metrics: Sequence[str] = TRACE_METRICS,
                  task_impact: Sequence[str] | bool = ("task_skip",), batch_size: int = 8,
@@ -182,7 +182,7 @@ def profile_rois(vlm: VisionLanguageModel, images: Sequence[np.ndarray], questio
         margins, traced = _trace(vlm, batches, layers, replayer)
     profile = Profile(question=question, layers=layers,
                       scores={m: traced[m] for m in metrics}, margins=margins,
-                      p_yes=_sigmoid(margins), roi_ids=track_ids, seconds=seconds,
+                      p_yes=_sigmoid(margins), crop_ids=track_ids, seconds=seconds,
                       passes={"trace": len(batches)}, model=vlm.info.name)
     for metric in task:
         _add_task_metric(profile, vlm, batches, metric, replayer)
@@ -233,7 +233,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _log(profile: Profile) -> None:
     timing = ", ".join(f"{k} {v:.2f} s" for k, v in profile.seconds.items())
-    logger.info("profiled {} ROIs x {} layers for {!r}: {}", len(profile.roi_ids),
+    logger.info("profiled {} ROIs x {} layers for {!r}: {}", len(profile.crop_ids),
                 len(profile.layers), profile.question, timing)
 
 
@@ -262,13 +262,13 @@ def _trace(vlm: VisionLanguageModel, batches: list[Any], layers: list[LayerRef],
             margins.append(vlm.margins(inputs).float().cpu())
         if replayer:
             replayer.recorded.append(outputs)
-        per_batch.append(_per_roi(stats, inputs, layers, vlm))  # (B, n_layers, 2)
+        per_batch.append(_per_crop(stats, inputs, layers, vlm))  # (B, n_layers, 2)
     both = torch.cat(per_batch).double().numpy()  # (n_rois, n_layers, 2)
     values = {"activation": both[..., 0], "block_influence": both[..., 1]}
     return torch.cat(margins).double().numpy(), values
 
 
-def _per_roi(stats: dict[str, torch.Tensor], inputs: Any, layers: list[LayerRef],
+def _per_crop(stats: dict[str, torch.Tensor], inputs: Any, layers: list[LayerRef],
              vlm: VisionLanguageModel) -> torch.Tensor:
     """Mean of each layer's token stats over each ROI's real tokens, (B, n_layers, 2)."""
     batch = inputs["input_ids"].shape[0]
@@ -283,19 +283,19 @@ def _per_roi(stats: dict[str, torch.Tensor], inputs: Any, layers: list[LayerRef]
         if tokens.shape[:2] != mask.shape:
             raise RuntimeError(f"{layer.path}: hidden states {tuple(tokens.shape[:2])} do not "
                                f"match the token mask {tuple(mask.shape)} derived from the inputs")
-        columns.append(roi_means(tokens, mask.to(tokens.device), owner.to(tokens.device),
+        columns.append(crop_means(tokens, mask.to(tokens.device), owner.to(tokens.device),
                                     batch))
     return torch.stack(columns, dim=1).cpu()  # (B, n_layers, 2)
 
 
-def roi_means(tokens: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor,
+def crop_means(tokens: torch.Tensor, mask: torch.Tensor, owner: torch.Tensor,
                  batch: int) -> torch.Tensor:
     """Mean over the masked tokens of all rows owned by each ROI, (B, 2)."""
     sums = (tokens * mask[..., None]).sum(dim=1)  # (N, 2)
     counts = mask.sum(dim=1)  # (N,)
-    roi_sums = torch.zeros(batch, 2, device=tokens.device).index_add_(0, owner, sums)
-    roi_counts = torch.zeros(batch, device=tokens.device).index_add_(0, owner, counts)
-    return roi_sums / roi_counts.clamp(min=1)[:, None]
+    crop_sums = torch.zeros(batch, 2, device=tokens.device).index_add_(0, owner, sums)
+    crop_counts = torch.zeros(batch, device=tokens.device).index_add_(0, owner, counts)
+    return crop_sums / crop_counts.clamp(min=1)[:, None]
 
 
 def vision_tokens(inputs: Any, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

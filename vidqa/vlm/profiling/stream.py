@@ -20,17 +20,17 @@ import torch
 from torch import nn
 
 from vidqa.clock import synchronize
-from vidqa.messages import Roi
+from vidqa.messages import Crop
 from vidqa.vlm.compression.layers import LayerRef, find_layers, get_module, trace_layers
 from vidqa.vlm.model import VisionLanguageModel
-from vidqa.vlm.profiling.importance import Profile, _per_roi, _token_stats
+from vidqa.vlm.profiling.importance import Profile, _per_crop, _token_stats
 
 
 @dataclass
 class ProfiledBatch:
     """One batch the full model answered while profiling."""
 
-    rois: list[Roi]
+    crops: list[Crop]
     seconds: float  # the full model's wall time for it, as answered
     margins: np.ndarray  # (B,)
 
@@ -46,8 +46,8 @@ class StreamProfile:
     hook_s: float = 0.0  # seconds the profiling hooks themselves took, last batch
 
     @property
-    def rois(self) -> int:
-        return sum(len(b.rois) for b in self.batches)
+    def crops(self) -> int:
+        return sum(len(b.crops) for b in self.batches)
 
     @property
     def seconds(self) -> float:
@@ -59,13 +59,13 @@ class StreamProfile:
         return Profile(question=question, layers=self.layers,
                        scores={"activation": both[..., 0], "block_influence": both[..., 1]},
                        margins=margins, p_yes=1 / (1 + np.exp(-margins)),
-                       roi_ids=[roi.track_id for b in self.batches for roi in b.rois],
+                       crop_ids=[crop.track_id for b in self.batches for crop in b.crops],
                        seconds={"answers": self.seconds}, passes={"answers": len(self.batches)},
                        model=model)
 
-    def layer_seconds_per_roi(self) -> np.ndarray:
+    def layer_seconds_per_crop(self) -> np.ndarray:
         return (self.layer_s if self.layer_s is not None else np.zeros(len(self.layers))) / \
-            max(self.rois, 1)
+            max(self.crops, 1)
 
 
 def traced_margins(vlm: VisionLanguageModel, inputs: Any, into: StreamProfile
@@ -89,7 +89,7 @@ def traced_margins(vlm: VisionLanguageModel, inputs: Any, into: StreamProfile
         stats = stack.enter_context(trace_layers(vlm.model, paths, reduce))
         margins = vlm.margins(inputs)
     start = time.perf_counter()
-    into.stats.append(_per_roi(stats, inputs, into.layers, vlm).double().numpy())
+    into.stats.append(_per_crop(stats, inputs, into.layers, vlm).double().numpy())
     into.hook_s = spent[0] + time.perf_counter() - start
     seconds = np.asarray([timer[p] for p in paths])
     into.layer_s = seconds if into.layer_s is None else into.layer_s + seconds
