@@ -162,3 +162,20 @@ def scripted_answers(crops, questions, gate: threading.Event | None = None):
                     question=q, answer="yes" if r.track_id % 2 == 0 else "no", p_yes=0.5,
                     margin=0.0, bbox=r.bbox, vlm_ms=1.0, model="scripted",
                     stream_id=r.stream_id) for q in questions] for r in crops]
+
+
+def write_sample_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
+    """The first ``frames`` frames of the sample video at ``size`` (MJPG, 10 fps)."""
+    from vidqa import assets
+
+    capture = cv2.VideoCapture(str(assets.sample_video()))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
+    try:
+        for _ in range(frames):
+            ok, image = capture.read()
+            assert ok, "the sample clip is shorter than the frames asked for"
+            writer.write(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    finally:
+        writer.release()
+        capture.release()
+    return path

@@ -18,11 +18,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import pytest
 import yaml
+from factories import write_sample_clip
 
-from vidqa import assets
 from vidqa.config import load_config
 from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
@@ -73,18 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first FRAMES frames of vtest.avi at 320x240 (MJPG, 10 fps)."""
-    path = tmp_path_factory.mktemp("clips") / "walking.avi"
-    capture = cv2.VideoCapture(str(assets.sample_video()))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, SIZE)
-    try:
-        for _ in range(FRAMES):
-            ok, image = capture.read()
-            assert ok, "the sample clip is shorter than FRAMES"
-            writer.write(cv2.resize(image, SIZE, interpolation=cv2.INTER_AREA))
-    finally:
-        writer.release()
-        capture.release()
-    return path
+    return write_sample_clip(tmp_path_factory.mktemp("clips") / "walking.avi", FRAMES, SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ the boxes back on the client's own reply queue.
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from loguru import logger
 from vidqa.config import TrackerConfig
 from vidqa.detection.detector import Detector, boxes_of
 from vidqa.errors import ModelError
-from vidqa.workers import picklable, pid_alive
+from vidqa.workers import Replies, picklable, pid_alive
 
 START_TIMEOUT_S = 600.0  # loading the detectors (and warming them up)
 
@@ -154,52 +153,23 @@ class DetectionClient:
 
     def __init__(self, end: DetectionEnd) -> None:
         self.end = end
-        self._futures: dict[int, Future] = {}
-        self._ids = itertools.count()
-        self._reader = threading.Thread(target=self._read, name="detection-replies",
-                                        daemon=True)
+        self._replies = Replies(end.replies, lambda: pid_alive(end.worker_pid),
+                                "the detection worker process died", "detection-replies")
 
     def start(self) -> DetectionClient:
-        self._reader.start()
+        self._replies.start()
         return self
 
     def detect(self, index: int, buffer: str, shape: tuple) -> Future:
         """Ask the worker's detector ``index`` for the boxes of the frame in shared memory
         ``buffer``; a future of its boxes (in letterboxed pixels)."""
-        request_id, future = next(self._ids), Future()
-        self._futures[request_id] = future
+        request_id, future = self._replies.expect()
         self.end.frames.put((self.end.client, request_id, index, buffer, shape))
         return future
 
     def close(self) -> None:
         """Stop reading replies (idempotent). The worker itself is closed by the run."""
-        if self._reader.is_alive():
-            self.end.replies.put(("stop",))
-            self._reader.join(timeout=30)
-
-    def _read(self) -> None:
-        while True:
-            try:
-                kind, *payload = self.end.replies.get(timeout=1.0)
-            except queue.Empty:
-                if not pid_alive(self.end.worker_pid):
-                    self._fail_all(ModelError("the detection worker process died"))
-                    return
-                continue
-            if kind == "stop":
-                return
-            request_id, boxes = payload
-            future = self._futures.pop(request_id)
-            if isinstance(boxes, Exception):
-                future.set_exception(boxes)
-            else:
-                future.set_result(boxes)
-
-    def _fail_all(self, error: Exception) -> None:
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(error)
-        self._futures.clear()
+        self._replies.stop(timeout=30)
 
 
 class DetectionWorker:
@@ -266,7 +236,7 @@ def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, replies: l
     def reply(client: int, request_id: int, outcome: Any) -> None:
         if isinstance(outcome, BaseException):
             outcome = picklable(outcome)
-        replies[client].put(("boxes", request_id, outcome))
+        replies[client].put(("reply", request_id, outcome))
 
     try:
         server = DetectionServer(configs, frames, reply)

@@ -13,7 +13,6 @@ futures. Both have the :class:`~vidqa.serving.base.AnswerService` interface.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import multiprocessing
 import os
 import queue
@@ -32,7 +31,7 @@ from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Crop
 from vidqa.serving.base import ServiceClosed
-from vidqa.workers import picklable, pid_alive
+from vidqa.workers import Replies, picklable, pid_alive
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
@@ -59,16 +58,14 @@ class WorkerClient:
     def __init__(self, end: ClientEnd, alive: Callable[[], bool]) -> None:
         self.end = end
         self.info = end.info
-        self._alive = alive
-        self._futures: dict[int, Future[list[Answer]]] = {}
-        self._ids = itertools.count()
-        self._reader = threading.Thread(target=self._read, name="vlm-results", daemon=True)
+        self._replies = Replies(end.results, alive, "the VLM worker process died",
+                                "vlm-results", self._closed_by_worker)
         self._closed = threading.Event()
         self.refused = 0
-        self.worker_summaries: tuple | None = None  # the worker's service and stage
+        self.worker_summaries: tuple | None = None  # the worker's service and answerer
 
     def start(self) -> WorkerClient:
-        self._reader.start()
+        self._replies.start()
         return self
 
     def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
@@ -76,13 +73,12 @@ class WorkerClient:
         """See :meth:`vidqa.serving.base.AnswerService.submit`."""
         if self._closed.is_set():
             raise ServiceClosed("the VLM service is closed: no more crops can be answered")
-        request_id, future = next(self._ids), Future()
-        self._futures[request_id] = future
+        request_id, future = self._replies.expect()
         try:
             self.end.requests.put(("ask", self.end.client, request_id, crop, tuple(questions)),
                                   block=block, timeout=timeout)
         except queue.Full:
-            del self._futures[request_id]
+            self._replies.forget(request_id)
             self.refused += 1
             return None
         return future
@@ -104,38 +100,18 @@ class WorkerClient:
             return
         self._closed.set()
         if self.end.client:  # the owner's reader ends on the worker's "closed" message
-            self.end.results.put(("stop",))
-        self._reader.join(timeout=START_TIMEOUT_S)
+            self._replies.stop(timeout=START_TIMEOUT_S)
+        else:
+            self._replies.join(timeout=START_TIMEOUT_S)
 
     def summary(self) -> dict[str, Any]:
         return {"worker": "process", "refused_when_full": self.refused}
 
-    def _read(self) -> None:
-        while True:
-            try:
-                kind, *payload = self.end.results.get(timeout=1.0)
-            except queue.Empty:
-                if not self._alive():
-                    self._fail_all(ModelError("the VLM worker process died"))
-                    return
-                continue
-            if kind == "stop":
-                return
-            if kind == "closed":
-                self.worker_summaries = tuple(payload)
-                return
-            request_id, answers = payload
-            future = self._futures.pop(request_id)
-            if isinstance(answers, Exception):
-                future.set_exception(answers)
-            else:
-                future.set_result(answers)
-
-    def _fail_all(self, error: Exception) -> None:
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(error)
-        self._futures.clear()
+    def _closed_by_worker(self, kind: str, payload: list) -> bool:
+        if kind == "closed":  # the worker's last word: its service's and answerer's summaries
+            self.worker_summaries = tuple(payload)
+            return True
+        return False
 
 
 class WorkerService:
@@ -257,7 +233,7 @@ def _relay(requests: Any, results: list[Any], service: Any) -> None:
         client, request_id, crop, questions = payload
         future = service.submit(crop, questions, block=True)
         future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
-            ("answer", rid, _outcome(done))))
+            ("reply", rid, _outcome(done))))
 
 
 def _yield_cores(idle: bool) -> None:
