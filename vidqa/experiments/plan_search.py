@@ -1,5 +1,5 @@
 """An offline search for the plan that saves the most *measured* time while its answers on the
-profiled ROIs still agree with the full model (``tools/bench_vlm.py``'s auto row; the stream
+profiled crops still agree with the full model (``tools/bench_vlm.py``'s auto row; the stream
 plans with :mod:`vidqa.vlm.adaptive.planner`):
 
 - every family (int8 or skip, on the vision or the text tower) is searched on its own, int8
@@ -32,7 +32,7 @@ INT8_GRID = (*GRID, 0.875, 1.0)  # int8 is mild: worth trying on every layer
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate plan checked on the profiled ROIs."""
+    """One candidate plan checked on the profiled crops."""
 
     label: str
     plan: Plan
@@ -73,7 +73,7 @@ Evaluate = Callable[[Plan], tuple[np.ndarray, float]]  # plan -> (margins (N,), 
 
 
 class ForwardEvaluator:
-    """Runs the profiled ROIs' prepared inputs through the model under a plan, timed."""
+    """Runs the profiled crops' prepared inputs through the model under a plan, timed."""
 
     def __init__(self, vlm: Any, compressor: Compressor, inputs: Any,
                  warmup: bool | None = None) -> None:
