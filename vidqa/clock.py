@@ -1,4 +1,5 @@
-"""Timing, in one place: a block's wall time into a dict, and each stage's own share of a run.
+"""Timing, in one place: a block's wall time into a dict, each stage's own share of a run, and
+the recent values of a latency, in fixed memory, for its percentiles.
 
 Code that runs on a GPU passes the device, so the clock waits for queued kernels before reading
 the time: without that a timed block measures only how fast work was queued.
@@ -6,7 +7,9 @@ the time: without that a timed block measures only how fast work was queued.
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -70,3 +73,36 @@ class StageClock:
             own[name] = round(self.cumulative[name] - upstream, 3)
             upstream = self.cumulative[name]
         return own
+
+
+class Window:
+    """The last ``size`` values of a measurement (a latency, a wait) for its percentiles, in
+    fixed memory however long the run: a run of weeks answers millions of crops. ``count`` and
+    ``total`` cover every value ever added."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        self.count += 1
+        self.total += value
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile of the recent values, rounded; None when there is none."""
+        return percentile(sorted(self.values), q)
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of already sorted values, rounded; None when empty."""
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return round(sorted_values[0], 2)
+    return round(statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1], 2)

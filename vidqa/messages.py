@@ -162,6 +162,25 @@ class FrameResult:
     alerts: tuple[Any, ...] = ()  # vidqa.zones.Alert raised at this frame by the rules
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A closed piece of a stream's recording: the annotated video of ``segment_s`` seconds,
+    playable on its own, and the files written beside it for the same frames (``mot.txt``
+    rows). The store indexes it, and retention deletes it by age and size."""
+
+    stream_id: str
+    video: str  # path of the video file
+    files: tuple[str, ...]  # every file of the segment, the video first
+    first_frame: int
+    last_frame: int
+    frames: int
+    started_s: float  # stream time of the first frame
+    ended_s: float  # stream time of the last frame
+    wall_started: float  # epoch seconds when the first frame was written
+    wall_ended: float  # epoch seconds when the segment was closed
+    bytes: int  # on disk, every file together
+
+
 class LatestAnswers:
     """The newest answer of each live track to each question, forgotten when the track ends;
     an answer that arrives after its track ended is not kept (it is still an event)."""

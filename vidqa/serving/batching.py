@@ -16,7 +16,6 @@ the crop for a later frame — see :class:`~vidqa.serving.stage.AnswerStage`.
 from __future__ import annotations
 
 import queue
-import statistics
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vidqa.clock import Window
 from vidqa.messages import Answer, Crop
 from vidqa.serving.base import ServiceClosed
 from vidqa.serving.batch import AnswerFn, answer_grouped
@@ -150,7 +150,7 @@ class ServiceStats:
         self.answers = 0  # crops x their questions: what one model pass each would answer
         self.busy_s = 0.0
         self.refused = 0
-        self.queue_ms: list[float] = []
+        self.queue_ms = Window()  # the recent crops' waits for a batch
         self.first: float | None = None
         self.last: float | None = None
 
@@ -159,13 +159,13 @@ class ServiceStats:
         self.crops += len(batch)
         self.answers += sum(len(r.questions) for r in batch)
         self.busy_s += ended - started
-        self.queue_ms += [1000 * (started - r.submitted) for r in batch]
+        for request in batch:
+            self.queue_ms.add(1000 * (started - request.submitted))
         self.first = self.first if self.first is not None else started
         self.last = ended
 
     def summary(self, batch_size: int, max_wait_s: float) -> dict[str, Any]:
         span = (self.last - self.first) if self.first is not None else 0.0
-        waits = sorted(self.queue_ms)
         return {
             "batch_size": batch_size, "max_wait_ms": round(1000 * max_wait_s, 1),
             "batches": sum(self.batches.values()), "crops": self.crops,
@@ -176,15 +176,8 @@ class ServiceStats:
             "busy_s": round(self.busy_s, 3), "span_s": round(span, 3),
             "crops_per_busy_s": round(self.crops / self.busy_s, 2) if self.busy_s else None,
             "utilisation": round(self.busy_s / span, 3) if span else None,
-            "queue_ms_p50": percentile(waits, 50), "queue_ms_p95": percentile(waits, 95),
+            "queue_ms_p50": self.queue_ms.percentile(50),
+            "queue_ms_p95": self.queue_ms.percentile(95),
             "refused_when_full": self.refused,
         }
 
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile of already sorted values, rounded; None when empty."""
-    if not sorted_values:
-        return None
-    if len(sorted_values) == 1:
-        return round(sorted_values[0], 2)
-    return round(statistics.quantiles(sorted_values, n=100, method="inclusive")[int(q) - 1], 2)

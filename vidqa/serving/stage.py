@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
+from vidqa.clock import Window
 from vidqa.messages import Answer, Crop, FrameResult, VideoFrame
 from vidqa.serving.base import AnswerService
-from vidqa.serving.batching import percentile
 
 
 class AnswerStage:
@@ -36,7 +36,7 @@ class AnswerStage:
         self.pending: set[int] = set()  # tracks asked and not answered yet (for the overlay)
         self._submitted: dict[Future, float] = {}  # not yet attached -> when it was submitted
         self._stats: Counter[str] = Counter()
-        self._latency_ms: list[float] = []
+        self._latency_ms = Window()  # the recent crops' submit -> answer times
         self._last_frame: VideoFrame | None = None
         self.failure: BaseException | None = None  # a failed batch, raised at the next frame
 
@@ -69,14 +69,13 @@ class AnswerStage:
         return len(self._submitted)
 
     def summary(self) -> dict[str, Any]:
-        latencies = sorted(self._latency_ms)
         return {"submitted": self._stats["submitted"], "answered": self._stats["answered"],
                 "failed": self._stats["failed"], "in_flight": len(self._submitted),
                 "queue_full_waits": self._stats["queue_full_waits"],
                 "deferred_tracks": self._stats["deferred_tracks"],
                 "waiting_at_end": len(self.waiting),
-                "latency_ms_p50": percentile(latencies, 50),
-                "latency_ms_p95": percentile(latencies, 95)}
+                "latency_ms_p50": self._latency_ms.percentile(50),
+                "latency_ms_p95": self._latency_ms.percentile(95)}
 
     def _ask(self, crop: Crop) -> None:
         if self.live:
@@ -118,7 +117,7 @@ class AnswerStage:
                 self.failure = self.failure or future.exception()
                 continue
             latency_ms = 1000 * (now - submitted)
-            self._latency_ms.append(latency_ms)
+            self._latency_ms.add(latency_ms)
             self._stats["answered"] += 1
             for answer in future.result():
                 self.pending.discard(answer.track_id)

@@ -60,4 +60,4 @@ def test_borrower_when_the_plan_keeps_the_answers_then_kept_and_paired(runner):
 
     assert kept and search["agreement"] == 1.0 and search["held_out_crops"] == 4
     assert "borrowed from" in reason
-    assert len(ledger.pairs) == 2 and ledger.seconds["borrow"] > 0
+    assert ledger.pair_count == 2 and ledger.seconds["borrow"] > 0

@@ -18,13 +18,22 @@ PLANNING_KINDS = ("profile", "confirm", "borrow", "build")
 
 
 @dataclass
-class Pair:
-    """One batch answered both ways: full and compressed seconds on the same ``crops``."""
+class Pairs:
+    """The batches of one source ("profile": confirmed candidates on profiled batches, or
+    "audit") answered both ways, summed as they come: a run of weeks audits without end."""
 
-    full_s: float
-    compressed_s: float
-    crops: int
-    source: str  # "profile" (a confirmed candidate on profiled batches) or "audit"
+    full_s: float = 0.0
+    compressed_s: float = 0.0
+    crops: int = 0
+    counted_s: float = 0.0  # compressed seconds of the pairs that know their crops
+    count: int = 0
+
+    def add(self, full_s: float, compressed_s: float, crops: int) -> None:
+        self.full_s += full_s
+        self.compressed_s += compressed_s
+        self.crops += crops
+        self.counted_s += compressed_s if crops else 0.0
+        self.count += 1
 
 
 @dataclass
@@ -41,7 +50,8 @@ class Ledger:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ANSWER_KINDS + PLANNING_KINDS, 0.0))
     crops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ANSWER_KINDS, 0))
-    pairs: list[Pair] = field(default_factory=list)
+    pairs: dict[str, Pairs] = field(default_factory=lambda: {"audit": Pairs(),
+                                                             "profile": Pairs()})
     cache_saved_s: float = 0.0  # planning seconds a cached or library plan made unnecessary
 
     def add(self, kind: str, seconds: float, crops: int = 0) -> None:
@@ -50,7 +60,11 @@ class Ledger:
             self.crops[kind] += crops
 
     def pair(self, full_s: float, compressed_s: float, crops: int, source: str) -> None:
-        self.pairs.append(Pair(full_s, compressed_s, crops, source))
+        self.pairs[source].add(full_s, compressed_s, crops)
+
+    @property
+    def pair_count(self) -> int:
+        return sum(pairs.count for pairs in self.pairs.values())
 
     @property
     def vlm_s(self) -> float:
@@ -65,10 +79,9 @@ class Ledger:
         """full / compressed seconds over paired batches (audits when there are any, else
         the profiled batches), and which source priced it."""
         for source in ("audit", "profile"):
-            pairs = [p for p in self.pairs if p.source == source]
-            compressed = sum(p.compressed_s for p in pairs)
-            if pairs and compressed > 0:
-                return sum(p.full_s for p in pairs) / compressed, source
+            pairs = self.pairs[source]
+            if pairs.count and pairs.compressed_s > 0:
+                return pairs.full_s / pairs.compressed_s, source
         return None, "none"
 
     def full_equivalent_s(self) -> float | None:
@@ -94,10 +107,9 @@ class Ledger:
 
     def _per_crop_costs(self) -> tuple[float, float, float] | None:
         ratio, source = self.paired_ratio()
-        pairs = [p for p in self.pairs if p.crops and p.source == source]
-        if ratio is None or not pairs:
+        if ratio is None or not self.pairs[source].crops:
             return None
-        compressed = sum(p.compressed_s for p in pairs) / sum(p.crops for p in pairs)
+        compressed = self.pairs[source].counted_s / self.pairs[source].crops
         answered = self.crops["compressed"] + self.crops["audit_compressed"]
         audit_share = self.crops["audit"] / answered if answered else 0.0
         return compressed * ratio, compressed, audit_share
@@ -116,7 +128,7 @@ class Ledger:
             "net_saving_s": None if net is None else round(net, 3),
             "net_ratio": round(full_eq / spent, 3) if full_eq and spent else None,
             "paired_ratio": None if ratio is None else round(ratio, 3),
-            "paired_by": source, "pairs": len(self.pairs),
+            "paired_by": source, "pairs": self.pair_count,
             "break_even_rois": _round(self.break_even_crops()),
             "crops": dict(self.crops),
             "cache_saved_s": round(self.cache_saved_s, 3),
