@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from vidqa.config_schema import apply_override, from_dict, one_line
 from vidqa.errors import ConfigError
 
 
@@ -31,12 +31,14 @@ class RunConfig:
     ray_address: str = ""  # engine ray: a cluster to join ("auto", "ray://h:10001"); "" = start one
     processes: int = 0  # engine local: stream processes sharing the VLM worker; 0 = auto
     detection_workers: int = 0  # engine local, CUDA: processes detecting for them; 0 = auto
+    stop_grace_s: float = 3.0  # Ctrl-C/SIGTERM: how long answers in flight may still arrive
 
     def __post_init__(self) -> None:
         _require(self.max_frames >= 0, "run.max_frames", self.max_frames, ">= 0")
         _require(self.processes >= 0, "run.processes", self.processes, ">= 0 (0 = auto)")
         _require(self.detection_workers >= 0, "run.detection_workers", self.detection_workers,
                  ">= 0 (0 = auto)")
+        _require(self.stop_grace_s >= 0, "run.stop_grace_s", self.stop_grace_s, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class RoiConfig:
 
 @dataclass(frozen=True)
 class QuestionConfig:
+    SHORTHAND: typing.ClassVar[str] = "question"  # a bare string in YAML is the question
+
     question: str  # asked about every person crop
     answer: Literal["yesno", "text"] = "yesno"  # yesno: one forward pass; text: generate()
     name: str = ""  # short label for the overlay and plots; defaults to the question
@@ -195,6 +199,45 @@ class SinkConfig:
     mot: bool = True  # write mot.txt: every tracked box in the MOTChallenge format
     window: bool = False  # show a live window (needs a display)
     codec: str = "mp4v"  # FourCC of the annotated video
+    segment_s: float | None = None  # video in playable pieces; None = 300 live, 0 (one file) files
+
+    def __post_init__(self) -> None:
+        _require(self.segment_s is None or self.segment_s >= 0, "sinks.segment_s",
+                 self.segment_s, ">= 0 (0 = one file), or null for the default")
+
+    def segment_seconds(self, live: bool) -> float:
+        """Seconds per video segment of a stream (0: one file, as for a clip)."""
+        if self.segment_s is not None:
+            return self.segment_s
+        return LIVE_SEGMENT_S if live else 0.0
+
+
+LIVE_SEGMENT_S = 300.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "auto"  # the deployment's SQLite file; auto = <run folder>/store/vidqa.db
+    snapshots: bool = True  # a JPEG of each answered crop and the full frame of each alert
+    commit_every_s: float = 0.25  # an answer is committed at most this long after it arrives
+    queue_size: int = 20000  # records waiting for the writer; more are dropped and counted
+
+    def __post_init__(self) -> None:
+        _require(0 < self.commit_every_s <= 1, "store.commit_every_s", self.commit_every_s,
+                 "in (0, 1]: every answer is committed within a second")
+        _require(self.queue_size >= 100, "store.queue_size", self.queue_size, ">= 100")
+
+
+@dataclass(frozen=True)
+class RetainConfig:
+    days: float = 7.0  # delete video segments, snapshots and rows older than this (0 = keep)
+    max_gb: float = 0.0  # keep segments + snapshots under this many GB, oldest first (0 = no cap)
+    check_s: float = 30.0  # how often retention runs while the streams run
+
+    def __post_init__(self) -> None:
+        _require(self.days >= 0, "retain.days", self.days, ">= 0 (0 = keep forever)")
+        _require(self.max_gb >= 0, "retain.max_gb", self.max_gb, ">= 0 (0 = no cap)")
+        _require(self.check_s > 0, "retain.check_s", self.check_s, "> 0")
 
 
 @dataclass(frozen=True)
@@ -224,6 +267,8 @@ class PipelineConfig:
     roi: RoiConfig = field(default_factory=RoiConfig)
     vlm: VlmConfig = field(default_factory=VlmConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    retain: RetainConfig = field(default_factory=RetainConfig)
     streams: tuple[StreamConfig, ...] = ()  # several cameras; empty = one stream, `source`
     zones: tuple[ZoneConfig, ...] = ()  # named image regions (pixel polygons)
     rules: tuple[RuleConfig, ...] = ()  # alerts: an answer held inside a zone for dwell_s
@@ -269,13 +314,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {_one_line(err)}") from None
+            raise ConfigError(f"{path} is not valid YAML: {one_line(err)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got "
                               f"{type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
-    return from_dict(PipelineConfig, _merge_streams(data), "")
+    return from_dict(PipelineConfig, _merge_streams(data), "", RENAMED_KEYS)
 
 
 def _merge_streams(data: dict[str, Any]) -> dict[str, Any]:
@@ -302,111 +347,6 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``section.key=value`` override in place; the value is parsed as YAML."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r} must look like section.key=value, "
-                          f"e.g. --set vlm.batch_size=4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__} "
-                          f"{data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    for key in unknown:
-        old = _join(where, key)
-        if old in RENAMED_KEYS:
-            raise ConfigError(f"{old} was renamed to {RENAMED_KEYS[old]}: rename the key "
-                              f"(same value)")
-    if unknown:
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(_join(where, k) for k in unknown)}; valid keys in "
-                          f"{where or 'the top level'}: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, _join(where, name))
-              for name, value in data.items()}
-    missing = [name for name, f in fields.items() if name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where or 'config'} is missing required key(s): {', '.join(missing)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where or 'config'}: {err}") from None
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, str) and hint is QuestionConfig:
-            value = {"question": value}
-        return from_dict(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(option, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        value = _yaml_word(value, args)
-        if value not in args:
-            raise ConfigError(f"{where} = {value!r} is not allowed: choose one of "
-                              f"{', '.join(repr(a) for a in args)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            value = [value]
-        item_hint = args[0]
-        return tuple(_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    raise AssertionError(f"unsupported config type {hint} at {where}")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
 # ---- replay, zones and rules -------------------------------------------------------------------
 
 def _check_replay(cfg: SourceConfig) -> None:
@@ -417,14 +357,6 @@ def _check_replay(cfg: SourceConfig) -> None:
     if cfg.loop and cfg.replay == "off":
         raise ConfigError("source.loop = true needs source.replay: realtime (a loop only "
                           "makes sense for a file played as a live camera); set both")
-
-
-def _yaml_word(value: Any, allowed: tuple[Any, ...]) -> Any:
-    """YAML 1.1 reads bare yes/no/on/off as booleans: give back the word the choice expects."""
-    if not isinstance(value, bool) or any(isinstance(a, bool) for a in allowed):
-        return value
-    words = ("yes", "on", "true") if value else ("no", "off", "false")
-    return next((word for word in words if word in allowed), value)
 
 
 @dataclass(frozen=True)
