@@ -35,13 +35,13 @@ from vidqa.run import (
     SCHEMA_VERSION,
     StreamCounts,
     Terminated,
+    exit_on_second_signal,
     sigterm_raises,
 )
 from vidqa.serving.base import AnswerService
 from vidqa.serving.stage import AnswerStage
 from vidqa.sinks import (
     AnswerBoard,
-    EventsSink,
     MotSink,
     SinkSet,
     StopRequested,
@@ -50,11 +50,14 @@ from vidqa.sinks import (
 )
 from vidqa.sources import Source, is_live, open_source, source_path
 from vidqa.storage import write_json
+from vidqa.store import StoreSink, StreamRecord
 from vidqa.tracking import PersonTracker
 
-# How long a stream waits, after its last frame, for answers still with the VLM.
-FLUSH_TIMEOUT_S = {"completed": None, "max_frames": None, "stopped": 30.0, "interrupted": 5.0,
-                   "terminated": 5.0, "error": 5.0}
+# Records for the run's event store (EventStore.put_many, or a queue to the process holding it).
+Send = Callable[[list[Any]], None]
+# Ends after which a stream waits for every answer still with the VLM; after any other
+# (Ctrl-C, SIGTERM, a stop, an error) it waits run.stop_grace_s and abandons the rest.
+WAIT_FOR_ALL = ("completed", "max_frames")
 
 
 class Pipeline:
@@ -63,7 +66,7 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, source: Source,
                  tracker: Callable[[Iterable], Iterator[FrameResult]], policy: RoiPolicy,
-                 answer_stage: AnswerStage, models: dict[str, Any],
+                 answer_stage: AnswerStage, models: dict[str, Any], send: Send,
                  stream_id: str = "0", extra_sinks: list | None = None,
                  rules: Any = None, zones: Any = None) -> None:
         self.cfg = cfg
@@ -73,29 +76,46 @@ class Pipeline:
         self.policy = policy
         self.answer_stage = answer_stage
         self.models = models
+        self.send = send
         self.stream_id = stream_id
-        self.extra_sinks = extra_sinks if extra_sinks is not None else []  # merged events, view
+        self.extra_sinks = extra_sinks if extra_sinks is not None else []  # the live view
         self.rules = rules  # a vidqa.zones.RuleStage when the config has rules
         self.board = AnswerBoard(asking=lambda: answer_stage.pending, zones=zones)
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here
         self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
 
-    def sinks(self) -> SinkSet:
-        sinks: list = list(self.extra_sinks)
-        if self.cfg.sinks.events:
-            sinks.append(EventsSink(self.run_dir / "events.jsonl"))
-        if self.cfg.sinks.mot:
-            sinks.append(MotSink(self.run_dir / "mot.txt"))
-        if self.rules is not None:
-            from vidqa.zones import AlertsSink
+    @property
+    def segment_s(self) -> float:
+        """Seconds per video segment (0: one ``annotated.mp4``, as for a clip)."""
+        return self.cfg.sinks.segment_seconds(is_live(self.cfg.source))
 
-            sinks.append(AlertsSink(self.run_dir / "alerts.jsonl"))
-        if self.cfg.sinks.video:
-            sinks.append(VideoSink(self.run_dir / "annotated.mp4", self.board,
-                                   self.cfg.sinks.codec))
+    def sinks(self) -> SinkSet:
+        """The store's sink first (answers and alerts are recorded before anything is drawn),
+        then the recording, the window and the live view."""
+        store = StoreSink(self.stream_id, self.send, self.cfg.store.snapshots)
+        sinks: list = [store]
+        video, mot = self.cfg.sinks.video, self.cfg.sinks.mot
+        if self.segment_s > 0 and (video or mot):
+            from vidqa.sinks.segments import SegmentSink
+
+            sinks.append(SegmentSink(self.run_dir, self.stream_id, self.segment_s,
+                                     store.on_segment, self.board, self.cfg.sinks.codec,
+                                     video=video, mot=mot))
+        else:
+            if mot:
+                sinks.append(MotSink(self.run_dir / "mot.txt"))
+            if video:
+                sinks.append(VideoSink(self.run_dir / "annotated.mp4", self.board,
+                                       self.cfg.sinks.codec))
         if self.cfg.sinks.window:
             sinks.append(WindowSink(self.board))
-        return SinkSet(sinks, self.board)
+        return SinkSet([*sinks, *self.extra_sinks], self.board)
+
+    def announce(self) -> None:
+        """Tell the store about this stream (and where its JSONL export goes)."""
+        self.send([StreamRecord(self.stream_id, self.source.stats().get("source_id", "?"),
+                                self.run_dir, self.segment_s > 0, self.cfg.sinks.events,
+                                self.rules is not None)])
 
     def results(self, clock: StageClock) -> Iterator[FrameResult]:
         """The composed stages, each wrapped by the clock."""
@@ -111,6 +131,7 @@ class Pipeline:
         """Drive the stages to the end (or to the first stop) and write ``summary.json``."""
         clock, counts = StageClock(), StreamCounts()
         started, end, error, crash = time.perf_counter(), "completed", None, None
+        self.announce()
         with sigterm_raises(), self.sinks() as sinks, self.source:
             try:
                 for result in tqdm(self.results(clock), desc=f"stream {self.stream_id}",
@@ -128,18 +149,17 @@ class Pipeline:
                 end, error = "stopped", str(err)
             except KeyboardInterrupt:
                 end, error = "interrupted", "SIGINT (Ctrl-C)"
+                exit_on_second_signal()
             except Terminated:
                 end, error = "terminated", "SIGTERM"
+                exit_on_second_signal()
             except Exception as err:
                 end, error = "error", f"{type(err).__name__}: {err}"
                 logger.opt(exception=not isinstance(err, VidqaError)).error(
                     "stream {} failed at frame {}: {}", self.stream_id, counts.last_frame, err)
                 crash = err
             streamed = time.perf_counter() - started
-            failure = self._flush(sinks, counts, end)
-            if failure is not None and crash is None:  # a batch failed after the last frame
-                end, error, crash = "error", f"{type(failure).__name__}: {failure}", failure
-                logger.error("stream {}: a batch of answers failed: {}", self.stream_id, failure)
+            self._flush(sinks, counts, end)
             for callback in self.on_end:
                 callback()
             summary = self._summary(clock, counts, sinks, end, error, streamed,
@@ -155,13 +175,15 @@ class Pipeline:
         for frame in frames:
             yield dataclasses.replace(frame, stream_id=self.stream_id)
 
-    def _flush(self, sinks: SinkSet, counts: StreamCounts, end: str) -> BaseException | None:
-        """Answers still with the model when the frames ended: waited for, and written as
-        events. Returns the failure of a batch the stream had not raised yet."""
-        late = self.answer_stage.flush(FLUSH_TIMEOUT_S[end])
+    def _flush(self, sinks: SinkSet, counts: StreamCounts, end: str) -> None:
+        """Answers still with the model when the frames ended: waited for (all of them when
+        the stream ran to its end, else ``run.stop_grace_s``) and recorded; the rest are
+        abandoned, and nothing arrives after that."""
+        grace = None if end in WAIT_FOR_ALL else self.cfg.run.stop_grace_s
+        late = self.answer_stage.flush(grace)
         counts.add_answers(late)
         sinks.write_answers(late)
-        return self.answer_stage.failure
+        self.answer_stage.abandon()
 
     def _expected_frames(self) -> int | None:
         total = self.source.stats().get("frame_count") or None
@@ -202,10 +224,15 @@ class Pipeline:
             "tracker_resets": getattr(self.tracker, "resets", 0),
             "vlm": self.answer_stage.summary(),
             "sink_failures": sinks.failed,
-            "outputs": {name: str(self.run_dir / name) for name in
-                        ("annotated.mp4", "events.jsonl", "mot.txt", "summary.json", LOG_NAME)},
+            "outputs": self._outputs(),
             "config": self.cfg.to_dict(),
         }
+
+
+    def _outputs(self) -> dict[str, str]:
+        names = ["events.jsonl", "summary.json", LOG_NAME]
+        names += ["segments"] if self.segment_s > 0 else ["annotated.mp4", "mot.txt"]
+        return {name: str(self.run_dir / name) for name in names}
 
 
 def _zones_and_rules(cfg: PipelineConfig, stream_id: str) -> tuple[Any, Any]:
@@ -220,9 +247,10 @@ def _zones_and_rules(cfg: PipelineConfig, stream_id: str) -> tuple[Any, Any]:
 
 def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, source: Source,
                     tracker: Callable[[Iterable], Iterator[FrameResult]],
-                    service: AnswerService,
-                    models: dict[str, Any], extra_sinks: list) -> Pipeline:
-    """One stream of a run, writing into ``out_dir``; its crops go to ``service``."""
+                    service: AnswerService, models: dict[str, Any], send: Send,
+                    extra_sinks: list) -> Pipeline:
+    """One stream of a run, writing into ``out_dir``; its crops go to ``service``, its records
+    to ``send`` (the run's event store)."""
     cfg = dataclasses.replace(cfg, source=spec.source, tracker=spec.tracker, roi=spec.roi,
                               streams=(), vlm=dataclasses.replace(cfg.vlm,
                                                                   questions=spec.questions))
@@ -230,7 +258,7 @@ def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, sour
     stage = AnswerStage(service, [q.question for q in spec.questions], live=is_live(spec.source))
     zones, rules = _zones_and_rules(cfg, spec.id)
     return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage, models,
-                    stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones)
+                    send, stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones)
 
 
 def _asdict(info: Any) -> dict[str, Any]:

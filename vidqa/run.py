@@ -4,6 +4,7 @@ ends with a summary whatever stopped the run."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -77,6 +78,22 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exit_on_second_signal() -> None:
+    """After the first Ctrl-C or SIGTERM the run stops in seconds; a second one ends the process
+    at once, without a traceback (what is committed to the store stays; the rest is lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        sys.stderr.write(f"\nvidqa: second {name}: exiting now\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CODES["interrupted" if signum == signal.SIGINT else "terminated"])
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 class StreamCounts:

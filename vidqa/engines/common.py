@@ -15,7 +15,13 @@ from loguru import logger
 
 from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig, VlmConfig
 from vidqa.errors import VidqaError
-from vidqa.run import EXIT_CODES, SCHEMA_VERSION, Terminated, sigterm_raises
+from vidqa.run import (
+    EXIT_CODES,
+    SCHEMA_VERSION,
+    Terminated,
+    exit_on_second_signal,
+    sigterm_raises,
+)
 from vidqa.sources import Source, is_live, open_source
 from vidqa.storage import write_json
 
@@ -74,7 +80,8 @@ def wait_or_stop(wait: Callable[[], None], stop: Callable[[str], None],
             wait()
         except (KeyboardInterrupt, Terminated) as err:
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated"
-            logger.warning("{}: stopping every stream", reason)
+            exit_on_second_signal()
+            logger.warning("{}: stopping every stream (a second signal exits at once)", reason)
             stop(reason)
             (wait_stopped or wait)()
 

@@ -26,14 +26,14 @@ from vidqa.engines.common import (
     wait_or_stop,
     write_single,
 )
-from vidqa.pipeline import Pipeline, stream_pipeline
+from vidqa.pipeline import WAIT_FOR_ALL, Pipeline, Send, stream_pipeline
 from vidqa.run import LOG_NAME
 from vidqa.serving.base import AnswerService
 from vidqa.serving.batching import BatchingService
 from vidqa.serving.worker import WorkerClient, WorkerService
-from vidqa.sinks import EventsSink, SharedSink
 from vidqa.sources import Source, is_camera, is_live, source_path
 from vidqa.storage import write_json
+from vidqa.store import EventStore
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.loading import load_vlm
@@ -44,7 +44,8 @@ class LocalRun:
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, pipelines: list[Pipeline],
                  failed: dict[str, str], answerer: BatchAnswerer | None,
-                 service: AnswerService, models: dict[str, Any], view: Any = None) -> None:
+                 service: AnswerService, models: dict[str, Any], send: Send,
+                 store: EventStore | None = None, view: Any = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.pipelines = pipelines
@@ -52,12 +53,13 @@ class LocalRun:
         self.answerer = answerer  # None when the model lives in a worker process
         self.service = service
         self.models = models
+        self.send = send  # records for the run's event store
+        self.store = store  # the store, when this process holds it
         self.view = view  # the live web view, if the run serves one
-        self.merged: Any = None  # the merged events of a multi-stream run
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, run_dir: Path, view: Any = None,
-                    client: WorkerClient | None = None, merged: Any = None,
+                    client: WorkerClient | None = None, send: Send | None = None,
                     threads: int | None = None, detection: DetectionClient | None = None
                     ) -> LocalRun:
         """Open the streams' files, load the model once, then trackers and live sources.
@@ -68,9 +70,9 @@ class LocalRun:
         with the same detector settings share one :class:`~vidqa.detection.detector.Detector`.
 
         A stream process of ``run.processes`` passes the ``client`` of the run's model worker
-        (no model is loaded here), the ``merged`` events sink that forwards to the run's one
-        ``events.jsonl``, its share of the CPU ``threads`` and, when the run detects in a
-        detection worker, its ``detection`` client.
+        (no model is loaded here), ``send``, which forwards its records to the run's event
+        store, its share of the CPU ``threads`` and, when the run detects in a detection
+        worker, its ``detection`` client.
         """
         specs, multi = cfg.stream_configs(), bool(cfg.streams)
         sources: dict[str, Source] = {}
@@ -99,8 +101,11 @@ class LocalRun:
             raise
         models = {"detector": next(iter(trackers.values())).detector.info if trackers else {},
                   "vlm": info}
-        run = cls(cfg, run_dir, [], failed, answerer, service, models, view)
-        run.merged = merged
+        store = None
+        if send is None:
+            store = open_store(cfg, run_dir)
+            send = store.put_many
+        run = cls(cfg, run_dir, [], failed, answerer, service, models, send, store, view)
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
         return run
@@ -108,11 +113,8 @@ class LocalRun:
     def _pipeline(self, spec: StreamConfig, source: Source, tracker: PersonTracker,
                   multi: bool) -> Pipeline:
         out_dir = self.run_dir / spec.id if multi else self.run_dir
-        if multi and self.merged is None:
-            self.merged = EventsSink(self.run_dir / "events.jsonl")
-        extra = [SharedSink(self.merged)] if multi else []
         pipeline = stream_pipeline(self.cfg, spec, out_dir, source, tracker, self.service,
-                                   self.models, extra)
+                                   self.models, self.send, [])
         if self.view is not None:
             from vidqa.web import LiveViewSink
 
@@ -135,14 +137,19 @@ class LocalRun:
         started = time.perf_counter()
         try:
             summaries = self.run_streams()
-        finally:
-            self.service.close()
-            if self.merged is not None:
-                self.merged.close()
+        except BaseException:
+            close_service(self.service, abandon=True)
+            if self.store is not None:
+                self.store.close("error")
+            raise
+        close_service(self.service, abandon=not ran_to_end(summaries))
         summary = run_summary(self.cfg, self.run_dir, summaries, self.failed,
                               self._vlm_summary(), time.perf_counter() - started)
         if self.cfg.streams:
             summary["detectors"] = self.detectors()
+        if self.store is not None:
+            self.store.close(summary["end_reason"], summary)
+            summary["store"] = self.store.summary()
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -195,7 +202,31 @@ def single_stream(cfg: PipelineConfig, run_dir: Path) -> Pipeline:
     run = LocalRun.from_config(cfg, run_dir)
     pipeline = run.pipelines[0]
     pipeline.on_end.append(run.service.close)
+    pipeline.on_end.append(run.store.close)
     return pipeline
+
+
+def open_store(cfg: PipelineConfig, run_dir: Path) -> EventStore:
+    """The run's event store, open; several streams also get the merged ``events.jsonl``
+    (unless they record in segments: then the store is the merged record)."""
+    specs = cfg.stream_configs()
+    merged = bool(cfg.streams) and cfg.sinks.events and not all(
+        cfg.sinks.segment_seconds(is_live(spec.source)) > 0 for spec in specs)
+    return EventStore(cfg, run_dir, run_dir / "events.jsonl" if merged else None).open()
+
+
+def ran_to_end(summaries: dict[str, dict[str, Any]]) -> bool:
+    """Every stream ran to its end (its answers were all waited for)."""
+    return bool(summaries) and all(s.get("end_reason") in WAIT_FOR_ALL
+                                   for s in summaries.values())
+
+
+def close_service(service: AnswerService, abandon: bool) -> None:
+    """Close the model service; after a stop, what it still holds is abandoned, not answered."""
+    if abandon:
+        service.close(abandon=True)
+    else:
+        service.close()
 
 
 def start_service(cfg: VlmConfig, log_path: Path, clients: int = 0, live: bool = False

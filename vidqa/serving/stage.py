@@ -16,6 +16,8 @@ from vidqa.clock import Window
 from vidqa.messages import Answer, Crop, FrameResult, VideoFrame
 from vidqa.serving.base import AnswerService
 
+MAX_REASONS = 20  # distinct failure reasons kept per stream
+
 
 class AnswerStage:
     """One stream's crops submitted to the run's service; answers attach to the frame they
@@ -24,6 +26,10 @@ class AnswerStage:
     A file's front half waits when the service's queue is full (nothing is lost). A live
     stream's does not: the crop waits here, one per track, the newest replacing an older one,
     and is submitted on a later frame; a track that ends while waiting is counted as deferred.
+
+    A crop whose answer failed (its batch failed, and again on its own) is counted with the
+    reason, and the stream goes on: a fault costs one crop, not a camera. When the stream
+    stops, :meth:`abandon` counts what is still in flight and nothing is attached after it.
     """
 
     def __init__(self, service: AnswerService, questions: Sequence[str], live: bool,
@@ -34,19 +40,19 @@ class AnswerStage:
         self.stop = stop or threading.Event()
         self.waiting: dict[int, Crop] = {}  # live, queue full: track -> its newest crop
         self.pending: set[int] = set()  # tracks asked and not answered yet (for the overlay)
-        self._submitted: dict[Future, float] = {}  # not yet attached -> when it was submitted
+        # not yet attached -> when it was submitted, and its track
+        self._submitted: dict[Future, tuple[float, int]] = {}
         self._stats: Counter[str] = Counter()
         self._latency_ms = Window()  # the recent crops' submit -> answer times
         self._last_frame: VideoFrame | None = None
-        self.failure: BaseException | None = None  # a failed batch, raised at the next frame
+        self.failures: Counter[str] = Counter()  # why crops failed (a few distinct reasons)
+        self._abandoned = False
 
     def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
         for result in results:
             yield self.update(result)
 
     def update(self, result: FrameResult) -> FrameResult:
-        if self.failure is not None:
-            raise self.failure
         for track_id in result.ended_tracks:
             if self.waiting.pop(track_id, None) is not None:
                 self._stats["deferred_tracks"] += 1  # ended before the queue had room
@@ -58,10 +64,22 @@ class AnswerStage:
         return dataclasses.replace(result, answers=result.answers + self._take(result.frame))
 
     def flush(self, timeout_s: float | None) -> list[Answer]:
-        """Wait (at most ``timeout_s``) for the answers still in flight and return them (up to
-        a failed batch's, which is left in :attr:`failure`)."""
+        """Wait (at most ``timeout_s``) for the answers still in flight and return them."""
         wait(list(self._submitted), timeout=timeout_s)
         return list(self._take(self._last_frame)) if self._last_frame is not None else []
+
+    def abandon(self) -> int:
+        """The stream has stopped: what is still in flight or waiting is counted as abandoned
+        and never attached; returns how many crops."""
+        count = len(self._submitted) + len(self.waiting)
+        self._stats["abandoned"] += count
+        for future in self._submitted:
+            future.cancel()  # a crop still queued in this process is not answered at all
+        self._submitted.clear()
+        self.waiting.clear()
+        self.pending.clear()
+        self._abandoned = True
+        return count
 
     @property
     def in_flight(self) -> int:
@@ -70,7 +88,8 @@ class AnswerStage:
 
     def summary(self) -> dict[str, Any]:
         return {"submitted": self._stats["submitted"], "answered": self._stats["answered"],
-                "failed": self._stats["failed"], "in_flight": len(self._submitted),
+                "failed": self._stats["failed"], "failure_reasons": dict(self.failures),
+                "abandoned": self._stats["abandoned"], "in_flight": len(self._submitted),
                 "queue_full_waits": self._stats["queue_full_waits"],
                 "deferred_tracks": self._stats["deferred_tracks"],
                 "waiting_at_end": len(self.waiting),
@@ -78,6 +97,8 @@ class AnswerStage:
                 "latency_ms_p95": self._latency_ms.percentile(95)}
 
     def _ask(self, crop: Crop) -> None:
+        if self._abandoned:
+            return
         if self.live:
             future = self.service.submit(crop, self.questions, block=False)
             if future is None:
@@ -102,7 +123,7 @@ class AnswerStage:
             self._track(future, crop)
 
     def _track(self, future: Future, crop: Crop) -> None:
-        self._submitted[future] = time.perf_counter()
+        self._submitted[future] = (time.perf_counter(), crop.track_id)
         self._stats["submitted"] += 1
         self.pending.add(crop.track_id)
 
@@ -111,10 +132,11 @@ class AnswerStage:
         self._last_frame = frame
         now, taken = time.perf_counter(), []
         for future in [f for f in self._submitted if f.done()]:  # in order of submission
-            submitted = self._submitted.pop(future)
-            if future.exception() is not None:  # raised at the next frame, after these
-                self._stats["failed"] += 1
-                self.failure = self.failure or future.exception()
+            submitted, track_id = self._submitted.pop(future)
+            error = future.exception() if not future.cancelled() else None
+            if error is not None or future.cancelled():
+                self._failed(error)
+                self.pending.discard(track_id)  # not "asking" any more; a re-ask may follow
                 continue
             latency_ms = 1000 * (now - submitted)
             self._latency_ms.add(latency_ms)
@@ -125,3 +147,12 @@ class AnswerStage:
                     answer, latency_ms=latency_ms, answered_frame_index=frame.frame_index,
                     answered_time_s=frame.timestamp))
         return tuple(taken)
+
+    def _failed(self, error: BaseException | None) -> None:
+        """One crop lost to a fault: counted, with its reason (at most :data:`MAX_REASONS`
+        distinct ones are kept, the rest counted as "other")."""
+        self._stats["failed"] += 1
+        reason = f"{type(error).__name__}: {error}"[:120] if error else "cancelled"
+        if reason not in self.failures and len(self.failures) >= MAX_REASONS:
+            reason = "other"
+        self.failures[reason] += 1
