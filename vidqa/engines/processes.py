@@ -41,12 +41,12 @@ from vidqa.engines.common import (
     run_vlm_config,
     wait_or_stop,
 )
-from vidqa.engines.local import LocalRun, start_service
+from vidqa.engines.local import LocalRun, close_service, open_store, start_service
 from vidqa.run import LOG_NAME, run_log
 from vidqa.serving.worker import ClientEnd
-from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import is_live, open_source, source_path
 from vidqa.storage import write_json
+from vidqa.store import EventStore
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
 PROCESSES_PER_DETECTION_WORKER = 8  # auto: one detection worker's Python keeps up with these
@@ -78,8 +78,8 @@ def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict
 
 
 class ProcessRun:
-    """The model worker, the detection workers, the stream processes and the merged events
-    of one run."""
+    """The model worker, the detection workers, the stream processes and the event store of one
+    run (the stream processes send their records here)."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, processes: int,
                  detect_in_worker: bool | None = None) -> None:
@@ -94,9 +94,11 @@ class ProcessRun:
         self._events, self._done = context.Queue(), context.Queue()
         self._controls = [context.Queue() for _ in self.groups]
         self._context = context
+        self.stopping = False  # the run was stopped: what the model still holds is abandoned
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop every stream at its next frame (from any thread)."""
+        self.stopping = True
         for control in self._controls:
             control.put(reason)
 
@@ -117,31 +119,35 @@ class ProcessRun:
                   service.client_end(i + 1), self._events, self._controls[i], self._done,
                   threads, detection[i % len(detection)].end(i) if detection else None))
             for i, group in enumerate(self.groups)]
-        merged = EventsSink(self.run_dir / "events.jsonl")
-        writer = threading.Thread(target=_write_events, args=(self._events, merged),
-                                  name="events")
+        store = open_store(cfg, self.run_dir)
+        writer = threading.Thread(target=_forward_records, args=(self._events, store),
+                                  name="records")
         writer.start()
         reports: dict[int, tuple] = {}
         try:
             for worker in workers:
                 worker.start()
             wait_or_stop(lambda: _collect(workers, self._done, reports), self.stop)
+        except BaseException:
+            self.stopping = True
+            raise
         finally:
             for worker in workers:
                 worker.join()
             self._events.put(None)
             writer.join()
-            merged.close()
             for worker in detection:
                 worker.close()
-            service.close()
+            close_service(service, abandon=self.stopping)
+            store.close("stopped" if self.stopping else None)  # the summary follows if it can
         summaries, failed, detectors = _gather(self.groups, workers, reports, self.run_dir)
         vlm = {**service.answerer_summary(), "service": service.summary()}
         detectors += [{"process": "worker", "worker": index, **d}
                       for index, worker in enumerate(detection) for d in worker.summary]
         summary = {**run_summary(cfg, self.run_dir, summaries, failed, vlm,
                                  time.perf_counter() - started),
-                   "processes": processes, "detectors": detectors}
+                   "processes": processes, "detectors": detectors, "store": store.summary()}
+        store.record_summary(summary)
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -202,9 +208,10 @@ def _gather(groups: list[list[StreamConfig]], workers: list, reports: dict[int, 
     return summaries, failed, detectors
 
 
-def _write_events(events: Any, merged: EventsSink) -> None:
-    while (answers := events.get()) is not None:
-        merged.write_answers(answers)
+def _forward_records(records: Any, store: EventStore) -> None:
+    """The stream processes' records into the run's store, until a None."""
+    while (batch := records.get()) is not None:
+        store.put_many(batch)
 
 
 def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientEnd,
@@ -220,9 +227,8 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
         client = end.connect()
         detection = detection_end.connect() if detection_end is not None else None
         try:
-            run = LocalRun.from_config(cfg, run_dir, client=client,
-                                       merged=ForwardSink(events.put), threads=threads,
-                                       detection=detection)
+            run = LocalRun.from_config(cfg, run_dir, client=client, send=events.put,
+                                       threads=threads, detection=detection)
         except Exception as err:  # every stream of this process is reported, the run goes on
             logger.opt(exception=True).error("stream process {} cannot start: {}", index, err)
             done.put((index, {}, {s.id: str(err) for s in cfg.streams}, []))

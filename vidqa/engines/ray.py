@@ -68,10 +68,7 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
          files_s: float | None) -> dict[str, Any]:
     plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
-    writer = None
-    if cfg.streams:
-        writer = ray_actors.start_writer(run_dir / "events.jsonl",
-                                      ray.get_runtime_context().get_node_id())
+    writer = ray_actors.start_store(cfg, run_dir, ray.get_runtime_context().get_node_id())
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
                 "GPU" if gpus else "CPU")
     vlm_cfg = run_vlm_config(cfg)
@@ -87,11 +84,10 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     try:
         summaries = _wait(ray, actors, models)
     except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
+        ray.get(writer.close.remote("error"))
         write_single(run_dir, _vlm_summary(ray.get(plans.summaries.remote())), engine="ray")
         raise (err.cause if isinstance(err.cause, BaseException) else err) from None
-    finally:
-        if writer is not None:
-            ray.get(writer.close.remote())
+    store = ray.get(writer.close.remote(_run_end_of(summaries)))
     vlm = _vlm_summary(ray.get(plans.summaries.remote()))
     summary = {**run_summary(cfg, run_dir, summaries, failed, vlm,
                              time.perf_counter() - started), "engine": "ray"}
@@ -99,8 +95,15 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
         summary["detectors"] = [{"stream": sid, **d} for sid, actor in actors.items()
                                 for d in _detector_summary(ray, actor)]
     summary["nodes"] = {sid: _node(ray, actor) for sid, actor in actors.items()}
+    summary["store"] = store
+    ray.get(writer.record_summary.remote(summary))
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _run_end_of(summaries: dict[str, dict[str, Any]]) -> str:
+    ends = {s.get("end_reason") for s in summaries.values()}
+    return next(iter(ends)) if len(ends) == 1 else "partial"
 
 
 def _detector_summary(ray: Any, actor: Any) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """What runs inside Ray for ``run.engine: ray``: the VLM as a Ray Serve deployment, one actor per
-stream, the client between them, the merged events writer.
+stream, the client between them, the event store.
 
 * :class:`VlmDeployment` — one model per replica. ``@serve.batch`` gathers crops from every
   stream until ``vlm.batch_size`` or ``vlm.max_wait_ms``; the batch is answered by the local
@@ -38,7 +38,6 @@ from vidqa.run import LOG_NAME, run_log
 from vidqa.serving.batch import answer_grouped
 from vidqa.serving.batching import Request, ServiceStats
 from vidqa.serving.ray_client import CropRequest, RayClient
-from vidqa.sinks import EventsSink, ForwardSink
 from vidqa.sources import open_source
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
@@ -119,22 +118,28 @@ class VlmDeployment:
         self.plans.post(self.replica, {**self.answerer.summary(), "service": service})
 
 
-class EventsWriter:
-    """The merged ``events.jsonl`` of a multi-stream run, an actor that every stream sends its
-    answers to (see :func:`start_writer`)."""
+class StoreActor:
+    """The run's event store, an actor on the driver's machine that every stream sends its
+    records to (see :func:`start_store`)."""
 
-    def __init__(self, path: str) -> None:
-        self.sink = EventsSink(Path(path))
+    def __init__(self, cfg: PipelineConfig, run_dir: str) -> None:
+        from vidqa.engines.local import open_store
 
-    def write_answers(self, answers: list[Answer]) -> None:
-        self.sink.write_answers(answers)
+        self.store = open_store(cfg, Path(run_dir))
+
+    def put_many(self, records: list[Any]) -> None:
+        self.store.put_many(records)
 
     def sync(self) -> None:
-        """Returns once every answer this caller sent before is written (actor calls from
-        one caller run in order)."""
+        """Returns once every record this caller sent before is queued (actor calls from one
+        caller run in order)."""
 
-    def close(self) -> None:
-        self.sink.close()
+    def close(self, end_reason: str | None) -> dict[str, Any]:
+        self.store.close(end_reason)
+        return self.store.summary()
+
+    def record_summary(self, summary: dict[str, Any]) -> None:
+        self.store.record_summary(summary)
 
 
 class StreamActor:
@@ -187,12 +192,11 @@ class StreamActor:
         client = RayClient(serve.get_deployment_handle(DEPLOYMENT, app_name=self.app),
                               self.cfg.vlm.queue_size)
         writer = self.writer
-        extra = [ForwardSink(writer.write_answers.remote, lambda: ray.get(writer.sync.remote()))
-                 ] if writer is not None else []
         models = {**models, "detector": self.tracker.detector.info}
         pipeline = stream_pipeline(self.cfg, self.spec, self.out_dir, source, self.tracker,
-                                   client, models, extra)
+                                   client, models, writer.put_many.remote, [])
         pipeline.on_end.append(client.close)
+        pipeline.on_end.append(lambda: ray.get(writer.sync.remote()))
         self.pipeline = pipeline
         pipeline.stop_reason = self.stop_reason
         return pipeline.run()
@@ -226,13 +230,13 @@ def start_stream(cfg: PipelineConfig, spec: StreamConfig, run_dir: Path, path: P
                         writer)
 
 
-def start_writer(path: Path, node_id: str) -> Any:
-    """The merged events writer, on ``node_id`` (the driver's machine)."""
+def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
+    """The run's event store, on ``node_id`` (the driver's machine)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    return ray.remote(EventsWriter).options(num_cpus=0, scheduling_strategy=strategy).remote(
-        str(path))
+    return ray.remote(StoreActor).options(num_cpus=0, scheduling_strategy=strategy).remote(
+        cfg, str(run_dir))
 
 
 def start_shared_plans(name: str) -> Any:

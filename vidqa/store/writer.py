@@ -8,6 +8,7 @@ then their JSONL lines, and between batches runs retention on its timer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -102,12 +103,19 @@ class EventStore:
         self._closed.set()
         self._queue.put((time.monotonic(), None))  # may wait: the writer is draining
         self._thread.join()
-        self._conn.execute("UPDATE runs SET ended_at = ?, end_reason = ?, summary = ? "
-                           "WHERE id = ?", (time.time(), end_reason,
-                                            json.dumps(summary, default=str) if summary else None,
-                                            self.run_id))
-        self._conn.close()
         self._exports.close()
+        self._conn.execute("UPDATE runs SET ended_at = ?, end_reason = ? WHERE id = ?",
+                           (time.time(), end_reason, self.run_id))
+        self._conn.close()
+        if summary is not None:
+            self.record_summary(summary)
+
+    def record_summary(self, summary: dict[str, Any]) -> None:
+        """The run's summary into its row (after :meth:`close`: the writer has ended)."""
+        with contextlib.closing(connect(self.path)) as conn:
+            conn.execute("UPDATE runs SET end_reason = ?, summary = ? WHERE id = ?",
+                         (summary.get("end_reason"), json.dumps(summary, default=str),
+                          self.run_id))
 
     def summary(self) -> dict[str, Any]:
         return {"path": str(self.path), "run_id": self.run_id, **dict(self.counts),
