@@ -34,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from vidqa.config import load_config
     from vidqa.engines import run_pipeline
+    from vidqa.engines.common import segmented
     from vidqa.run import prepare_run_dir
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
@@ -42,20 +43,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"run.engine={args.engine}")
     cfg = load_config(config, overrides)
     serve = _serve_address(args.serve) if args.serve else None
-    run_dir = prepare_run_dir(cfg, args.out)
+    metrics = _serve_address(args.metrics, "--metrics") if args.metrics else None
+    run_dir = prepare_run_dir(cfg, args.out, continuable=segmented(cfg))
     summary = run_pipeline(cfg, run_dir, config_name=str(config or ""), serve=serve,
-                           token=args.token or os.environ.get("VIDQA_TOKEN"))
+                           token=args.token or os.environ.get("VIDQA_TOKEN"), metrics=metrics)
     _print_run(summary, run_dir)
     return summary["exit_code"]
 
 
-def _serve_address(text: str) -> tuple[str, int]:
+def _serve_address(text: str, flag: str = "--serve") -> tuple[str, int]:
     """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6); the host defaults to loopback."""
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise VidqaError(f"--serve {text!r}: expected PORT or HOST:PORT, e.g. --serve 8765 or "
-                         f"--serve 127.0.0.1:8765")
+        raise VidqaError(f"{flag} {text!r}: expected PORT or HOST:PORT, e.g. {flag} 8765 or "
+                         f"{flag} 127.0.0.1:8765")
     return host, int(port)
 
 
@@ -228,7 +230,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--serve", metavar="[HOST:]PORT",
                      help="serve a live web view of the run (binds 127.0.0.1 unless HOST is "
-                          "given; any other host needs --token)")
+                          "given; any other host needs --token); it also serves /metrics and "
+                          "/healthz")
+    run.add_argument("--metrics", metavar="[HOST:]PORT",
+                     help="serve only /metrics (Prometheus) and /healthz on this port, no page")
     run.add_argument("--token", help="token every web-view request must carry (default: "
                                      "$VIDQA_TOKEN)")
     run.add_argument("--engine", choices=["local", "ray"],

@@ -32,14 +32,22 @@ class Terminated(Exception):
     """SIGTERM arrived; raised in the main thread so the run ends like a Ctrl-C."""
 
 
-def prepare_run_dir(cfg: PipelineConfig, out: Path | None = None) -> Path:
-    """``out`` or ``run.out_dir/run.name``; refuses an existing non-empty one unless overwrite."""
+def prepare_run_dir(cfg: PipelineConfig, out: Path | None = None,
+                    continuable: bool = False) -> Path:
+    """``out`` or ``run.out_dir/run.name``; refuses an existing non-empty one unless overwrite.
+
+    A ``continuable`` run (every stream records in segments: nothing of an earlier run is ever
+    rewritten) continues a folder an earlier vidqa run left: a new run in the same store."""
     run_dir = Path(out) if out is not None else Path(cfg.run.out_dir) / cfg.run.name
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not cfg.run.overwrite:
+        if cfg.run.overwrite:
+            shutil.rmtree(run_dir)
+        elif continuable and (run_dir / LOG_NAME).is_file():
+            logger.info("{} holds an earlier run of these cameras: this run continues it",
+                        run_dir)
+        else:
             raise OutputError(f"run directory {run_dir} already exists: pass --overwrite, "
                               f"--out DIR or --set run.name=NEW_NAME")
-        shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

@@ -11,7 +11,7 @@ This is the layer above the pipeline: every engine builds its streams with
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +25,51 @@ from vidqa.run import run_log
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
-                 serve: tuple[str, int] | None = None, token: str | None = None
-                 ) -> dict[str, Any]:
+                 serve: tuple[str, int] | None = None, token: str | None = None,
+                 metrics: tuple[str, int] | None = None) -> dict[str, Any]:
     """Build the run and drive it on ``run.engine``, logging into ``run_dir/vidqa.log`` from
-    the first line. ``serve``: (host, port) of a live web view that lives as long as the run."""
-    if serve is not None and cfg.run.engine == "ray":
-        raise ConfigError("--serve (the live web view) works with run.engine: local only: drop "
-                          "--serve, or set run.engine: local")
-    if serve is not None and cfg.run.processes > 1:
-        raise ConfigError("--serve (the live web view) shows the streams of one process: drop "
-                          "--serve, or set run.processes: 1")
-    with run_log(run_dir), _live_view(serve, token) as view:
+    the first line. ``serve``: (host, port) of a live web view that lives as long as the run
+    (with ``/metrics`` and ``/healthz``); ``metrics``: (host, port) of a server of only those."""
+    served = serve is not None or metrics is not None
+    what = "--serve (the live web view)" if serve is not None else "--metrics"
+    if served and cfg.run.engine == "ray":
+        raise ConfigError(f"{what} works with run.engine: local only: drop it, or set "
+                          f"run.engine: local")
+    if served and cfg.run.processes > 1:
+        raise ConfigError(f"{what} reports the streams of one process: drop it, or set "
+                          f"run.processes: 1")
+    with run_log(run_dir), _servers(serve, metrics, token) as (view, monitor):
         logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
         if cfg.run.engine == "ray":
             from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
 
             return run_on_ray(cfg, run_dir)
-        processes = processes_for(cfg) if serve is None else 1
+        processes = processes_for(cfg) if not served else 1
         if processes > 1:
             return run_in_processes(cfg, run_dir, processes)
-        return LocalRun.from_config(cfg, run_dir, view).run()
+        return LocalRun.from_config(cfg, run_dir, view, monitor=monitor).run()
 
 
 @contextmanager
-def _live_view(serve: tuple[str, int] | None, token: str | None) -> Iterator[Any]:
-    if serve is None:
-        yield None
+def _servers(serve: tuple[str, int] | None, metrics: tuple[str, int] | None,
+             token: str | None) -> Iterator[tuple[Any, Any]]:
+    """The live view and the metrics-only server the run was asked for, and their monitor."""
+    if serve is None and metrics is None:
+        yield None, None
         return
-    from vidqa.web import LiveView  # the server starts only when asked for
+    from vidqa.web import LiveView  # the servers start only when asked for
+    from vidqa.web.metrics import Monitor
 
-    with LiveView(serve[0], serve[1], token=token) as view:
-        logger.info("live view: {}", view.url)
-        yield view
+    monitor = Monitor()
+    with ExitStack() as stack:
+        view = None
+        if serve is not None:
+            view = stack.enter_context(LiveView(serve[0], serve[1], token=token,
+                                                monitor=monitor))
+            logger.info("live view: {} (and /metrics, /healthz)", view.url)
+        if metrics is not None:
+            server = stack.enter_context(LiveView(metrics[0], metrics[1], token=token,
+                                                  monitor=monitor, page=False))
+            logger.info("metrics: {}metrics, health: {}healthz", server.url.split("?")[0],
+                        server.url.split("?")[0])
+        yield view, monitor

@@ -40,6 +40,13 @@ def all_questions(specs: Iterable[StreamConfig]) -> tuple[QuestionConfig, ...]:
     return tuple(seen.values())
 
 
+def segmented(cfg: PipelineConfig) -> bool:
+    """Every stream records in segments (live streams, by default): the run writes no file an
+    earlier run of the same folder wrote, so it can continue that folder and its store."""
+    return all(cfg.sinks.segment_seconds(is_live(spec.source)) > 0
+               for spec in cfg.stream_configs())
+
+
 def open_or_skip(spec: StreamConfig, path: Path | None, failed: dict[str, str],
                  multi: bool) -> Source | None:
     """The stream's source, open; in a multi-stream run one that cannot open is recorded in

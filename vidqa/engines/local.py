@@ -23,6 +23,7 @@ from vidqa.engines.common import (
     open_or_skip,
     run_summary,
     run_vlm_config,
+    segmented,
     wait_or_stop,
     write_single,
 )
@@ -45,7 +46,8 @@ class LocalRun:
     def __init__(self, cfg: PipelineConfig, run_dir: Path, pipelines: list[Pipeline],
                  failed: dict[str, str], answerer: BatchAnswerer | None,
                  service: AnswerService, models: dict[str, Any], send: Send,
-                 store: EventStore | None = None, view: Any = None) -> None:
+                 store: EventStore | None = None, view: Any = None, monitor: Any = None
+                 ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.pipelines = pipelines
@@ -56,12 +58,15 @@ class LocalRun:
         self.send = send  # records for the run's event store
         self.store = store  # the store, when this process holds it
         self.view = view  # the live web view, if the run serves one
+        self.monitor = monitor  # what /metrics and /healthz report, if the run serves them
+        if monitor is not None:
+            monitor.service, monitor.store = service, store
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, run_dir: Path, view: Any = None,
                     client: WorkerClient | None = None, send: Send | None = None,
-                    threads: int | None = None, detection: DetectionClient | None = None
-                    ) -> LocalRun:
+                    threads: int | None = None, detection: DetectionClient | None = None,
+                    monitor: Any = None) -> LocalRun:
         """Open the streams' files, load the model once, then trackers and live sources.
 
         Checks that fail fast come first (files and MOT folders, the VLM id); live sources are
@@ -105,7 +110,8 @@ class LocalRun:
         if send is None:
             store = open_store(cfg, run_dir)
             send = store.put_many
-        run = cls(cfg, run_dir, [], failed, answerer, service, models, send, store, view)
+        run = cls(cfg, run_dir, [], failed, answerer, service, models, send, store, view,
+                  monitor)
         run.pipelines = [run._pipeline(spec, sources[spec.id], trackers[spec.id], multi)
                          for spec in specs if spec.id in sources]
         return run
@@ -120,6 +126,10 @@ class LocalRun:
 
             pipeline.extra_sinks.append(LiveViewSink(self.view, spec.id, pipeline.board,
                                                      counters=lambda: self._counters(pipeline)))
+        if self.monitor is not None:
+            pipeline.extra_sinks.append(self.monitor.watch(
+                spec.id, is_live(spec.source), spec.source.stall_timeout_s,
+                stats=lambda: _stream_stats(pipeline)))
         return pipeline
 
     def _counters(self, pipeline: Pipeline) -> dict[str, Any]:
@@ -196,6 +206,13 @@ class LocalRun:
         return {**answerer, "service": self.service.summary()}
 
 
+def _stream_stats(pipeline: Pipeline) -> dict[str, Any]:
+    """A stream's counters for /metrics, read at scrape time."""
+    stage = pipeline.answer_stage
+    return {**pipeline.source.stats(), "tracks": pipeline.policy.tracks_seen,
+            "failed": stage.failed, "tracks_waiting": len(stage.waiting)}
+
+
 def single_stream(cfg: PipelineConfig, run_dir: Path) -> Pipeline:
     """A one-stream run's pipeline with its own model and service, closed when the stream
     ends (tests and scripts; ``vidqa run`` drives a whole :class:`LocalRun`)."""
@@ -209,9 +226,7 @@ def single_stream(cfg: PipelineConfig, run_dir: Path) -> Pipeline:
 def open_store(cfg: PipelineConfig, run_dir: Path) -> EventStore:
     """The run's event store, open; several streams also get the merged ``events.jsonl``
     (unless they record in segments: then the store is the merged record)."""
-    specs = cfg.stream_configs()
-    merged = bool(cfg.streams) and cfg.sinks.events and not all(
-        cfg.sinks.segment_seconds(is_live(spec.source)) > 0 for spec in specs)
+    merged = bool(cfg.streams) and cfg.sinks.events and not segmented(cfg)
     return EventStore(cfg, run_dir, run_dir / "events.jsonl" if merged else None).open()
 
 

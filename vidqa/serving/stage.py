@@ -82,6 +82,11 @@ class AnswerStage:
         return count
 
     @property
+    def failed(self) -> int:
+        """Crops whose answer failed."""
+        return self._stats["failed"]
+
+    @property
     def in_flight(self) -> int:
         """Crops with the service whose answers have not reached a frame yet."""
         return len(self._submitted)

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import cv2
 import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import (
@@ -36,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vidqa.web.hub import Hub, StreamState
+from vidqa.web.metrics import Monitor
 
 STATIC = Path(__file__).parent / "static"
 BOUNDARY = "vidqaframe"
@@ -119,14 +121,16 @@ class StateResponse(JSONResponse):
 
 
 def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
-              token: str | None) -> ASGIApp:
-    """The ASGI app; ``closing.is_set()`` tells the streaming responses to finish."""
+              token: str | None, monitor: Monitor | None = None, page: bool = True) -> ASGIApp:
+    """The ASGI app; ``closing.is_set()`` tells the streaming responses to finish. With a
+    ``monitor`` it serves ``/metrics`` and ``/healthz`` too; ``page=False`` serves only
+    those (``vidqa run --metrics PORT``)."""
     jpegs = JpegCache(options)
     # the page's own asset URLs carry the token too, or the browser could not load them
     query = "" if not token else "?token=" + html.escape(urllib.parse.quote(token, safe=""))
     index = (STATIC / "index.html").read_text(encoding="utf-8").replace("__QUERY__", query)
 
-    async def page(request: Request) -> Response:
+    async def index_page(request: Request) -> Response:
         return HTMLResponse(index, headers={"Cache-Control": "no-store"})
 
     async def state(request: Request) -> Response:
@@ -154,15 +158,35 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
             _sse(hub, closing, options), media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    app: ASGIApp = Starlette(routes=[
-        Route("/", page),
-        Route("/api/state", state),
-        Route("/events", events),
-        Route("/streams/{stream_id}/video", video),
-        Route("/streams/{stream_id}/snapshot.jpg", snapshot),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ])
+    routes = [] if monitor is None else monitor_routes(monitor)
+    if page:
+        routes += [
+            Route("/", index_page),
+            Route("/api/state", state),
+            Route("/events", events),
+            Route("/streams/{stream_id}/video", video),
+            Route("/streams/{stream_id}/snapshot.jpg", snapshot),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ]
+    app: ASGIApp = Starlette(routes=routes)
     return TokenGate(app, token) if token else app
+
+
+def monitor_routes(monitor: Monitor) -> list[Route]:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` (200, or 503 with the reasons,
+    one per line)."""
+
+    async def metrics(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(monitor.exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        problems = monitor.health()
+        if problems:
+            return PlainTextResponse("\n".join(problems) + "\n", status_code=503)
+        return PlainTextResponse("ok\n")
+
+    return [Route("/metrics", metrics), Route("/healthz", healthz)]
 
 
 def _no_stream(hub: Hub, stream_id: str) -> Response:

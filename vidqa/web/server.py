@@ -20,6 +20,7 @@ from loguru import logger
 from vidqa.errors import ConfigError, OutputError
 from vidqa.web.app import ViewOptions, build_app
 from vidqa.web.hub import Hub
+from vidqa.web.metrics import Monitor
 
 START_TIMEOUT_S = 10.0
 
@@ -42,7 +43,8 @@ class LiveView:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 options: ViewOptions | None = None, queue_size: int = 256) -> None:
+                 options: ViewOptions | None = None, queue_size: int = 256,
+                 monitor: Monitor | None = None, page: bool = True) -> None:
         if not is_loopback(host) and not token:
             raise ConfigError(
                 f"the live view would be reachable from the network on host {host!r} without a "
@@ -53,6 +55,8 @@ class LiveView:
         self.token = token
         self.options = options or ViewOptions()
         self.hub = Hub(queue_size=queue_size)
+        self.monitor = monitor  # serves /metrics and /healthz when given
+        self.page = page  # False: only /metrics and /healthz (vidqa run --metrics)
         self._closing = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -66,7 +70,8 @@ class LiveView:
         self._closing.clear()
         sock = self._bind()
         self.port = sock.getsockname()[1]
-        app = build_app(self.hub, self._closing, self.options, self.token)
+        app = build_app(self.hub, self._closing, self.options, self.token, self.monitor,
+                        self.page)
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
