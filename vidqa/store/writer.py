@@ -15,7 +15,7 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from vidqa.store.retention import Retention
 from vidqa.store.schema import connect
 
 BATCH_MAX = 2000  # records in one transaction, at most
+RECENT_CROPS = 1024  # crops whose snapshot a later answer may share
 STORE_FOLDER = "store"
 DB_NAME = "vidqa.db"
 
@@ -59,6 +60,7 @@ class EventStore:
         self.run_id: int | None = None
         self.retention = Retention(cfg.retain, self.folder)
         self._conn = None
+        self._crop_snapshots: OrderedDict[tuple, str] = OrderedDict()  # crop -> its JPEG
 
     def open(self) -> EventStore:
         """Open (or create, or migrate) the file, add this run, start the writer."""
@@ -198,8 +200,14 @@ class EventStore:
              json.dumps(a.extra, default=str) if a.extra else None))
         event = a.to_event()
         if record.snapshot is not None and self.cfg.store.snapshots:
-            path = self._snapshot(conn, record.snapshot, a.stream_id, "crop", cursor.lastrowid,
-                                  record.answered_at)
+            key = (a.stream_id, a.track_id, a.frame_index)  # one crop, several questions
+            path = self._crop_snapshots.get(key)
+            if path is None:
+                path = self._snapshot(conn, record.snapshot, a.stream_id, "crop",
+                                      cursor.lastrowid, record.answered_at)
+                self._crop_snapshots[key] = path
+                while len(self._crop_snapshots) > RECENT_CROPS:
+                    self._crop_snapshots.popitem(last=False)
             conn.execute("UPDATE answers SET snapshot = ? WHERE id = ?", (path, cursor.lastrowid))
             event["snapshot"] = path
         self.counts["answers"] += 1
