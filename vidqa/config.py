@@ -56,9 +56,11 @@ class SourceConfig:
     reset_tracks_after_s: float = 2.0  # live: a camera outage longer than this restarts tracks
     replay: Literal["off", "realtime"] = "off"  # file/mot: realtime = play at its fps as live
     loop: bool = False  # replay: restart the file or sequence at its end, forever
+    replay_speed: float = 1.0  # replay: stream seconds per wall second (a soak test: 20)
 
     def __post_init__(self) -> None:
         _require(self.max_fps >= 0, "source.max_fps", self.max_fps, ">= 0")
+        _require(self.replay_speed > 0, "source.replay_speed", self.replay_speed, "> 0")
         _require(self.stall_timeout_s > 0, "source.stall_timeout_s", self.stall_timeout_s, "> 0")
         _require(self.reconnect_initial_s > 0, "source.reconnect_initial_s",
                  self.reconnect_initial_s, "> 0")
@@ -357,6 +359,9 @@ def _check_replay(cfg: SourceConfig) -> None:
     if cfg.loop and cfg.replay == "off":
         raise ConfigError("source.loop = true needs source.replay: realtime (a loop only "
                           "makes sense for a file played as a live camera); set both")
+    if cfg.replay_speed != 1.0 and cfg.replay == "off":
+        raise ConfigError("source.replay_speed needs source.replay: realtime (it sets how fast "
+                          "a file plays as a live camera); set both")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ reaches its place in the recording. Playback starts when the consumer first asks
 so a pipeline that loads its models after opening the source still sees the recording's start.
 The consumer takes the newest frame through the same machinery as a webcam or stream
 (:class:`NewestFrameSource`): a slow consumer misses frames, which are dropped and counted,
-never queued. Timestamps are wall-clock seconds since playback started, and frame indices
-count the frames published, so they keep increasing across loops.
+never queued. Timestamps are seconds of recording played since playback started (wall-clock
+seconds, or ``source.replay_speed`` times them), and frame indices count the frames
+published, so they keep increasing across loops.
 
 With ``source.loop`` the recording restarts at its end (``stats()["loops"]`` counts restarts);
 without it the source ends once its last frame has been taken.
@@ -54,6 +55,11 @@ class ReplaySource(NewestFrameSource):
         self._start_reader(self._read_forever)
         yield from super()._frames()
 
+    def now(self) -> float:
+        """Seconds of recording played since playback started (``source.replay_speed`` of them
+        per wall second)."""
+        return super().now() * self.cfg.replay_speed
+
     def _recorded(self) -> Source:
         return FileSource(self.path) if self.cfg.kind == "file" else MotSource(self.path)
 
@@ -99,7 +105,7 @@ class ReplaySource(NewestFrameSource):
         for frame in self._recording:
             first = frame.timestamp if first is None else first
             offset = frame.timestamp - first
-            if self._stop.wait(max(0.0, start + offset - self.now())):
+            if self._stop.wait(max(0.0, (start + offset - self.now()) / self.cfg.replay_speed)):
                 break
             self._publish(frame.image)
             played += 1
