@@ -17,11 +17,12 @@ from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
 from vidqa.sinks.events import EventsSink, ForwardSink, SharedSink
 from vidqa.sinks.mot import MotSink
+from vidqa.sinks.segments import SegmentSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "EventsSink", "ForwardSink", "MotSink", "SharedSink", "Sink", "SinkSet",
-           "StopRequested", "VideoSink", "WindowSink", "annotate"]
+__all__ = ["AnswerBoard", "EventsSink", "ForwardSink", "MotSink", "SegmentSink", "SharedSink",
+           "Sink", "SinkSet", "StopRequested", "VideoSink", "WindowSink", "annotate"]
 
 
 class Sink(Protocol):

@@ -24,19 +24,21 @@ class VideoSink:
     def write(self, result: FrameResult) -> None:
         image = annotate(result, self.board)
         if self.writer is None:
-            self.writer = self._open(result.frame.fps, result.frame.size)
+            self.writer = open_writer(self.path, result.frame.fps, result.frame.size, self.codec)
         self.writer.write(image)
         self.frames += 1
-
-    def _open(self, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec),
-                                 fps if fps > 0 else 25.0, size)
-        if not writer.isOpened():
-            raise OutputError(f"cannot open a {self.codec} video writer for {self.path}: "
-                              f"try sinks.codec: MJPG with an .avi name")
-        return writer
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
             self.writer = None
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int], codec: str) -> cv2.VideoWriter:
+    """A video writer for frames of ``size`` (width, height); raises OutputError if it fails."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec),
+                             fps if fps > 0 else 25.0, size)
+    if not writer.isOpened():
+        raise OutputError(f"cannot open a {codec} video writer for {path}: "
+                          f"try sinks.codec: MJPG with an .avi name")
+    return writer
