@@ -48,7 +48,8 @@ class Exports:
     def rotate(self, segment: Segment) -> list[str]:
         """Move the stream's current JSONL beside the segment that closed; the paths moved."""
         moved = []
-        stem = str(Path(segment.video).with_suffix(""))
+        first = Path(segment.files[0])  # <name>.mp4, or <name>.mot.txt when there is no video
+        stem = str(first.parent / first.name.split(".")[0])
         for kind in ("events", "alerts"):
             file = self.files.get((segment.stream_id, kind))
             if file is None:

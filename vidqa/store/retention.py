@@ -35,8 +35,9 @@ class Retention:
         self.deleted: Counter[str] = Counter()
         self._due = 0.0  # monotonic time of the next pass: the first runs at once
 
-    def maybe_run(self, conn: sqlite3.Connection | None) -> None:
-        if conn is None or time.monotonic() < self._due:
+    def maybe_run(self, conn: sqlite3.Connection | None, final: bool = False) -> None:
+        """A pass when one is due, and a last one when the store closes (``final``)."""
+        if conn is None or (time.monotonic() < self._due and not final):
             return
         self._due = time.monotonic() + self.cfg.check_s
         try:

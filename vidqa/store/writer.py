@@ -138,7 +138,7 @@ class EventStore:
                                                      "{}", len(batch), err)
                     self.counts["failed_writes"] += len(batch)
             self._oldest_waiting = None if self._queue.empty() else time.monotonic()
-            self.retention.maybe_run(self._conn)
+            self.retention.maybe_run(self._conn, final=ending)
 
     def _take(self, period: float) -> tuple[list[Any], bool]:
         """Records until ``period`` after the first, or the batch is full, or the end."""
