@@ -38,7 +38,7 @@ def test_sample_when_run_as_shipped_then_completes_with_outputs(name, tmp_path, 
     assert summary["end_reason"] in ("max_frames", "completed")
     assert summary["frames"] >= 6
     assert (tmp_path / "run" / "events.jsonl").is_file()
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["schema_version"] == 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["schema_version"] == 4
 
 
 def test_mot16_sample_when_pointed_at_a_sequence_then_writes_mot_txt(tmp_path, tiny_vlm_dir):
