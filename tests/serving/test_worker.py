@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +18,7 @@ from vidqa.engines import run_pipeline
 from vidqa.errors import ModelError
 from vidqa.run import prepare_run_dir
 from vidqa.serving import ServiceClosed
+from vidqa.serving.base import Abandoned
 from vidqa.serving.worker import CPU_NICENESS, WorkerService
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # spawning imports torch again
@@ -91,3 +94,62 @@ def test_run_when_file_and_worker_is_a_process_then_planning_knows_the_files_len
     assert "adaptive planning knows the files' length: 4 s of stream" in log  # 40 frames, 10 fps
     searched = [q["search"] for q in summary["vlm"]["questions"] if q.get("search")]
     assert all("horizon" not in s.get("forecast", "") for s in searched)
+
+
+def tiny_cfg(tiny_vlm_dir, *settings: str):
+    return load_config(None, [f"vlm.model={tiny_vlm_dir}", "vlm.adaptive.enabled=false",
+                              "vlm.device=cpu", *settings]).vlm
+
+
+def wait_for_answers(future, timeout: float = 120) -> None:
+    future.result(timeout=timeout)
+
+
+@pytest.mark.timeout(300)
+def test_process_service_when_worker_killed_mid_run_then_every_future_is_answered(
+        tiny_vlm_dir):
+    cfg = tiny_cfg(tiny_vlm_dir, "vlm.batch_size=2", "vlm.queue_size=8")
+    question = cfg.questions[0].question
+    with WorkerService(cfg, resolve_vlm(cfg.model), clients=1) as service:
+        stream = service.client_end(1).connect()  # as a stream process's client
+        try:
+            first = service.submit(make_crops([1])[0], [question])
+            wait_for_answers(first)  # the model is warm: the next crops are mid-run
+            before = service.worker_pid
+            futures = [service.submit(crop, [question]) for crop in make_crops(range(2, 8))]
+            theirs = [stream.submit(crop, [question]) for crop in make_crops(range(20, 24), 1)]
+            os.kill(before, signal.SIGKILL)
+            answers = [f.result(timeout=120) for f in futures + theirs]
+            after = [service.submit(crop, [question]).result(timeout=120)
+                     for crop in make_crops([30])]
+        finally:
+            stream.close()
+
+    assert [a[0].track_id for a in answers] == [*range(2, 8), *range(20, 24)]
+    assert after[0][0].track_id == 30
+    assert service.worker_pid != before
+    assert service.restarts == 1 and service.summary()["restarts"] == 1
+
+
+def test_process_service_when_closed_abandoning_while_busy_then_returns_promptly(
+        tiny_vlm_dir, monkeypatch):
+    cfg = tiny_cfg(tiny_vlm_dir, "vlm.batch_size=1", "vlm.queue_size=64")
+    question = cfg.questions[0].question
+    service = WorkerService(cfg, resolve_vlm(cfg.model), clients=1).start()
+    stream = service.client_end(1).connect()
+    wait_for_answers(service.submit(make_crops([1])[0], [question]))
+    futures = [service.submit(crop, [question]) for crop in make_crops(range(40), 1)]
+    theirs = [stream.submit(crop, [question]) for crop in make_crops(range(40), 2)]
+
+    began = time.monotonic()
+    service.close(abandon=True)
+    closed_in = time.monotonic() - began
+
+    assert closed_in < 5  # forty crops one by one take far longer on the CPU
+    assert any(isinstance(f.exception(timeout=1), Abandoned) for f in futures)
+    assert all(f.done() for f in futures)
+    outcomes = [f.exception(timeout=5) for f in theirs]  # the stream's client is told too
+    assert any(isinstance(o, Abandoned) for o in outcomes)
+    assert not psutil.pid_exists(service.worker_pid) or \
+        psutil.Process(service.worker_pid).status() == psutil.STATUS_ZOMBIE
+    stream.close()

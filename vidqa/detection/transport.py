@@ -6,10 +6,15 @@ for all of them: one CUDA context for every frame, and an interpreter of its own
 it over in shared memory through the process's :class:`DetectionClient`; the worker's
 :class:`DetectionServer` batches the frames of every process into one forward pass and sends
 the boxes back on the client's own reply queue.
+
+A detection worker that dies is started again on the same queues (:class:`~vidqa.workers.
+Supervisor`): each client sends again the frames it has no boxes for, which are still in their
+shared memory (a stream has one frame in flight and waits for it).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -25,7 +30,7 @@ from loguru import logger
 from vidqa.config import TrackerConfig
 from vidqa.detection.detector import Detector, boxes_of
 from vidqa.errors import ModelError
-from vidqa.workers import Replies, picklable, pid_alive
+from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive
 
 START_TIMEOUT_S = 600.0  # loading the detectors (and warming them up)
 
@@ -140,8 +145,9 @@ class DetectionEnd:
     frames: Any  # the worker's request queue, shared by every client
     replies: Any  # this client's reply queue
     client: int  # this client's index
-    worker_pid: int
+    worker_pid: int  # when the end was made: a worker that died is replaced by another
     detectors: tuple  # per detector the worker runs: (its TrackerConfig, stride, info)
+    owner_pid: int  # the process of the DetectionWorker, which restarts the worker
 
     def connect(self) -> DetectionClient:
         return DetectionClient(self).start()
@@ -153,8 +159,9 @@ class DetectionClient:
 
     def __init__(self, end: DetectionEnd) -> None:
         self.end = end
-        self._replies = Replies(end.replies, lambda: pid_alive(end.worker_pid),
-                                "the detection worker process died", "detection-replies")
+        self._replies = Replies(end.replies, lambda: pid_alive(end.owner_pid),
+                                "the detection worker process died", "detection-replies",
+                                resend=self._send)
 
     def start(self) -> DetectionClient:
         self._replies.start()
@@ -163,66 +170,100 @@ class DetectionClient:
     def detect(self, index: int, buffer: str, shape: tuple) -> Future:
         """Ask the worker's detector ``index`` for the boxes of the frame in shared memory
         ``buffer``; a future of its boxes (in letterboxed pixels)."""
-        request_id, future = self._replies.expect()
-        self.end.frames.put((self.end.client, request_id, index, buffer, shape))
+        request = (index, buffer, shape)
+        request_id, future = self._replies.expect(request)
+        if not future.done():  # done: the worker was given up
+            self._send(request_id, request)
         return future
 
     def close(self) -> None:
         """Stop reading replies (idempotent). The worker itself is closed by the run."""
         self._replies.stop(timeout=30)
 
+    def _send(self, request_id: int, request: tuple) -> None:
+        self.end.frames.put((self.end.client, request_id, *request))
+
 
 class DetectionWorker:
     """The run's detectors in their own process, serving ``clients`` stream processes (see the
-    module doc); :meth:`end` is what each of them connects with."""
+    module doc); :meth:`end` is what each of them connects with. A process that dies is
+    started again (:attr:`restarts`)."""
 
     def __init__(self, configs: Sequence[TrackerConfig], clients: int,
                  log_path: Path | None = None) -> None:
         import multiprocessing
 
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        self.frames = context.Queue()
-        self._replies = [context.Queue() for _ in range(clients)]
-        self._control = context.Queue()
-        self._process = context.Process(target=_detect_in_child, name="detection",
-                                        daemon=True, args=(tuple(configs), self.frames,
-                                                           self._replies, self._control,
-                                                           log_path))
+        self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self._configs, self._log_path = tuple(configs), log_path
+        self.frames = self._context.Queue()
+        self._replies = [self._context.Queue() for _ in range(clients)]
+        self._control = self._context.Queue()
+        self._supervisor: Supervisor | None = None
+        self._closed = False
         self.served: tuple = ()  # per detector: (its config, stride, info)
-        self.summary: list[dict[str, Any]] = []
+        self.summary: list[dict[str, Any]] = []  # per detector, once closed (with restarts)
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> DetectionWorker:
         """Start the process and wait until its detectors are loaded; a failure raises."""
-        self._process.start()
-        try:
-            kind, payload = self._control.get(timeout=timeout_s)
-        except queue.Empty:
-            self._process.kill()
-            raise ModelError(f"the detection worker did not load within {timeout_s:g} s") \
-                from None
-        if kind != "ready":
-            self._process.join(timeout=10)
-            raise payload
-        self.served = payload
+        process, self.served = self._spawn(timeout_s, None)
+        self._supervisor = Supervisor(
+            "detection worker", process, lambda stop: self._spawn(START_TIMEOUT_S, stop)[0],
+            ([self.frames], [*self._replies, self._control]), self._tell_restarted,
+            self._give_up).start()
         return self
+
+    @property
+    def restarts(self) -> int:
+        """How many times a worker that died was started again."""
+        return self._supervisor.restarts if self._supervisor is not None else 0
+
+    @property
+    def pid(self) -> int:
+        """The worker process's id now (a restart changes it)."""
+        return self._supervisor.process.pid
 
     def end(self, client: int) -> DetectionEnd:
         """Client ``client``'s end (0 .. clients - 1), for a stream process."""
-        return DetectionEnd(self.frames, self._replies[client], client, self._process.pid,
-                            self.served)
+        return DetectionEnd(self.frames, self._replies[client], client, self.pid,
+                            self.served, os.getpid())
 
     def close(self) -> None:
         """Detect what is queued, then stop (idempotent)."""
-        if not self._process.is_alive():
+        if self._supervisor is None or self._closed:
+            return
+        self._closed = True
+        self._supervisor.stop()
+        process = self._supervisor.process
+        if not process.is_alive():
             return
         self.frames.put(None)
         try:
-            _, self.summary = self._control.get(timeout=60)
+            _, summary = self._control.get(timeout=60)
+            self.summary = [{**d, "restarts": self.restarts} for d in summary]
         except queue.Empty:
             logger.warning("the detection worker did not report how it batched")
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+
+    def _spawn(self, timeout_s: float, stop: threading.Event | None) -> tuple[Any, Any]:
+        """A worker process on this worker's queues and what it serves, once loaded (None:
+        stopped while it loaded, and killed)."""
+        process = self._context.Process(target=_detect_in_child, name="detection",
+                                        daemon=True, args=(self._configs, self.frames,
+                                                           self._replies, self._control,
+                                                           self._log_path))
+        process.start()
+        served = await_ready(self._control, process, timeout_s, "detection worker", stop)
+        return (process if served is not None else None), served
+
+    def _tell_restarted(self, restarts: int) -> None:
+        for replies in self._replies:
+            replies.put(("restarted", restarts))
+
+    def _give_up(self, reason: str) -> None:
+        for replies in self._replies:
+            replies.put(("fail", ModelError(reason)))
 
 
 def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, replies: list[Any],

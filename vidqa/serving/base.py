@@ -19,6 +19,10 @@ class ServiceClosed(RuntimeError):
     """A crop was submitted after the service was closed."""
 
 
+class Abandoned(RuntimeError):
+    """A crop whose answer will not be waited for: the run is stopping."""
+
+
 @runtime_checkable
 class AnswerService(Protocol):
     """Crops in, answers out."""
@@ -37,8 +41,10 @@ class AnswerService(Protocol):
         """The files of the run have ``seconds`` of stream still to come: adaptive planning
         spends only what the plan can return on them (no call: live streams, no end)."""
 
-    def close(self) -> None:
-        """No more crops; idempotent."""
+    def close(self, abandon: bool = False) -> None:
+        """No more crops; idempotent. The crops queued are answered first, or with ``abandon``
+        failed at once with :class:`Abandoned` (the run is stopping: it waits seconds, not for
+        the model)."""
 
     def summary(self) -> dict[str, Any]:
         """How the service batched: sizes, waits, refusals."""

@@ -11,6 +11,10 @@ The queue between them is bounded (``queue_size`` crops). A file's front half wa
 (:meth:`BatchingService.submit` with ``block=True``: a file has no camera to keep up with and must
 lose nothing); a live stream's front half does not wait (``block=False`` returns None) and keeps
 the crop for a later frame — see :class:`~vidqa.serving.stage.AnswerStage`.
+
+A stop that cannot wait (``close(abandon=True)``) fails the queued crops at once with
+:class:`~vidqa.serving.base.Abandoned` and waits at most :data:`ABANDON_WAIT_S` for the batch the
+model is answering; that batch's crops are abandoned too.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 
 from vidqa.clock import Window
 from vidqa.messages import Answer, Crop
-from vidqa.serving.base import ServiceClosed
-from vidqa.serving.batch import AnswerFn, answer_grouped
+from vidqa.serving.base import Abandoned, ServiceClosed
+from vidqa.serving.batch import AnswerFn, Failures, answer_grouped
+
+ABANDON_WAIT_S = 0.5  # how long an abandoning close waits for the batch being answered
 
 
 @dataclass
@@ -52,6 +58,9 @@ class BatchingService:
         self._queue: queue.Queue[Request | None] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._serve, name="vlm-batching", daemon=True)
         self._closed = threading.Event()
+        self._abandoned = threading.Event()
+        self._lock = threading.Lock()  # futures are resolved once, by the thread or by close
+        self._current: list[Request] = []  # the batch being answered
         self._stats = ServiceStats()
 
     # ------------------------------------------------------------------------------- callers
@@ -75,6 +84,8 @@ class BatchingService:
         except queue.Full:
             self._stats.refused += 1
             return None
+        if self._abandoned.is_set():  # it got in after close took the queued ones
+            self._settle(request, Abandoned("the run is stopping: the crop is not answered"))
         return request.future
 
     @property
@@ -87,13 +98,31 @@ class BatchingService:
         if self._expect is not None:
             self._expect(seconds)
 
-    def close(self) -> None:
-        """Answer every crop already queued, then stop the batching thread (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        self._queue.put(None)  # the sentinel: the thread drains what is before it, then ends
-        self._thread.join()
+    def close(self, abandon: bool = False) -> None:
+        """Answer every crop already queued, then stop the batching thread (idempotent).
+
+        With ``abandon`` the queued crops fail at once with :class:`Abandoned`, and so do those
+        of the batch being answered if it takes more than :data:`ABANDON_WAIT_S` (the thread
+        is a daemon: it finishes that batch alone and resolves nothing more). An abandoning
+        close also ends a draining one that is still waiting."""
+        with self._lock:
+            first = not self._closed.is_set()
+            self._closed.set()
+            abandon = abandon and not self._abandoned.is_set()
+            if abandon:
+                self._abandoned.set()
+        if abandon:
+            self._abandon_queued()
+        elif first:
+            self._queue.put(None)  # the sentinel: the thread drains what is before it, then ends
+        while self._thread.is_alive() and not self._abandoned.is_set():
+            self._thread.join(timeout=0.1)  # an abandoning close from another thread ends this
+        if self._abandoned.is_set() and (abandon or first):
+            if self._thread.is_alive():
+                self._thread.join(timeout=ABANDON_WAIT_S)
+            for request in list(self._current):
+                self._settle(request, Abandoned("the run is stopping: the model was still "
+                                                "answering this crop's batch"))
 
     def __enter__(self) -> BatchingService:
         return self.start()
@@ -102,7 +131,40 @@ class BatchingService:
         self.close()
 
     def summary(self) -> dict[str, Any]:
-        return {**self._stats.summary(self.batch_size, self.max_wait_s), "worker": "thread"}
+        with self._lock:  # the thread may still be adding a batch
+            return {**self._stats.summary(self.batch_size, self.max_wait_s), "worker": "thread"}
+
+    def _abandon_queued(self) -> None:
+        """Fail every queued crop, and leave the thread its sentinel (a submitter blocked on a
+        full queue may take the room first: then drain again)."""
+        error = Abandoned("the run is stopping: the crop was still queued")
+        while True:
+            while True:
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if request is not None:
+                    self._settle(request, error)
+            try:
+                self._queue.put_nowait(None)
+                return
+            except queue.Full:
+                continue
+
+    def _settle(self, request: Request, outcome: list[Answer] | BaseException) -> None:
+        """Resolve ``request``'s future once: an answer is dropped after an abandon."""
+        with self._lock:
+            if request.future.done():
+                return
+            if self._abandoned.is_set() and not isinstance(outcome, BaseException):
+                outcome = Abandoned("the run is stopping: the answer came too late")
+            if isinstance(outcome, Abandoned):
+                self._stats.abandoned += 1
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
 
     # ------------------------------------------------------------------------- batching thread
 
@@ -129,16 +191,21 @@ class BatchingService:
         return batch, False
 
     def _run(self, batch: list[Request]) -> None:
+        if self._abandoned.is_set():  # collected before the close: not worth the model's time
+            for request in batch:
+                self._settle(request, Abandoned("the run is stopping: the crop was queued"))
+            return
+        self._current = batch
         started = time.perf_counter()
         results = answer_grouped(self.answer, [r.crop for r in batch],
-                                 [r.questions for r in batch])
+                                 [r.questions for r in batch], self._stats.failures)
         for request, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                request.future.set_exception(result)
-                continue
             queue_ms = 1000 * (started - request.submitted)
-            request.future.set_result([replace(a, queue_ms=queue_ms) for a in result])
-        self._stats.add(batch, started, time.perf_counter())
+            self._settle(request, result if isinstance(result, Exception)
+                         else [replace(a, queue_ms=queue_ms) for a in result])
+        self._current = []
+        with self._lock:
+            self._stats.add(batch, started, time.perf_counter())
 
 
 class ServiceStats:
@@ -150,6 +217,8 @@ class ServiceStats:
         self.answers = 0  # crops x their questions: what one model pass each would answer
         self.busy_s = 0.0
         self.refused = 0
+        self.abandoned = 0  # crops failed with Abandoned by a stop that could not wait
+        self.failures = Failures()  # crops asked again alone, and those that failed, and why
         self.queue_ms = Window()  # the recent crops' waits for a batch
         self.first: float | None = None
         self.last: float | None = None
@@ -178,6 +247,7 @@ class ServiceStats:
             "utilisation": round(self.busy_s / span, 3) if span else None,
             "queue_ms_p50": self.queue_ms.percentile(50),
             "queue_ms_p95": self.queue_ms.percentile(95),
-            "refused_when_full": self.refused,
+            "refused_when_full": self.refused, "abandoned": self.abandoned,
+            **self.failures.summary(),
         }
 

@@ -8,6 +8,12 @@ the model in a spawned process that runs an ordinary
 multiprocessing queue; each client (this process, and the stream processes of
 ``run.processes``) has its own queue for answers, read by a thread that resolves its callers'
 futures. Both have the :class:`~vidqa.serving.base.AnswerService` interface.
+
+A worker that dies while the service is open is started again on the same queues
+(:class:`~vidqa.workers.Supervisor`): every client asks again what it had no answer for, and no
+caller sees the death. A stop that cannot wait (``close(abandon=True)``) tells the worker out of
+band (an event, not the request queue, which the worker may not be reading), takes its last
+summaries if they come within :data:`ABANDON_WAIT_S`, and kills it.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from vidqa.assets.types import ModelInfo
 from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Crop
-from vidqa.serving.base import ServiceClosed
-from vidqa.workers import Replies, picklable, pid_alive
+from vidqa.serving.base import Abandoned, ServiceClosed
+from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive, release_locks
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
+ABANDON_WAIT_S = 1.5  # an abandoning close waits this long for the worker's last word
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
 
 
@@ -45,23 +52,28 @@ class ClientEnd:
     requests: Any  # the worker's bounded request queue, shared by every client
     results: Any  # this client's answer queue
     client: int  # this client's index
-    worker_pid: int
+    worker_pid: int  # when the end was made: a worker that died is replaced by another
     info: ModelInfo  # the model the worker runs
+    owner_pid: int  # the process of the WorkerService, which restarts the worker
 
     def connect(self) -> WorkerClient:
-        return WorkerClient(self, lambda: pid_alive(self.worker_pid)).start()
+        return WorkerClient(self, lambda: pid_alive(self.owner_pid)).start()
 
 
 class WorkerClient:
-    """Submits crops to the worker process and resolves the futures as answers come back."""
+    """Submits crops to the worker process and resolves the futures as answers come back.
+
+    It keeps each open request's crop and questions, to ask them again of a restarted worker;
+    ``alive()`` is whether the worker runs or is being restarted."""
 
     def __init__(self, end: ClientEnd, alive: Callable[[], bool]) -> None:
         self.end = end
         self.info = end.info
         self._replies = Replies(end.results, alive, "the VLM worker process died",
-                                "vlm-results", self._closed_by_worker)
+                                "vlm-results", self._closed_by_worker, self._ask_again)
         self._closed = threading.Event()
         self.refused = 0
+        self.abandoned = 0
         self.worker_summaries: tuple | None = None  # the worker's service and answerer
 
     def start(self) -> WorkerClient:
@@ -73,10 +85,13 @@ class WorkerClient:
         """See :meth:`vidqa.serving.base.AnswerService.submit`."""
         if self._closed.is_set():
             raise ServiceClosed("the VLM service is closed: no more crops can be answered")
-        request_id, future = self._replies.expect()
+        request = (crop, tuple(questions))
+        request_id, future = self._replies.expect(request)
+        if future.done():  # the worker was given up
+            return future
         try:
-            self.end.requests.put(("ask", self.end.client, request_id, crop, tuple(questions)),
-                                  block=block, timeout=timeout)
+            self.end.requests.put(("ask", self.end.client, request_id, *request), block=block,
+                                  timeout=timeout)
         except queue.Full:
             self._replies.forget(request_id)
             self.refused += 1
@@ -94,18 +109,28 @@ class WorkerClient:
         except NotImplementedError:  # macOS has no sem_getvalue
             return 0
 
-    def close(self) -> None:
-        """Stop reading answers (idempotent). The worker itself is closed by its owner."""
+    def close(self, abandon: bool = False) -> None:
+        """Stop reading answers (idempotent); with ``abandon`` the open futures fail at once
+        with :class:`Abandoned`. The worker itself is closed by its owner."""
         if self._closed.is_set():
             return
         self._closed.set()
+        if abandon:
+            self.abandoned += self._replies.fail_all(
+                Abandoned("the run is stopping: the crop's answer is not waited for"))
+        wait = ABANDON_WAIT_S if abandon else START_TIMEOUT_S
         if self.end.client:  # the owner's reader ends on the worker's "closed" message
-            self._replies.stop(timeout=START_TIMEOUT_S)
+            self._replies.stop(timeout=wait)
         else:
-            self._replies.join(timeout=START_TIMEOUT_S)
+            self._replies.join(timeout=wait)
 
     def summary(self) -> dict[str, Any]:
-        return {"worker": "process", "refused_when_full": self.refused}
+        return {"worker": "process", "refused_when_full": self.refused,
+                "abandoned": self.abandoned}
+
+    def _ask_again(self, request_id: int, request: tuple) -> None:
+        """A restarted worker: the request once more (its reply may now come twice)."""
+        self.end.requests.put(("ask", self.end.client, request_id, *request))
 
     def _closed_by_worker(self, kind: str, payload: list) -> bool:
         if kind == "closed":  # the worker's last word: its service's and answerer's summaries
@@ -118,39 +143,46 @@ class WorkerService:
     """Answers crops with a model that lives in a worker process (see the module doc).
 
     It is itself client 0; ``clients`` more answer queues are made for stream processes
-    (:meth:`client_end`)."""
+    (:meth:`client_end`). A worker that dies is started again (:attr:`restarts`)."""
 
     def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
                  clients: int = 0) -> None:
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        self._requests = context.Queue(maxsize=cfg.queue_size)
-        self._results = [context.Queue() for _ in range(1 + clients)]
-        self._process = context.Process(target=_serve_in_child, name="vlm-worker", daemon=True,
-                                        args=(cfg, info, self._requests, self._results,
-                                              log_path))
+        self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        self._cfg, self._requested, self._log_path = cfg, info, log_path
+        self._requests = self._context.Queue(maxsize=cfg.queue_size)
+        self._results = [self._context.Queue() for _ in range(1 + clients)]
+        self._ready = self._context.Queue()  # each worker's "ready" (or why it failed)
+        self._abandon = self._context.Event()  # out of band: the request queue may be stuck
+        self._supervisor: Supervisor | None = None
+        self._closed = False
         self.client: WorkerClient | None = None
         self.info: ModelInfo | None = None
 
     def start(self) -> WorkerService:
         """Start the worker and wait until its model is loaded; a failure raises here."""
-        self._process.start()
-        try:
-            kind, payload = self._results[0].get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            self._process.kill()
-            raise ModelError(f"the VLM worker did not load its model within "
-                             f"{START_TIMEOUT_S:g} s") from None
-        if kind != "ready":
-            self._process.join(timeout=10)
-            raise payload if isinstance(payload, Exception) else ModelError(str(payload))
-        self.info = payload
-        self.client = WorkerClient(self.client_end(0), self._process.is_alive).start()
+        process, self.info = self._spawn(None)
+        self._supervisor = Supervisor(
+            "VLM worker", process, self._launch,
+            ([self._requests], [*self._results, self._ready]), self._tell_restarted,
+            self._give_up)
+        self.client = WorkerClient(self.client_end(0), self._alive).start()
+        self._supervisor.start()
         return self
 
     def client_end(self, client: int) -> ClientEnd:
         """Client ``client``'s end (1 .. clients), for a stream process."""
-        return ClientEnd(self._requests, self._results[client], client, self._process.pid,
-                         self.info)
+        return ClientEnd(self._requests, self._results[client], client, self.worker_pid,
+                         self.info, os.getpid())
+
+    @property
+    def worker_pid(self) -> int:
+        """The worker process's id now (a restart changes it)."""
+        return self._supervisor.process.pid
+
+    @property
+    def restarts(self) -> int:
+        """How many times a worker that died was started again."""
+        return self._supervisor.restarts if self._supervisor is not None else 0
 
     def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
                timeout: float | None = None) -> Future[list[Answer]] | None:
@@ -163,19 +195,36 @@ class WorkerService:
     def expect(self, seconds: float) -> None:
         self.client.expect(seconds)
 
-    def close(self) -> None:
-        """Answer what is queued, collect the worker's summaries, stop it (idempotent)."""
-        if self.client is None or self._process.exitcode is not None:
+    def close(self, abandon: bool = False) -> None:
+        """Answer what is queued, collect the worker's summaries, stop it (idempotent).
+
+        With ``abandon`` every client's open futures fail with :class:`Abandoned` and it
+        returns within seconds, even while the model is in the middle of a batch."""
+        if self.client is None or self._closed:
             return
-        self._requests.put(None)  # the worker drains what is before it, then says "closed"
-        self.client.close()
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
+        self._closed = True
+        self._supervisor.stop()  # no restart from here on
+        process = self._supervisor.process
+        if abandon:
+            self._abandon.set()
+            self.client.close(abandon=True)  # and waits a moment for the worker's summaries
+            error = Abandoned("the run is stopping: the crop's answer is not waited for")
+            for results in self._results[1:]:
+                results.put(("fail", error))
+                results.cancel_join_thread()  # a client gone for good must not hold our exit
+        else:
+            if process.is_alive():
+                self._put_while_alive(process, None)  # the worker drains, then says "closed"
+            self.client.close()
+        process.join(timeout=ABANDON_WAIT_S if abandon else 30)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)
+            release_locks([], self._results)  # it may have died writing
 
     def summary(self) -> dict[str, Any]:
         service = self.client.worker_summaries[0] if self.client.worker_summaries else {}
-        return {**service, **self.client.summary()}
+        return {**service, **self.client.summary(), "restarts": self.restarts}
 
     def answerer_summary(self) -> dict[str, Any]:
         """The batch answerer's summary (per question: phase, plan, accounting) from the
@@ -188,9 +237,42 @@ class WorkerService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _spawn(self, stop: threading.Event | None) -> tuple[Any, ModelInfo | None]:
+        """A worker process on the service's queues, and its model once loaded (None: stopped
+        while it loaded, and killed)."""
+        process = self._context.Process(
+            target=_serve_in_child, name="vlm-worker", daemon=True,
+            args=(self._cfg, self._requested, self._requests, self._results, self._ready,
+                  self._abandon, self._log_path))
+        process.start()
+        return process, await_ready(self._ready, process, START_TIMEOUT_S, "VLM worker", stop)
+
+    def _launch(self, stop: threading.Event) -> Any:
+        process, info = self._spawn(stop)
+        return process if info is not None else None
+
+    def _alive(self) -> bool:
+        return self._supervisor.watching or self._supervisor.process.is_alive()
+
+    def _tell_restarted(self, restarts: int) -> None:
+        for results in self._results:
+            results.put(("restarted", restarts))
+
+    def _give_up(self, reason: str) -> None:
+        for results in self._results:
+            results.put(("fail", ModelError(reason)))
+
+    def _put_while_alive(self, process: Any, item: Any) -> None:
+        while process.is_alive():
+            try:
+                self._requests.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
-                    log_path: Path | None) -> None:
+                    ready: Any, abandon: Any, log_path: Path | None) -> None:
     """The worker: load the model, run a :class:`BatchingService`, relay requests and
     answers."""
     from vidqa.serving.batching import BatchingService
@@ -210,12 +292,14 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
         vlm = load_vlm(cfg, info)
         answerer = BatchAnswerer(vlm, cfg)
     except Exception as err:  # reported to the parent, which raises it
-        results[0].put(("failed", picklable(err)))
+        ready.put(("failed", picklable(err)))
         return
-    results[0].put(("ready", vlm.info))
+    ready.put(("ready", vlm.info))
     service = BatchingService(answerer.answer, cfg.batch_size, cfg.max_wait_ms,
                               cfg.queue_size,
                               expect=lambda seconds: answerer.expect(seconds=seconds)).start()
+    threading.Thread(target=_abandon_when_told, args=(abandon, service, answerer, results),
+                     name="vlm-abandon", daemon=True).start()
     if on_cpu:  # and the threads that loading started from the others
         _yield_cores(cfg.cpu_priority == "idle")
     _relay(requests, results, service)
@@ -231,9 +315,30 @@ def _relay(requests: Any, results: list[Any], service: Any) -> None:
             service.expect(*payload)
             continue
         client, request_id, crop, questions = payload
-        future = service.submit(crop, questions, block=True)
+        try:
+            future = service.submit(crop, questions, block=True)
+        except ServiceClosed:  # abandoned: the worker is about to exit
+            return
         future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
             ("reply", rid, _outcome(done))))
+
+
+def _abandon_when_told(abandon: Any, service: Any, answerer: Any, results: list[Any]) -> None:
+    """Out of band, when the owner abandons: drop the batches, send the last word, exit now
+    (the relay thread may be stuck handing a crop to the full service)."""
+    abandon.wait()
+    service.close(abandon=True)
+    try:
+        answers = answerer.summary()
+    except Exception as err:  # the model thread is still inside it
+        logger.warning("no answerer summary at the abandoning stop: {}", err)
+        answers = {}
+    results[0].put(("closed", service.summary(), answers))
+    for other in results[1:]:
+        other.cancel_join_thread()  # their clients stopped waiting
+    results[0].close()
+    results[0].join_thread()  # the summaries really leave before the process does
+    os._exit(0)
 
 
 def _yield_cores(idle: bool) -> None:
