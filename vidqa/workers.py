@@ -12,8 +12,10 @@ cannot be started again the owner says so (``("fail", error)``) and every open f
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,23 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def run_for_owner(poll_s: float = 0.5) -> None:
+    """In a worker process: leave Ctrl-C and SIGTERM to the owner (they reach the whole process
+    group; the owner stops its streams and then this worker, which must not die first), and
+    exit when the owner is gone (killed with SIGKILL, it could not say so), instead of waiting
+    forever on its queues."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    owner = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == owner:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 def picklable(error: BaseException) -> Exception:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from factories import detections, make_crops, scripted_answers
+
 from vidqa.config import load_config
 from vidqa.errors import OutputError
 from vidqa.messages import FrameResult, Segment, VideoFrame

@@ -30,7 +30,7 @@ from loguru import logger
 from vidqa.config import TrackerConfig
 from vidqa.detection.detector import Detector, boxes_of
 from vidqa.errors import ModelError
-from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive
+from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive, run_for_owner
 
 START_TIMEOUT_S = 600.0  # loading the detectors (and warming them up)
 
@@ -268,9 +268,7 @@ class DetectionWorker:
 
 def _detect_in_child(configs: tuple[TrackerConfig, ...], frames: Any, replies: list[Any],
                      control: Any, log_path: Path | None) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops its streams, then us
+    run_for_owner()  # the run stops its streams, then us
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
 

@@ -22,7 +22,6 @@ import dataclasses
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from vidqa.serving.worker import ClientEnd
 from vidqa.sources import is_live, open_source, source_path
 from vidqa.storage import write_json
 from vidqa.store import EventStore
+from vidqa.workers import run_for_owner
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
 PROCESSES_PER_DETECTION_WORKER = 8  # auto: one detection worker's Python keeps up with these
@@ -221,7 +221,7 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
     their frames to a detection worker, when the run has one)."""
     # Ctrl-C reaches the whole process group; the run's process decides and tells us (control),
     # so every stream stops once, the same way, and waits for its answers in flight.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_for_owner()
     cv2.setNumThreads(threads)
     with run_log(run_dir):
         client = end.connect()

@@ -22,8 +22,8 @@ import contextlib
 import multiprocessing
 import os
 import queue
-import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,10 +37,19 @@ from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Crop
 from vidqa.serving.base import Abandoned, ServiceClosed
-from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive, release_locks
+from vidqa.workers import (
+    Replies,
+    Supervisor,
+    await_ready,
+    picklable,
+    pid_alive,
+    release_locks,
+    run_for_owner,
+)
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
 ABANDON_WAIT_S = 1.5  # an abandoning close waits this long for the worker's last word
+ABANDON_POLL_S = 0.05  # how often the worker looks at the abandon flag
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
 
 
@@ -152,7 +161,9 @@ class WorkerService:
         self._requests = self._context.Queue(maxsize=cfg.queue_size)
         self._results = [self._context.Queue() for _ in range(1 + clients)]
         self._ready = self._context.Queue()  # each worker's "ready" (or why it failed)
-        self._abandon = self._context.Event()  # out of band: the request queue may be stuck
+        # Out of band (the request queue may be stuck), and a flag, not an Event: setting an
+        # Event waits for its sleepers to wake, which a killed worker never does.
+        self._abandon = self._context.RawValue("b", 0)
         self._supervisor: Supervisor | None = None
         self._closed = False
         self.client: WorkerClient | None = None
@@ -206,7 +217,7 @@ class WorkerService:
         self._supervisor.stop()  # no restart from here on
         process = self._supervisor.process
         if abandon:
-            self._abandon.set()
+            self._abandon.value = 1
             self.client.close(abandon=True)  # and waits a moment for the worker's summaries
             error = Abandoned("the run is stopping: the crop's answer is not waited for")
             for results in self._results[1:]:
@@ -280,9 +291,7 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
     from vidqa.vlm.loading import load_vlm
     from vidqa.vlm.model import resolve_device
 
-    # Ctrl-C reaches the whole process group: the owner stops the streams, which wait for the
-    # answers in flight, and then closes this worker. Dying on SIGINT would lose those answers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_for_owner()  # the owner stops the streams, which wait for the answers in flight
     if log_path is not None:
         logger.add(log_path, level="INFO", enqueue=False)
     try:
@@ -326,7 +335,8 @@ def _relay(requests: Any, results: list[Any], service: Any) -> None:
 def _abandon_when_told(abandon: Any, service: Any, answerer: Any, results: list[Any]) -> None:
     """Out of band, when the owner abandons: drop the batches, send the last word, exit now
     (the relay thread may be stuck handing a crop to the full service)."""
-    abandon.wait()
+    while not abandon.value:
+        time.sleep(ABANDON_POLL_S)
     service.close(abandon=True)
     try:
         answers = answerer.summary()
