@@ -212,7 +212,7 @@ def test_run_when_killed_with_sigkill_then_the_store_holds_every_published_answe
 
 def test_run_when_started_again_on_its_folder_then_it_continues_as_a_new_run(
         tmp_path, clip, tiny_vlm_dir):
-    config = cameras(clip, tiny_vlm_dir, speed=2.0, run={"max_frames": 40},
+    config = cameras(clip, tiny_vlm_dir, speed=2.0, run={"max_frames": 80},
                      sinks={"segment_s": 3})
     out = tmp_path / "run"
     for _ in range(2):
@@ -228,7 +228,7 @@ def test_run_when_started_again_on_its_folder_then_it_continues_as_a_new_run(
     assert {r["run_id"] for r in answers} == {1, 2} == {r["run_id"] for r in segments}
     assert len({r["video"] for r in segments}) == len(segments)  # nothing rewritten
     assert all(Path(r["video"]).exists() for r in segments)
-    assert "continues it" in (out / "vidqa.log").read_text()
+    assert "run 2, after 1 earlier run(s) of this store" in (out / "vidqa.log").read_text()
 
 
 def get(url: str) -> tuple[int, str]:

@@ -70,7 +70,10 @@ class EventStore:
             (time.time(), str(self.run_dir), socket.gethostname(), os.getpid(),
              json.dumps(self.cfg.to_dict(), default=str)))
         self.run_id = cursor.lastrowid
-        logger.info("event store {} (run {})", self.path, self.run_id)
+        earlier = self._conn.execute("SELECT COUNT(*) FROM runs WHERE id < ?",
+                                     (self.run_id,)).fetchone()[0]
+        logger.info("event store {}: run {}{}", self.path, self.run_id,
+                    f", after {earlier} earlier run(s) of this store" if earlier else "")
         self._thread.start()
         return self
 
