@@ -288,6 +288,7 @@ def test_soak_when_cameras_run_for_half_an_hour_of_stream_time_then_memory_stays
     assert report["rss_after_warmup"]["spread"] <= 0.05, report["rss_after_warmup"]
     store = report["store_after_warmup"]
     assert store["rows_added"] > 0
-    # the database grows with its rows (each well under a few KB), files stay under the cap
-    assert store["db_bytes_added"] <= 4096 * store["rows_added"] + 4_200_000  # + one WAL
-    assert report["samples"][-1]["disk_bytes"] < report["samples"][-1]["db_bytes"] + 3_000_000
+    # the database grows with its rows (a few pages of slack), the files stay near the cap
+    assert store["db_bytes_added"] <= 2048 * store["rows_added"] + 16 * 4096
+    last = report["samples"][-1]
+    assert last["disk_bytes"] - last["db_bytes"] < 2_000_000 + 4_500_000  # cap + WAL, logs

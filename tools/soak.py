@@ -90,13 +90,21 @@ def _sample(pid: int, run_dir: Path, elapsed: float) -> dict[str, Any]:
     except psutil.NoSuchProcess:
         pass
     db = run_dir / "store" / "vidqa.db"
-    rows = {}
+    rows, used = {}, 0
     if db.exists():
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
             rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
-    store_bytes = sum(p.stat().st_size for p in (run_dir / "store").glob("vidqa.db*"))
+            # the pages holding data, WAL included: what the rows take, not how the WAL grew
+            pages, free, size = (conn.execute(f"PRAGMA {name}").fetchone()[0] for name in
+                                 ("page_count", "freelist_count", "page_size"))
+            used = (pages - free) * size
+        except sqlite3.OperationalError:  # the schema is still being created
+            pass
+        finally:
+            conn.close()
     files = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
-    return {"t": round(elapsed, 1), "rss_bytes": rss, "rows": rows, "db_bytes": store_bytes,
+    return {"t": round(elapsed, 1), "rss_bytes": rss, "rows": rows, "db_bytes": used,
             "disk_bytes": files}
 
 
