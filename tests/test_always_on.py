@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -229,6 +230,58 @@ def test_run_when_started_again_on_its_folder_then_it_continues_as_a_new_run(
     assert len({r["video"] for r in segments}) == len(segments)  # nothing rewritten
     assert all(Path(r["video"]).exists() for r in segments)
     assert "run 2, after 1 earlier run(s) of this store" in (out / "vidqa.log").read_text()
+
+
+def pid_in_log(run_dir: Path, what: str) -> int | None:
+    """The process id the run's log gives its ``what`` (the latest start)."""
+    found = re.findall(rf"the {what} runs as pid (\d+)", (run_dir / "vidqa.log").read_text())
+    return int(found[-1]) if found else None
+
+
+def test_run_when_the_vlm_worker_is_killed_then_it_is_restarted_and_the_streams_go_on(
+        tmp_path, clip, tiny_vlm_dir):
+    config = cameras(clip, tiny_vlm_dir, streams=2, sinks={"segment_s": 10},
+                     roi={"reask_every": 20}, vlm={"worker": "process"})
+    out = tmp_path / "run"
+    proc = start(tmp_path, config, out)
+    db = out / "store" / "vidqa.db"
+    wait_for(lambda: answers_in(db) >= 2, "the first answers")
+    os.kill(pid_in_log(out, "VLM worker"), signal.SIGKILL)
+    before = answers_in(db)
+    wait_for(lambda: answers_in(db) >= before + 3, "answers from the restarted worker")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == 130, stderr[-3000:]
+    assert summary["vlm"]["service"]["restarts"] == 1
+    assert {s["end_reason"] for s in summary["streams"].values()} == {"interrupted"}
+    assert "the VLM worker died" in (out / "vidqa.log").read_text()
+    assert integrity(db) == "ok"
+
+
+def test_run_when_the_detection_worker_is_killed_then_it_is_restarted_and_the_streams_go_on(
+        tmp_path, clip, tiny_vlm_dir):
+    config = cameras(clip, tiny_vlm_dir, streams=2, sinks={"segment_s": 10},
+                     run={"processes": 2, "detection_workers": 1})
+    out = tmp_path / "run"
+    proc = start(tmp_path, config, out)
+    db = out / "store" / "vidqa.db"
+    tracks = "SELECT COUNT(*) AS n FROM tracks"
+    wait_for(lambda: (rows := query(db, tracks)) and rows[0]["n"] >= 2, "tracked people")
+    wait_for(lambda: pid_in_log(out, "detection worker"), "the detection worker")
+    os.kill(pid_in_log(out, "detection worker"), signal.SIGKILL)
+    before = query(db, tracks)[0]["n"]
+    wait_for(lambda: query(db, tracks)[0]["n"] >= before + 2, "people tracked after the restart")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode == 130, stderr[-3000:]
+    workers = [d for d in summary["detectors"] if d.get("process") == "worker"]
+    assert workers and sum(d["restarts"] for d in workers) >= 1
+    assert {s["end_reason"] for s in summary["streams"].values()} == {"interrupted"}
+    assert integrity(db) == "ok"
 
 
 def get(url: str) -> tuple[int, str]:

@@ -30,7 +30,7 @@ class RunConfig:
     engine: Literal["local", "ray"] = "local"  # local: threads in this process; ray: actors
     ray_address: str = ""  # engine ray: a cluster to join ("auto", "ray://h:10001"); "" = start one
     processes: int = 0  # engine local: stream processes sharing the VLM worker; 0 = auto
-    detection_workers: int = 0  # engine local, CUDA: processes detecting for them; 0 = auto
+    detection_workers: int = 0  # stream processes' detection in N processes; 0 = auto (CUDA)
     stop_grace_s: float = 3.0  # Ctrl-C/SIGTERM: how long answers in flight may still arrive
 
     def __post_init__(self) -> None:

@@ -221,6 +221,7 @@ class Supervisor:
                                         daemon=True)
 
     def start(self) -> Supervisor:
+        logger.info("the {} runs as pid {}", self.what, self.process.pid)
         self._thread.start()
         return self
 

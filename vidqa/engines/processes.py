@@ -86,8 +86,9 @@ class ProcessRun:
         self.cfg, self.run_dir = cfg, run_dir
         # On CUDA the worker detects for every stream process: one CUDA context on the GPU.
         # Processes that each own a context take turns on the GPU (time slices, no overlap).
-        self.detect_in_worker = _trackers_on_cuda(cfg) if detect_in_worker is None \
-            else detect_in_worker
+        # Elsewhere only when asked for (run.detection_workers > 0).
+        self.detect_in_worker = (_trackers_on_cuda(cfg) or cfg.run.detection_workers > 0) \
+            if detect_in_worker is None else detect_in_worker
         specs = cfg.stream_configs()
         self.groups = [specs[i::processes] for i in range(processes)]  # round robin
         context = multiprocessing.get_context("spawn")
