@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vidqa.store import queries
 from vidqa.web.hub import Hub, StreamState
 from vidqa.web.metrics import Monitor
 
@@ -173,8 +174,9 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
 
 
 def monitor_routes(monitor: Monitor) -> list[Route]:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` (200, or 503 with the reasons,
-    one per line)."""
+    """``/metrics`` (Prometheus text format), ``/healthz`` (200, or 503 with the reasons, one
+    per line), and the store's history: ``/api/runs`` (every run of the store) and
+    ``/api/answers`` (the newest answers; ``?run=&stream=&question=&limit=``)."""
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(monitor.exposition)
@@ -186,7 +188,35 @@ def monitor_routes(monitor: Monitor) -> list[Route]:
             return PlainTextResponse("\n".join(problems) + "\n", status_code=503)
         return PlainTextResponse("ok\n")
 
-    return [Route("/metrics", metrics), Route("/healthz", healthz)]
+    async def store_runs(request: Request) -> Response:
+        path = _store_path(monitor)
+        if path is None:
+            return JSONResponse({"error": "this run has no event store"}, status_code=404)
+        return JSONResponse(await anyio.to_thread.run_sync(queries.runs, path))
+
+    async def store_answers(request: Request) -> Response:
+        path = _store_path(monitor)
+        if path is None:
+            return JSONResponse({"error": "this run has no event store"}, status_code=404)
+        params = request.query_params
+        try:
+            run = int(params["run"]) if "run" in params else None
+            limit = int(params.get("limit", "100"))
+        except ValueError:
+            return JSONResponse({"error": "run and limit must be integers, e.g. "
+                                          "/api/answers?run=2&limit=50"}, status_code=400)
+        rows = await anyio.to_thread.run_sync(
+            lambda: queries.answers(path, run, params.get("stream"), params.get("question"),
+                                    limit))
+        return JSONResponse(rows)
+
+    return [Route("/metrics", metrics), Route("/healthz", healthz),
+            Route("/api/runs", store_runs), Route("/api/answers", store_answers)]
+
+
+def _store_path(monitor: Monitor) -> Path | None:
+    store = monitor.store
+    return None if store is None or not Path(store.path).exists() else Path(store.path)
 
 
 def _no_stream(hub: Hub, stream_id: str) -> Response:
