@@ -7,9 +7,9 @@ import time
 
 import httpx
 import numpy as np
+from factories import detections, make_crops, scripted_answers
 from prometheus_client.parser import text_string_to_metric_families
 
-from factories import detections, make_crops, scripted_answers
 from vidqa.config import load_config
 from vidqa.messages import FrameResult, VideoFrame
 from vidqa.store import EventStore, StoreSink, StreamRecord
