@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from vidqa.config import PipelineConfig, RuleConfig, ZoneConfig, load_config
 from vidqa.errors import ConfigError
 from vidqa.messages import Answer, Detections, FrameResult, VideoFrame
-from vidqa.zones import Alert, AlertsSink, RuleEngine, ZoneMap, foot_point
+from vidqa.zones import Alert, RuleEngine, ZoneMap, foot_point
 
 SQUARE = ZoneConfig(name="square", polygon=((100, 100), (200, 100), (200, 200), (100, 200)))
 TRIANGLE = ZoneConfig(name="triangle", polygon=((0, 0), (100, 0), (0, 100)))
@@ -178,15 +174,6 @@ def test_rule_engine_update_when_tracks_end_evicts_their_state() -> None:
     assert rules.tracks == 0
 
 
-def test_alerts_sink_when_alerts_written_puts_one_json_line_each(tmp_path: Path) -> None:
-    alert = Alert(rule="no_hat", track_id=4, zone="square", question=QUESTION, answer="no",
-                  frame_index=12, time_s=1.2, dwell_s=2.0, bbox=(1, 2, 3, 4))
-    path = tmp_path / "run" / "alerts.jsonl"
-    with AlertsSink(path) as sink:
-        sink.write(dataclasses.replace(frame_result(0, {}), alerts=(alert, alert)))
-        lines = path.read_text().splitlines()  # flushed before close
-    assert [json.loads(line) for line in lines] == [alert.to_event()] * 2
-    assert alert.to_event()["frame"] == 12 and alert.to_event()["stream_id"] == "0"
 
 
 # ---- config ------------------------------------------------------------------------------------

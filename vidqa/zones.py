@@ -9,26 +9,24 @@ endless streams.
 
     zones = ZoneMap(cfg.zones)
     engine = RuleEngine.from_config(cfg)
-    with AlertsSink(run_dir / "alerts.jsonl") as sink:
-        for result in results:
-            board.update(result)
-            sink.write(engine.update(result, board.latest))
+    for result in results:
+        board.update(result)
+        result = engine.update(result, board.latest)  # result.alerts: the rules it raised
+
+The event store records the alerts and exports ``alerts.jsonl`` (:mod:`vidqa.store`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from vidqa.config import PipelineConfig, RuleConfig, ZoneConfig
-from vidqa.errors import OutputError
 from vidqa.messages import Answer, FrameResult, LatestAnswers
 
 BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
@@ -189,37 +187,6 @@ class RuleEngine:
                      answer=answer.answer, frame_index=result.frame.frame_index,
                      time_s=result.frame.timestamp, dwell_s=dwell,
                      bbox=tuple(round(v) for v in bbox), stream_id=self.stream_id)
-
-
-class AlertsSink:
-    """``alerts.jsonl``: one JSON line per alert, flushed as it is written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
-        except OSError as err:
-            raise OutputError(f"cannot write alerts to {self.path}: {err.strerror or err}; "
-                              f"check that the run folder is writable") from None
-        self.written = 0
-
-    def __enter__(self) -> AlertsSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def write(self, result: FrameResult) -> None:
-        """The frame's alerts (``FrameResult.alerts``), one line each."""
-        for alert in result.alerts:
-            self._file.write(json.dumps(alert.to_event()) + "\n")
-            self._file.flush()  # a crash loses no alert already raised
-            self.written += 1
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
 
 
 class RuleStage:

@@ -6,7 +6,7 @@ import pytest
 from factories import detections
 
 from vidqa.messages import Answer, FrameResult, VideoFrame
-from vidqa.sinks import AnswerBoard, EventsSink, SinkSet, VideoSink, annotate
+from vidqa.sinks import AnswerBoard, MotSink, SinkSet, VideoSink, annotate
 from vidqa.storage import write_json
 
 
@@ -23,20 +23,6 @@ def answer(index: int, value: str = "yes", p_yes: float | None = 0.9) -> Answer:
                   answer=value,
                   p_yes=p_yes, margin=2.0 if p_yes else None, bbox=(10, 20, 60, 110),
                   vlm_ms=12.5, model="tiny")
-
-
-def test_events_sink_when_answers_written_then_each_line_on_disk_before_close(tmp_path):
-    sink = EventsSink(tmp_path / "events.jsonl")
-    sink.write(result(0, [answer(0)]))
-
-    lines = (tmp_path / "events.jsonl").read_text().splitlines()  # not closed yet
-    assert [json.loads(line)["answer"] for line in lines] == ["yes"]
-    sink.write(result(1, [answer(1, "no", 0.1)]))
-    sink.close()
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert set(events[0]) >= {"frame", "time_s", "track_id", "question", "answer", "p_yes",
-                              "bbox", "vlm_ms", "model"}
-    assert [e["frame"] for e in events] == [0, 1]
 
 
 def test_video_sink_when_frames_written_then_file_is_playable_with_all_frames(tmp_path):
@@ -85,14 +71,14 @@ def test_sink_set_when_one_sink_fails_then_others_continue(tmp_path):
         def close(self):
             Broken.closed = True
 
-    events = EventsSink(tmp_path / "events.jsonl")
-    with SinkSet([Broken(), events], AnswerBoard()) as sinks:
+    mot = MotSink(tmp_path / "mot.txt")
+    with SinkSet([Broken(), mot], AnswerBoard()) as sinks:
         sinks.write(result(0, [answer(0)]))
         sinks.write(result(1, [answer(1)]))
 
     assert Broken.closed
     assert "Broken" in sinks.failed
-    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "mot.txt").read_text().splitlines()) == 2
 
 
 def test_write_json_when_numpy_values_then_serialised(tmp_path):

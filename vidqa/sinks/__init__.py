@@ -1,9 +1,9 @@
-"""Sinks: the annotated video, events.jsonl, mot.txt, an optional live window.
+"""Sinks: the annotated video (one file, or segments), mot.txt, an optional live window.
 
 Sinks are context managers so that a crash or Ctrl-C still closes them: the video is
-finalised into a playable file and every event already produced is on disk (JSONL is flushed
-line by line). :class:`SinkSet` isolates them: one failing sink is logged and dropped, the
-others keep going.
+finalised into a playable file. The answers and alerts go to the event store
+(:mod:`vidqa.store`), which exports ``events.jsonl`` and ``alerts.jsonl``. :class:`SinkSet`
+isolates the sinks: one failing sink is logged and dropped, the others keep going.
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from loguru import logger
 
 from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
-from vidqa.sinks.events import EventsSink, ForwardSink, SharedSink
 from vidqa.sinks.mot import MotSink
 from vidqa.sinks.segments import SegmentSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "EventsSink", "ForwardSink", "MotSink", "SegmentSink", "SharedSink",
-           "Sink", "SinkSet", "StopRequested", "VideoSink", "WindowSink", "annotate"]
+__all__ = ["AnswerBoard", "MotSink", "SegmentSink", "Sink", "SinkSet", "StopRequested",
+           "VideoSink", "WindowSink", "annotate"]
 
 
 class Sink(Protocol):
