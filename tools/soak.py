@@ -41,7 +41,7 @@ def soak_config(clip: Path, streams: int, speed: float, segment_s: float, max_gb
                    "replay_speed": speed},
         "tracker": {"imgsz": 320},
         "vlm": {"model": model, "adaptive": {"enabled": False}, "worker": "process"},
-        "roi": {"reask_every": 50},  # a stream of weeks re-asks: more answers, more rows
+        "roi": {"reask_every": 10},  # a stream of weeks re-asks: more answers, more rows
         "sinks": {"segment_s": segment_s},
         "retain": {"max_gb": max_gb, "check_s": 5},
         "streams": [{"id": f"cam{i}"} for i in range(streams)],
@@ -50,7 +50,7 @@ def soak_config(clip: Path, streams: int, speed: float, segment_s: float, max_gb
 
 def soak(out: Path, stream_hours: float, clip: Path, model: str, streams: int = 3,
          speed: float = 20.0, every_s: float = 5.0, segment_s: float = 60.0,
-         max_gb: float = 0.05) -> dict[str, Any]:
+         max_gb: float = 0.02) -> dict[str, Any]:
     """Run the soak and return its report (also written to ``out/soak.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "soak.yaml"
@@ -131,10 +131,11 @@ def _report(samples: list[dict[str, Any]], code: int, stop_s: float, run_dir: Pa
 
 
 def main(out: Path, hours: float, speed: float, streams: int, every: float, model: str,
-         clip: Path | None) -> int:
+         clip: Path | None, max_gb: float) -> int:
     from vidqa import assets
 
-    report = soak(out, hours, clip or assets.sample_video(), model, streams, speed, every)
+    report = soak(out, hours, clip or assets.sample_video(), model, streams, speed, every,
+                  max_gb=max_gb)
     brief = {k: v for k, v in report.items() if k != "samples"}
     print(json.dumps(brief, indent=2))
     return 0
@@ -149,6 +150,8 @@ if __name__ == "__main__":
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--model", default="auto", help="vlm.model (auto: the stand-in offline)")
     parser.add_argument("--clip", type=Path, help="video to loop (default: the sample clip)")
+    parser.add_argument("--max-gb", type=float, default=0.02,
+                        help="retain.max_gb: the cap on segments and snapshots")
     args = parser.parse_args()
     sys.exit(main(args.out, args.hours, args.speed, args.streams, args.every, args.model,
-                  args.clip))
+                  args.clip, args.max_gb))
