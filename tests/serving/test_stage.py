@@ -60,3 +60,40 @@ def test_service_stage_when_live_and_queue_full_then_newest_crop_waits_and_ended
     service.close()
     summary = asking.summary()
     assert summary["queue_full_waits"] >= 3 and summary["deferred_tracks"] == 1
+
+
+def test_answer_stage_when_a_crop_fails_then_it_is_counted_with_its_reason_and_frames_go_on():
+    def answer(crops, questions):
+        if any(crop.track_id == 2 for crop in crops):
+            raise ValueError("crop 2 is cursed")
+        return scripted_answers(crops, questions)
+
+    with BatchingService(answer, batch_size=4, max_wait_ms=5) as service:
+        asking = AnswerStage(service, QUESTIONS[:1], live=False)
+        results = list(asking(frame_result(i, make_crops([i], frame=i)) for i in range(4)))
+        late = asking.flush(timeout_s=30)
+
+    answered = {a.track_id for r in results for a in r.answers} | {a.track_id for a in late}
+    summary = asking.summary()
+    assert answered == {0, 1, 3} and len(results) == 4
+    assert summary["failed"] == 1 and summary["answered"] == 3
+    assert summary["failure_reasons"] == {"ValueError: crop 2 is cursed": 1}
+    assert 2 not in asking.pending  # no longer drawn as "asking..."
+
+
+def test_answer_stage_when_abandoned_then_what_is_in_flight_is_counted_and_never_attached():
+    gate = threading.Event()
+    service = BatchingService(lambda crops, qs: scripted_answers(crops, qs, gate), batch_size=1,
+                              max_wait_ms=0, queue_size=8).start()
+    asking = AnswerStage(service, QUESTIONS[:1], live=False)
+    asking.update(frame_result(0, make_crops([1, 2, 3])))
+
+    late = asking.flush(timeout_s=0.2)  # the grace runs out: none has arrived
+    abandoned = asking.abandon()
+    gate.set()  # the model finishes them now, too late
+    service.close()
+    after = asking.update(frame_result(1, make_crops([4], frame=1)))
+
+    assert late == [] and abandoned == 3 and after.answers == ()
+    summary = asking.summary()
+    assert summary["abandoned"] == 3 and summary["submitted"] == 3  # nothing asked after it

@@ -9,14 +9,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import CancelledError, Future, wait
 from typing import Any
 
 from vidqa.clock import Window
 from vidqa.messages import Answer, Crop, FrameResult, VideoFrame
 from vidqa.serving.base import AnswerService
-
-MAX_REASONS = 20  # distinct failure reasons kept per stream
+from vidqa.serving.batch import Failures
 
 
 class AnswerStage:
@@ -45,7 +44,7 @@ class AnswerStage:
         self._stats: Counter[str] = Counter()
         self._latency_ms = Window()  # the recent crops' submit -> answer times
         self._last_frame: VideoFrame | None = None
-        self.failures: Counter[str] = Counter()  # why crops failed (a few distinct reasons)
+        self.failures = Failures()  # crops whose answer failed, and why
         self._abandoned = False
 
     def __call__(self, results: Iterable[FrameResult]) -> Iterator[FrameResult]:
@@ -84,7 +83,7 @@ class AnswerStage:
     @property
     def failed(self) -> int:
         """Crops whose answer failed."""
-        return self._stats["failed"]
+        return self.failures.failed
 
     @property
     def in_flight(self) -> int:
@@ -93,7 +92,8 @@ class AnswerStage:
 
     def summary(self) -> dict[str, Any]:
         return {"submitted": self._stats["submitted"], "answered": self._stats["answered"],
-                "failed": self._stats["failed"], "failure_reasons": dict(self.failures),
+                "failed": self.failures.failed,
+                "failure_reasons": dict(self.failures.reasons.most_common()),
                 "abandoned": self._stats["abandoned"], "in_flight": len(self._submitted),
                 "queue_full_waits": self._stats["queue_full_waits"],
                 "deferred_tracks": self._stats["deferred_tracks"],
@@ -138,9 +138,9 @@ class AnswerStage:
         now, taken = time.perf_counter(), []
         for future in [f for f in self._submitted if f.done()]:  # in order of submission
             submitted, track_id = self._submitted.pop(future)
-            error = future.exception() if not future.cancelled() else None
-            if error is not None or future.cancelled():
-                self._failed(error)
+            error = CancelledError() if future.cancelled() else future.exception()
+            if error is not None:  # a fault costs this crop, not the stream
+                self.failures.add(error)
                 self.pending.discard(track_id)  # not "asking" any more; a re-ask may follow
                 continue
             latency_ms = 1000 * (now - submitted)
@@ -152,12 +152,3 @@ class AnswerStage:
                     answer, latency_ms=latency_ms, answered_frame_index=frame.frame_index,
                     answered_time_s=frame.timestamp))
         return tuple(taken)
-
-    def _failed(self, error: BaseException | None) -> None:
-        """One crop lost to a fault: counted, with its reason (at most :data:`MAX_REASONS`
-        distinct ones are kept, the rest counted as "other")."""
-        self._stats["failed"] += 1
-        reason = f"{type(error).__name__}: {error}"[:120] if error else "cancelled"
-        if reason not in self.failures and len(self.failures) >= MAX_REASONS:
-            reason = "other"
-        self.failures[reason] += 1
