@@ -3,6 +3,13 @@ and a second raylet (``ray start --address``), each with its own CPUs and a reso
 runs a three-stream config through ``run.ray_address``. The stream actors spread over both
 nodes, and the answers equal the local engine's for the same config.
 
+The runs on the cluster are ``vidqa run --set run.ray_address=...`` processes, as a user would
+start them. Ray 2.60's head turns token authentication on when ``~/.ray/auth_token`` exists
+(any local ``ray.init()`` writes one), while a joining node or driver goes without it unless
+``RAY_AUTH_MODE=token``, and is refused; a process reads that mode once, when it imports Ray.
+So the nodes and the drivers get ``RAY_AUTH_MODE=token`` (or the mode the user chose) and the
+token in ``~/.ray/auth_token``.
+
 Ray turns a node address of 127.0.0.1 into the machine's outward address; 127.0.0.2 and
 127.0.0.3 are loopback too and are kept as given, so no packet leaves the host.
 """
@@ -17,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,13 +34,17 @@ from vidqa.config import load_config
 from vidqa.engines import run_pipeline
 from vidqa.run import prepare_run_dir
 
-ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'vidqa[ray]'")
+pytest.importorskip("ray", reason="the Ray extra is not installed: pip install 'vidqa[ray]'")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HEAD, SECOND = "127.0.0.2", "127.0.0.3"
 FRAMES = 40
 SIZE = (320, 240)
+REPO = Path(__file__).parents[2]
+NODES = ("import json, sys, ray; ray.init(address=sys.argv[1], logging_level='warning'); "
+         "print(json.dumps({n['NodeID']: n['NodeManagerAddress'] for n in ray.nodes() "
+         "if n['Alive']}))")
 
 
 def ray_cli() -> str:
@@ -46,27 +58,49 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def ray_start(*args: str, env: dict[str, str]) -> None:
+def ray_start(*args: str) -> None:
     done = subprocess.run([ray_cli(), "start", *args, "--disable-usage-stats",
-                           "--object-store-memory=200000000"], env=env, capture_output=True,
-                          text=True, timeout=120)
+                           "--object-store-memory=200000000"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, f"ray start {args} failed:\n{done.stdout}\n{done.stderr}"
 
 
+def vidqa_run(config: Path, out: Path, *settings: str) -> Path:
+    """``vidqa run config --out out --set ...`` in a process of its own: its run folder."""
+    done = subprocess.run([sys.executable, "-m", "vidqa.cli", "run", str(config), "--out",
+                           str(out), *(arg for one in settings for arg in ("--set", one))],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"vidqa run failed:\n{done.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _env() -> Iterator[None]:
+    """What the nodes and the drivers read from the environment (a driver here is a process
+    of its own: this one may have imported Ray with another authentication mode)."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", mode)
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        patch.setenv("VIDQA_OFFLINE", "1")  # the same detector in every process
+        if mode == "token":  # the token every node and driver reads (~/.ray/auth_token)
+            subprocess.run([ray_cli(), "get-auth-token", "--generate"], check=True,
+                           capture_output=True, timeout=120)
+        yield
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def cluster() -> Iterator[str]:
     """The cluster's address; both nodes are stopped afterwards, even on failure."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port(HEAD)
     try:
         ray_start("--head", f"--node-ip-address={HEAD}", f"--port={port}", "--num-cpus=2",
-                  '--resources={"head_node": 1}', "--include-dashboard=false", env=env)
+                  '--resources={"head_node": 1}', "--include-dashboard=false")
         ray_start(f"--address={HEAD}:{port}", f"--node-ip-address={SECOND}", "--num-cpus=2",
-                  '--resources={"second_node": 1}', env=env)
+                  '--resources={"second_node": 1}')
         yield f"{HEAD}:{port}"
     finally:
-        subprocess.run([ray_cli(), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)
+        subprocess.run([ray_cli(), "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +121,15 @@ def runs(cluster: str, clip: Path, tiny_vlm_dir: Path,
         "vlm": {"model": str(tiny_vlm_dir), "adaptive": {"enabled": False}},
         "streams": [{"id": name, "source": {"kind": "file", "path": str(clip)}}
                     for name in ("gate", "hall", "yard")]}))
-    out = {}
-    for engine, extra in (("local", []), ("cluster", [f"run.ray_address={cluster}"])):
-        cfg = load_config(config, [f"run.engine={'local' if engine == 'local' else 'ray'}",
-                                   *extra])
-        out[engine] = prepare_run_dir(cfg, root / engine)
-        run_pipeline(cfg, out[engine], config_name=str(config))
-    return out
+    cfg = load_config(config, [])
+    local = prepare_run_dir(cfg, root / "local")
+    run_pipeline(cfg, local, config_name=str(config))
+    return {"local": local, "cluster": vidqa_run(config, root / "cluster", "run.engine=ray",
+                                                 f"run.ray_address={cluster}")}
+
+
+def summary_of(run: Path) -> dict[str, Any]:
+    return json.loads((run / "summary.json").read_text())
 
 
 def answers(events: Path) -> dict[tuple[str, int, str], str]:
@@ -102,12 +138,10 @@ def answers(events: Path) -> dict[tuple[str, int, str], str]:
 
 
 def test_cluster_when_two_nodes_then_stream_actors_run_on_both(runs, cluster):
-    summary = json.loads((runs["cluster"] / "summary.json").read_text())
-    ray.init(address=cluster, logging_level="warning")
-    try:
-        nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-    finally:
-        ray.shutdown()
+    summary = summary_of(runs["cluster"])
+    listed = subprocess.run([sys.executable, "-c", NODES, cluster], capture_output=True,
+                            text=True, timeout=300)
+    nodes = json.loads(listed.stdout.splitlines()[-1])
 
     assert summary["engine"] == "ray" and summary["end_reason"] == "completed"
     assert set(nodes.values()) == {HEAD, SECOND}
@@ -119,3 +153,4 @@ def test_cluster_when_run_ends_then_answers_equal_the_local_engines(runs):
 
     assert len(local) >= 3 * 3  # each stream's people were tracked and asked
     assert answers(runs["cluster"] / "events.jsonl") == local
+
