@@ -1,7 +1,8 @@
 """Beyond one machine: a real two-node Ray cluster on loopback — a head (``ray start --head``)
 and a second raylet (``ray start --address``), each with its own CPUs and a resource of its own —
 runs a three-stream config through ``run.ray_address``. The stream actors spread over both
-nodes, and the answers equal the local engine's for the same config.
+nodes, and the answers equal the local engine's for the same config. A one-file run with
+adaptive planning on shows that the driver tells the replica the file's length.
 
 The runs on the cluster are ``vidqa run --set run.ray_address=...`` processes, as a user would
 start them. Ray 2.60's head turns token authentication on when ``~/.ray/auth_token`` exists
@@ -128,6 +129,24 @@ def runs(cluster: str, clip: Path, tiny_vlm_dir: Path,
                                                  f"run.ray_address={cluster}")}
 
 
+@pytest.fixture(scope="module")
+def planned(runs: dict[str, Path], cluster: str, clip: Path, tiny_vlm_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One file on the cluster with adaptive planning on, the cluster's second run (its
+    shared plans must be found by a Serve that the first run's driver started): its run folder.
+    The seventh new track comes at 3.6 s: planning then has seen more than the first 2 s of
+    crops, which are left out of the rate."""
+    root = tmp_path_factory.mktemp("planned")
+    config = root / "file.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": {"max_frames": FRAMES},
+        "source": {"kind": "file", "path": str(clip)},
+        "roi": {"min_width": 8, "min_height": 16},
+        "vlm": {"model": str(tiny_vlm_dir),
+                "adaptive": {"profile_tracks": 7, "cache_dir": str(root / "plans")}}}))
+    return vidqa_run(config, root / "run", "run.engine=ray", f"run.ray_address={cluster}")
+
+
 def summary_of(run: Path) -> dict[str, Any]:
     return json.loads((run / "summary.json").read_text())
 
@@ -154,3 +173,12 @@ def test_cluster_when_run_ends_then_answers_equal_the_local_engines(runs):
     assert len(local) >= 3 * 3  # each stream's people were tracked and asked
     assert answers(runs["cluster"] / "events.jsonl") == local
 
+
+def test_cluster_when_file_and_adaptive_then_replica_plans_with_the_files_length(planned):
+    searched = [q["search"] for q in summary_of(planned)["vlm"]["questions"] if "search" in q]
+
+    assert "adaptive planning knows the files' length: 4 s of stream" in \
+        (planned / "vidqa.log").read_text()  # 40 frames at 10 fps, told to the replica
+    assert searched, "no question was planned: the run ended before its profile was complete"
+    # A live stream's forecast reads "... x horizon 300 s"; a file's, "... x N s of 4 s left".
+    assert all(s["forecast"].endswith("of 4 s left") for s in searched), searched

@@ -45,6 +45,10 @@ from vidqa.vlm.factory import make_answerers
 from vidqa.vlm.loading import load_vlm
 
 DEPLOYMENT = "VlmDeployment"
+# The shared plans' namespace. Replicas run in the namespace of the driver that started Serve,
+# which on a cluster we joined may be an earlier run's: an actor left in this run's own
+# (anonymous) namespace would not be found.
+PLANS_NAMESPACE = "vidqa"
 
 
 class ActorProxy:
@@ -69,7 +73,7 @@ class VlmDeployment:
         info = assets.resolve_vlm(cfg.model, cfg.revision)
         vlm = load_vlm(cfg, info)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.plans = ActorProxy(ray.get_actor(plans_name))
+        self.plans = ActorProxy(ray.get_actor(plans_name, namespace=PLANS_NAMESPACE))
         self.answerer = BatchAnswerer(vlm, cfg,
                                       make_answerers(vlm, cfg, Fleet(self.plans, self.replica)))
         if files_s is not None:  # the driver measured the files before deploying
@@ -241,7 +245,8 @@ def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
 
 def start_shared_plans(name: str) -> Any:
     """The run's shared plans, a named actor the replicas look up."""
-    return ray.remote(SharedPlans).options(name=name, num_cpus=0).remote()
+    return ray.remote(SharedPlans).options(name=name, namespace=PLANS_NAMESPACE,
+                                           num_cpus=0).remote()
 
 
 def start_vlm(cfg: VlmConfig, app: str, plans_name: str, run_dir: Path, files_s: float | None,
