@@ -4,6 +4,7 @@ started again on the same folder, watched through ``/metrics`` and ``/healthz``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,30 @@ def cameras(clip: Path, model: Path, streams: int = 2, speed: float = 1.0,
     return config
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way still ends the run it started, workers included."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+
+
 def start(tmp_path: Path, config: dict[str, Any], out: Path, *args: str) -> subprocess.Popen:
     path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "vidqa.cli", "run", str(path), "--out", str(out), *args],
         cwd=REPO, env={**os.environ, "VIDQA_OFFLINE": "1"}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    STARTED.append(proc)
+    return proc
 
 
 def wait_for(ready: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:

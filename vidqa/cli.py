@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vidqa.config import load_config
     from vidqa.engines import run_pipeline
     from vidqa.engines.common import segmented
-    from vidqa.run import prepare_run_dir
+    from vidqa.run import exit_now, prepare_run_dir
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     overrides = list(args.set or []) + (["run.overwrite=true"] if args.overwrite else [])
@@ -48,6 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_pipeline(cfg, run_dir, config_name=str(config or ""), serve=serve,
                            token=args.token or os.environ.get("VIDQA_TOKEN"), metrics=metrics)
     _print_run(summary, run_dir)
+    if summary["end_reason"] in ("interrupted", "terminated"):
+        exit_now(summary["exit_code"])  # a stop takes seconds, not the teardown's too
     return summary["exit_code"]
 
 

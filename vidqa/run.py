@@ -104,6 +104,16 @@ def exit_on_second_signal() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def exit_now(code: int) -> None:
+    """End a stopped run's process at once. Everything is on disk by then (the store closed,
+    the videos released, the summary written); the interpreter's own teardown of torch and
+    the worker queues would add seconds to a Ctrl-C that must take seconds in all."""
+    logger.remove()  # closes the log files
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class StreamCounts:
     """Frames and answers seen by the sinks, and a progress line when no bar is shown."""
 
