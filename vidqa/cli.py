@@ -178,8 +178,13 @@ def _print_run(summary: dict, run_dir: Path) -> None:
             print(f"    {question}  {tally}")
     if (summary.get("models") or {}).get("standin_used"):
         print(f"  WARNING: {assets_warning()}")
-    layout = "<stream id>/annotated.mp4, " if summary.get("streams") else "annotated.mp4, "
-    print(f"  outputs in {run_dir}/: {layout}events.jsonl, mot.txt, summary.json, vidqa.log")
+    folders = [run_dir / sid for sid in summary["streams"]] if summary.get("streams") \
+        else [run_dir]
+    stream = "<stream id>/" if summary.get("streams") else ""
+    video = "segments/" if any((f / "segments").is_dir() for f in folders) \
+        else "annotated.mp4, mot.txt"
+    print(f"  outputs in {run_dir}/: {stream}{video}, {stream}events.jsonl, summary.json, "
+          f"vidqa.log, store/vidqa.db")
 
 
 def assets_warning() -> str:
