@@ -186,3 +186,24 @@ def test_services_when_checked_then_each_has_the_declared_interface():
         assert all(callable(getattr(service, name, None))
                    for name in ("submit", "expect", "close", "summary")), service
         assert isinstance(getattr(service, "waiting", None), property), service
+
+
+def test_ray_client_when_closed_abandoning_then_crops_still_out_fail_at_once():
+    import asyncio
+
+    from vidqa.serving.ray_client import RayClient
+
+    class SlowHandle:  # a deployment busy for 30 s
+        class answer:  # noqa: N801 - the shape of a Ray Serve handle
+            @staticmethod
+            async def remote(request):
+                await asyncio.sleep(30)
+                return []
+
+    client = RayClient(SlowHandle(), max_in_flight=4)
+    futures = [client.submit(crop, QUESTIONS[:1]) for crop in make_crops([1, 2])]
+
+    client.close(abandon=True)
+
+    assert all(isinstance(f.exception(timeout=1), Abandoned) for f in futures)
+    assert client.waiting == 0

@@ -148,11 +148,12 @@ class LocalRun:
         try:
             summaries = self.run_streams()
         except BaseException:
-            close_service(self.service, abandon=True)
+            self.service.close(abandon=True)
             if self.store is not None:
                 self.store.close("error")
             raise
-        close_service(self.service, abandon=not ran_to_end(summaries))
+        # after a stop, what the model still holds is abandoned, not answered
+        self.service.close(abandon=not ran_to_end(summaries))
         summary = run_summary(self.cfg, self.run_dir, summaries, self.failed,
                               self._vlm_summary(), time.perf_counter() - started)
         if self.cfg.streams:
@@ -235,13 +236,6 @@ def ran_to_end(summaries: dict[str, dict[str, Any]]) -> bool:
     return bool(summaries) and all(s.get("end_reason") in WAIT_FOR_ALL
                                    for s in summaries.values())
 
-
-def close_service(service: AnswerService, abandon: bool) -> None:
-    """Close the model service; after a stop, what it still holds is abandoned, not answered."""
-    if abandon:
-        service.close(abandon=True)
-    else:
-        service.close()
 
 
 def start_service(cfg: VlmConfig, log_path: Path, clients: int = 0, live: bool = False

@@ -40,7 +40,7 @@ from vidqa.engines.common import (
     run_vlm_config,
     wait_or_stop,
 )
-from vidqa.engines.local import LocalRun, close_service, open_store, start_service
+from vidqa.engines.local import LocalRun, open_store, start_service
 from vidqa.run import LOG_NAME, run_log
 from vidqa.serving.worker import ClientEnd
 from vidqa.sources import is_live, open_source, source_path
@@ -139,7 +139,7 @@ class ProcessRun:
             writer.join()
             for worker in detection:
                 worker.close()
-            close_service(service, abandon=self.stopping)
+            service.close(abandon=self.stopping)
             store.close("stopped" if self.stopping else None)  # the summary follows if it can
         summaries, failed, detectors = _gather(self.groups, workers, reports, self.run_dir)
         vlm = {**service.answerer_summary(), "service": service.summary()}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from vidqa.messages import Answer, Crop
-from vidqa.serving.base import ServiceClosed
+from vidqa.serving.base import Abandoned, ServiceClosed
 
 # One crop as it travels to the deployment: the crop, its questions, when it was submitted
 # (wall clock: the stream and the replica may be different processes or machines).
@@ -30,6 +31,7 @@ class RayClient:
                                         daemon=True)
         self._thread.start()
         self._closed = False
+        self._open: set[Future] = set()  # sent and not answered: failed by an abandoning close
         self.refused = 0
 
     def submit(self, crop: Crop, questions: Sequence[str], block: bool = True,
@@ -44,7 +46,8 @@ class RayClient:
             return None
         request = (crop, tuple(questions), time.time())
         future = asyncio.run_coroutine_threadsafe(self._ask(request), self._loop)
-        future.add_done_callback(lambda _: self._slots.release())
+        self._open.add(future)
+        future.add_done_callback(self._done)
         return future
 
     @property
@@ -62,9 +65,19 @@ class RayClient:
     async def _ask(self, request: CropRequest) -> list[Answer]:
         return await self._handle.answer.remote(request)
 
-    def close(self) -> None:
-        """Stop the loop (answers still in flight are abandoned; the stage has waited)."""
+    def close(self, abandon: bool = False) -> None:
+        """Stop the loop (answers still in flight are dropped; the stage has waited). With
+        ``abandon`` the crops still out fail at once with :class:`Abandoned`."""
+        if abandon:
+            error = Abandoned("the run is stopping: the crop's answer is not waited for")
+            for future in list(self._open):
+                with contextlib.suppress(InvalidStateError):  # its answer came meanwhile
+                    future.set_exception(error)
         if not self._closed:
             self._closed = True
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+
+    def _done(self, future: Future) -> None:
+        self._open.discard(future)
+        self._slots.release()
