@@ -218,3 +218,17 @@ def test_store_sink_when_many_crops_go_unanswered_then_it_keeps_a_bounded_number
         sink.write(frame_result(index, [index], crops=tuple(make_crops([index], frame=index)),
                                 ended=(index,)))
     assert len(sink.crops) == MAX_CROPS and not sink.tracks  # ended tracks are forgotten
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda path: path.write_text("not a database, a note"), "not a database"),
+    (lambda path: path.mkdir(), "unable to open"),  # a folder where the file should be
+])
+def test_store_when_path_is_not_a_usable_file_then_output_error_names_it_and_the_fix(
+        tmp_path, make, expected):
+    path = tmp_path / "elsewhere.db"
+    make(path)
+    cfg = load_config(None, [f"store.path={path}"])
+    with pytest.raises(OutputError, match=f"cannot open the event store {path}: .*{expected}"
+                                          f".*--set store.path=PATH.db"):
+        EventStore(cfg, tmp_path / "run").open()

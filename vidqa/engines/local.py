@@ -82,6 +82,7 @@ class LocalRun:
         specs, multi = cfg.stream_configs(), bool(cfg.streams)
         sources: dict[str, Source] = {}
         failed: dict[str, str] = {}
+        store = open_store(cfg, run_dir) if send is None else None  # a bad path fails first
         try:
             for spec in specs:
                 if not is_camera(spec.source):
@@ -103,12 +104,12 @@ class LocalRun:
         except BaseException:
             for source in sources.values():
                 source.close()
+            if store is not None:
+                store.close("error")
             raise
         models = {"detector": next(iter(trackers.values())).detector.info if trackers else {},
                   "vlm": info}
-        store = None
-        if send is None:
-            store = open_store(cfg, run_dir)
+        if store is not None:
             send = store.put_many
         run = cls(cfg, run_dir, [], failed, answerer, service, models, send, store, view,
                   monitor)

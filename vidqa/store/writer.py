@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -22,6 +23,7 @@ from typing import Any
 from loguru import logger
 
 from vidqa.config import PipelineConfig
+from vidqa.errors import OutputError
 from vidqa.messages import Segment
 from vidqa.store.exports import Exports
 from vidqa.store.records import AlertRecord, AnswerRecord, StreamRecord, TrackSeen
@@ -64,7 +66,11 @@ class EventStore:
 
     def open(self) -> EventStore:
         """Open (or create, or migrate) the file, add this run, start the writer."""
-        self._conn = connect(self.path)
+        try:
+            self._conn = connect(self.path)
+        except (OSError, sqlite3.Error) as err:
+            raise OutputError(f"cannot open the event store {self.path}: {err}; give it a "
+                              f"writable SQLite file with --set store.path=PATH.db") from None
         cursor = self._conn.execute(
             "INSERT INTO runs (started_at, run_dir, host, pid, config) VALUES (?, ?, ?, ?, ?)",
             (time.time(), str(self.run_dir), socket.gethostname(), os.getpid(),
