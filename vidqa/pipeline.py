@@ -43,6 +43,7 @@ from vidqa.serving.stage import AnswerStage
 from vidqa.sinks import (
     AnswerBoard,
     MotSink,
+    SegmentSink,
     SinkSet,
     StopRequested,
     VideoSink,
@@ -96,8 +97,6 @@ class Pipeline:
         sinks: list = [store]
         video, mot = self.cfg.sinks.video, self.cfg.sinks.mot
         if self.segment_s > 0 and (video or mot):
-            from vidqa.sinks.segments import SegmentSink
-
             sinks.append(SegmentSink(self.run_dir, self.stream_id, self.segment_s,
                                      store.on_segment, self.board, self.cfg.sinks.codec,
                                      video=video, mot=mot))
