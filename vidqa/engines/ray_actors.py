@@ -118,7 +118,8 @@ class VlmDeployment:
         """This replica's answerer and batching figures, to the shared plans (the run's summary
         reads them there: a handle cannot address one replica)."""
         service = {**self.stats.summary(self.cfg.batch_size, self.cfg.max_wait_ms / 1000),
-                   "worker": "ray"}
+                   "worker": "ray",
+                   "restarts": None}  # Ray Serve restarts its replicas itself, uncounted here
         self.plans.post(self.replica, {**self.answerer.summary(), "service": service})
 
 
