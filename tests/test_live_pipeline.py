@@ -98,6 +98,7 @@ def live_pipeline(tmp_path: Path, url: str, vlm_dir: Path, *overrides: str) -> P
         f"vlm.model={vlm_dir}", "vlm.adaptive.enabled=false",
         # People in the 320x240 copy are 30-50 px tall: below the default minimum crop.
         "roi.min_width=8", "roi.min_height=16",
+        "sinks.segment_s=0",  # one annotated.mp4 to count frames in (cameras use segments)
         *overrides])
     return single_stream(cfg, prepare_run_dir(cfg, tmp_path / "run"))
 
