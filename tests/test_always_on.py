@@ -169,8 +169,10 @@ def test_run_when_signalled_under_load_then_it_exits_in_seconds_with_every_answe
     out = tmp_path / "run"
     proc = start(tmp_path, config, out)
     db = out / "store" / "vidqa.db"
-    wait_for(lambda: answers_in(db) >= 1, "the first answers")
-    time.sleep(5)  # under load for a while
+    tracks = "SELECT COUNT(*) AS n FROM tracks"
+    wait_for(lambda: (rows := query(db, tracks)) and rows[0]["n"] >= 4,
+             "tracks, whose crops then wait at the model")
+    time.sleep(3)  # under load for a while
     signalled = time.monotonic()
     os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C reaches the whole process group
     _, stderr = proc.communicate(timeout=60)
@@ -183,6 +185,7 @@ def test_run_when_signalled_under_load_then_it_exits_in_seconds_with_every_answe
     for stream in streams:
         stage = stream["vlm"]
         assert stage["submitted"] == stage["answered"] + stage["failed"] + stage["abandoned"]
+    assert sum(s["vlm"]["abandoned"] for s in streams) > 0  # the grace ran out: crops waited
     assert integrity(db) == "ok"
     assert exported_answer_ids(out) <= {r["id"] for r in query(db, "SELECT id FROM answers")}
     assert answers_in(db) == summary["answers"]  # what was counted is what was recorded
@@ -231,8 +234,8 @@ def test_run_when_killed_with_sigkill_then_the_store_holds_every_published_answe
 
 def test_run_when_started_again_on_its_folder_then_it_continues_as_a_new_run(
         tmp_path, clip, tiny_vlm_dir):
-    config = cameras(clip, tiny_vlm_dir, speed=2.0, run={"max_frames": 80},
-                     sinks={"segment_s": 3})
+    config = cameras(clip, tiny_vlm_dir, speed=4.0, run={"max_frames": 50},
+                     sinks={"segment_s": 3}, roi={"reask_every": 10})
     out = tmp_path / "run"
     for _ in range(2):
         proc = start(tmp_path, config, out)
