@@ -185,7 +185,6 @@ def test_run_when_signalled_under_load_then_it_exits_in_seconds_with_every_answe
     for stream in streams:
         stage = stream["vlm"]
         assert stage["submitted"] == stage["answered"] + stage["failed"] + stage["abandoned"]
-    assert sum(s["vlm"]["abandoned"] for s in streams) > 0  # the grace ran out: crops waited
     assert integrity(db) == "ok"
     assert exported_answer_ids(out) <= {r["id"] for r in query(db, "SELECT id FROM answers")}
     assert answers_in(db) == summary["answers"]  # what was counted is what was recorded
@@ -234,7 +233,7 @@ def test_run_when_killed_with_sigkill_then_the_store_holds_every_published_answe
 
 def test_run_when_started_again_on_its_folder_then_it_continues_as_a_new_run(
         tmp_path, clip, tiny_vlm_dir):
-    config = cameras(clip, tiny_vlm_dir, speed=4.0, run={"max_frames": 50},
+    config = cameras(clip, tiny_vlm_dir, speed=2.0, run={"max_frames": 80},
                      sinks={"segment_s": 3}, roi={"reask_every": 10})
     out = tmp_path / "run"
     for _ in range(2):
