@@ -9,7 +9,13 @@ multiprocessing queue; each client (this process, and the stream processes of
 ``run.processes``) has its own queue for answers, read by a thread that resolves its callers'
 futures. Both have the :class:`~vidqa.serving.base.AnswerService` interface.
 
-A worker that dies while the service is open is started again on the same queues
+The worker does not read the shared request queue itself: the service's :class:`_Feed` thread
+relays it to a pipe of the worker's own. A worker killed in the middle of reading a crop
+leaves the rest of that message in the pipe it read, and the next reader of that pipe would
+take crop bytes for a message's length and wait for ever; the dead worker's pipe goes with it,
+and the shared queue, read only by its owner, stays whole.
+
+A worker that dies while the service is open is started again on a new pipe
 (:class:`~vidqa.workers.Supervisor`): every client asks again what it had no answer for, and no
 caller sees the death. A stop that cannot wait (``close(abandon=True)``) tells the worker out of
 band (an event, not the request queue, which the worker may not be reading), takes its last
@@ -48,8 +54,11 @@ from vidqa.workers import (
 )
 
 START_TIMEOUT_S = 900.0  # loading (and first downloading) a model
+CLOSE_WAIT_S = 120.0  # a closing service waits this long for room in a full request queue
 ABANDON_WAIT_S = 1.5  # an abandoning close waits this long for the worker's last word
 ABANDON_POLL_S = 0.05  # how often the worker looks at the abandon flag
+FEED_POLL_S = 0.25  # how often the feed looks whether the service closed
+_CLOSED = object()
 CPU_NICENESS = 19  # a CPU worker yields the cores to the streams' trackers
 
 
@@ -159,6 +168,7 @@ class WorkerService:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._cfg, self._requested, self._log_path = cfg, info, log_path
         self._requests = self._context.Queue(maxsize=cfg.queue_size)
+        self._feed = _Feed(self._requests)
         self._results = [self._context.Queue() for _ in range(1 + clients)]
         self._ready = self._context.Queue()  # each worker's "ready" (or why it failed)
         # Out of band (the request queue may be stuck), and a flag, not an Event: setting an
@@ -171,11 +181,11 @@ class WorkerService:
 
     def start(self) -> WorkerService:
         """Start the worker and wait until its model is loaded; a failure raises here."""
+        self._feed.start()
         process, self.info = self._spawn(None)
         self._supervisor = Supervisor(
-            "VLM worker", process, self._launch,
-            ([self._requests], [*self._results, self._ready]), self._tell_restarted,
-            self._give_up)
+            "VLM worker", process, self._launch, ([], [*self._results, self._ready]),
+            self._tell_restarted, self._give_up)
         self.client = WorkerClient(self.client_end(0), self._alive).start()
         self._supervisor.start()
         return self
@@ -224,10 +234,12 @@ class WorkerService:
                 results.put(("fail", error))
                 results.cancel_join_thread()  # a client gone for good must not hold our exit
         else:
-            if process.is_alive():
-                self._put_while_alive(process, None)  # the worker drains, then says "closed"
+            # the worker drains, then says "closed"; one that takes nothing is killed
+            if process.is_alive() and not self._put_while_alive(process, None):
+                process.kill()
             self.client.close()
         process.join(timeout=ABANDON_WAIT_S if abandon else 30)
+        self._feed.close()
         if process.is_alive():
             process.kill()
             process.join(timeout=10)
@@ -251,12 +263,23 @@ class WorkerService:
     def _spawn(self, stop: threading.Event | None) -> tuple[Any, ModelInfo | None]:
         """A worker process on the service's queues, and its model once loaded (None: stopped
         while it loaded, and killed)."""
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_serve_in_child, name="vlm-worker", daemon=True,
-            args=(self._cfg, self._requested, self._requests, self._results, self._ready,
+            args=(self._cfg, self._requested, reader, self._results, self._ready,
                   self._abandon, self._log_path))
         process.start()
-        return process, await_ready(self._ready, process, START_TIMEOUT_S, "VLM worker", stop)
+        reader.close()  # the worker's alone: when it dies, writing to the pipe fails
+        try:
+            info = await_ready(self._ready, process, START_TIMEOUT_S, "VLM worker", stop)
+        except BaseException:
+            writer.close()
+            raise
+        if info is None:
+            writer.close()
+        else:
+            self._feed.attach(writer)
+        return process, info
 
     def _launch(self, stop: threading.Event) -> Any:
         process, info = self._spawn(stop)
@@ -273,19 +296,90 @@ class WorkerService:
         for results in self._results:
             results.put(("fail", ModelError(reason)))
 
-    def _put_while_alive(self, process: Any, item: Any) -> None:
-        while process.is_alive():
+    def _put_while_alive(self, process: Any, item: Any) -> bool:
+        """Put ``item`` while the worker lives and takes requests, for at most
+        :data:`CLOSE_WAIT_S`; whether it went."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while process.is_alive() and time.monotonic() < deadline:
             try:
                 self._requests.put(item, timeout=0.5)
-                return
+                return True
             except queue.Full:
                 continue
+        if process.is_alive():
+            logger.warning("the VLM worker took no request for {:.0f} s at the stop: it is "
+                           "killed", CLOSE_WAIT_S)
+        return False
+
+
+class _Feed:
+    """The owner's relay from the shared request queue to the live worker's own pipe.
+
+    A request it cannot hand over (the worker died; its pipe is closed) is dropped: every open
+    request is asked again once the new worker is ready. Without a worker it waits."""
+
+    def __init__(self, requests: Any) -> None:
+        self._requests = requests
+        self._pipe: Any = None  # the writing end of the live worker's pipe
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="vlm-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def attach(self, pipe: Any) -> None:
+        """A new worker's pipe (its old one is closed)."""
+        with self._changed:
+            if self._pipe is not None:
+                self._pipe.close()
+            self._pipe = pipe
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._thread.join(timeout=FEED_POLL_S * 4)
+        with self._changed:
+            if self._pipe is not None:
+                self._pipe.close()
+                self._pipe = None
+
+    def _run(self) -> None:
+        while (item := self._next()) is not _CLOSED:
+            pipe = self._live_pipe()
+            if pipe is None:
+                return
+            try:
+                pipe.send(item)
+            except (OSError, ValueError):  # the worker died (or its pipe was replaced)
+                with self._changed:
+                    if self._pipe is pipe:
+                        pipe.close()
+                        self._pipe = None
+                continue
+            if item is None:  # the service's last request: the worker drains and stops
+                return
+
+    def _next(self) -> Any:
+        while not self._closed:
+            try:
+                return self._requests.get(timeout=FEED_POLL_S)
+            except queue.Empty:
+                continue
+        return _CLOSED
+
+    def _live_pipe(self) -> Any:
+        with self._changed:
+            self._changed.wait_for(lambda: self._pipe is not None or self._closed)
+            return None if self._closed else self._pipe
 
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
                     ready: Any, abandon: Any, log_path: Path | None) -> None:
-    """The worker: load the model, run a :class:`BatchingService`, relay requests and
-    answers."""
+    """The worker: load the model, run a :class:`BatchingService`, relay requests (from its
+    own pipe) and answers."""
     from vidqa.serving.batching import BatchingService
     from vidqa.vlm.batch import BatchAnswerer
     from vidqa.vlm.loading import load_vlm
@@ -317,8 +411,9 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
 
 
 def _relay(requests: Any, results: list[Any], service: Any) -> None:
-    """Requests to the service, answers to each client's queue, until the None."""
-    while (item := requests.get()) is not None:
+    """Requests to the service, answers to each client's queue, until the None (or the
+    owner's end of the pipe closes)."""
+    while (item := _receive(requests)) is not None:
         kind, *payload = item
         if kind == "expect":
             service.expect(*payload)
@@ -330,6 +425,13 @@ def _relay(requests: Any, results: list[Any], service: Any) -> None:
             return
         future.add_done_callback(lambda done, c=client, rid=request_id: results[c].put(
             ("reply", rid, _outcome(done))))
+
+
+def _receive(pipe: Any) -> Any:
+    try:
+        return pipe.recv()
+    except EOFError:
+        return None
 
 
 def _abandon_when_told(abandon: Any, service: Any, answerer: Any, results: list[Any]) -> None:
