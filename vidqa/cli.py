@@ -1,4 +1,5 @@
-"""The ``vidqa`` command line: run, assets, eval, plan, validate, compress-report."""
+"""The ``vidqa`` command line: run, events, serve, assets, eval, plan, validate,
+compress-report."""
 
 from __future__ import annotations
 
@@ -61,6 +62,83 @@ def _serve_address(text: str, flag: str = "--serve") -> tuple[str, int]:
         raise VidqaError(f"{flag} {text!r}: expected PORT or HOST:PORT, e.g. {flag} 8765 or "
                          f"{flag} 127.0.0.1:8765")
     return host, int(port)
+
+
+EVENT_COLUMNS = {  # what `vidqa events` prints as a table, per kind
+    "answers": ("id", "answered_at", "stream_id", "track_id", "question", "answer", "p_yes",
+                "snapshot"),
+    "alerts": ("id", "raised_at", "stream_id", "track_id", "rule", "zone", "answer", "dwell_s",
+               "snapshot", "clip"),
+    "tracks": ("id", "first_seen_at", "last_seen_at", "stream_id", "track_id", "answers"),
+}
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from vidqa.store import queries
+
+    store = queries.find_store(args.store)
+    filters = queries.Filters.parse({name: getattr(args, name) for name in (
+        "run", "stream", "track", "question", "answer", "zone", "rule", "since", "until")})
+    rows = list(queries.every(store, args.kind, filters, args.limit))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        _print_csv(rows)
+    else:
+        _print_table(rows, EVENT_COLUMNS[args.kind])
+        print(f"{len(rows)} {args.kind} from {store}", file=sys.stderr)
+    return 0
+
+
+def _print_csv(rows: list[dict]) -> None:
+    import csv
+
+    if not rows:
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: json.dumps(value) if isinstance(value, (list, dict)) else value
+                         for key, value in row.items()})
+
+
+def _print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
+    import time
+
+    def cell(column: str, value: object) -> str:
+        if value is None:
+            return ""
+        if column.endswith("_at"):
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value)))
+        if column == "answers":
+            return "; ".join(f"{q}: {a['answer']}" for q, a in value.items())
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    table = [[cell(c, row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for line in table:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+
+    from vidqa.store import queries
+    from vidqa.web import LiveView
+
+    store = queries.find_store(args.store)
+    host, port = _serve_address(args.serve)
+    with LiveView(host, port, token=args.token or os.environ.get("VIDQA_TOKEN"),
+                  store=store) as view:
+        print(f"history of {store}: {view.address('history')} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def cmd_eval_tracks(args: argparse.Namespace) -> int:
@@ -247,6 +325,30 @@ def _parser() -> argparse.ArgumentParser:
                      help="run.engine: local threads (default) or Ray actors + Ray Serve")
     run.set_defaults(handler=cmd_run)
 
+    events = commands.add_parser(
+        "events", help="list a store's answers, alerts or tracks, filtered",
+        description="What the history page lists, on the command line: rows of the event "
+                    "store, newest first.")
+    events.add_argument("store", metavar="STORE",
+                        help="the event store: its vidqa.db, its folder, or a run folder")
+    events.add_argument("--kind", choices=["answers", "alerts", "tracks"], default="answers")
+    _filter_args(events)
+    events.add_argument("--limit", type=int, default=100, help="rows at most (0: all)")
+    shape = events.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print a JSON list")
+    shape.add_argument("--csv", action="store_true", help="print CSV with a header")
+    events.set_defaults(handler=cmd_events)
+
+    serve = commands.add_parser(
+        "serve", help="serve a store's history page and API without running a pipeline")
+    serve.add_argument("store", metavar="STORE",
+                       help="the event store: its vidqa.db, its folder, or a run folder")
+    serve.add_argument("--serve", metavar="[HOST:]PORT", default="8765",
+                       help="where (default 127.0.0.1:8765; any other host needs --token)")
+    serve.add_argument("--token", help="token every request must carry (default: "
+                                       "$VIDQA_TOKEN)")
+    serve.set_defaults(handler=cmd_serve)
+
     evaluate = commands.add_parser("eval", help="score a run: tracks (MOT16) or answers "
                                                "(labels)")
     scores = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -340,6 +442,20 @@ class Renamed(argparse.Action):
         if new == "--question":  # repeatable
             values = [*(getattr(namespace, self.dest, None) or []), values]
         setattr(namespace, self.dest, values)
+
+
+def _filter_args(parser: argparse.ArgumentParser) -> None:
+    """The history's filters, as the page and /api/... take them."""
+    parser.add_argument("--run", help="a run's id")
+    parser.add_argument("--stream", help="a stream's id")
+    parser.add_argument("--track", help="a track's id (within its stream)")
+    parser.add_argument("--question", help="the question's text")
+    parser.add_argument("--answer", help="the answer, e.g. yes")
+    parser.add_argument("--zone", help="answers/tracks standing in the zone; alerts raised in it")
+    parser.add_argument("--rule", help="alerts of the rule; answers/tracks of tracks that "
+                                       "raised it")
+    parser.add_argument("--since", help="from: epoch seconds, 2h / 30m / 1d ago, or ISO time")
+    parser.add_argument("--until", help="to: the same forms")
 
 
 def _experiment_args(parser: argparse.ArgumentParser, default_out: str, default_crops: int

@@ -66,7 +66,8 @@ def _servers(serve: tuple[str, int] | None, metrics: tuple[str, int] | None,
         if serve is not None:
             view = stack.enter_context(LiveView(serve[0], serve[1], token=token,
                                                 monitor=monitor))
-            logger.info("live view: {} (and /metrics, /healthz)", view.url)
+            logger.info("live view: {} (history: {}; and /metrics, /healthz)", view.url,
+                        view.address("history"))
         if metrics is not None:
             server = stack.enter_context(LiveView(metrics[0], metrics[1], token=token,
                                                   monitor=monitor, page=False))

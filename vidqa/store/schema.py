@@ -13,6 +13,9 @@ from pathlib import Path
 
 from vidqa.errors import OutputError
 
+STORE_FOLDER = "store"  # under the run folder, when store.path is auto
+DB_NAME = "vidqa.db"
+
 # Each entry moves the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
     """

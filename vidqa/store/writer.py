@@ -28,12 +28,10 @@ from vidqa.messages import Segment
 from vidqa.store.exports import Exports
 from vidqa.store.records import AlertRecord, AnswerRecord, StreamRecord, TrackSeen
 from vidqa.store.retention import Retention
-from vidqa.store.schema import connect
+from vidqa.store.schema import DB_NAME, STORE_FOLDER, connect
 
 BATCH_MAX = 2000  # records in one transaction, at most
 RECENT_CROPS = 1024  # crops whose snapshot a later answer may share
-STORE_FOLDER = "store"
-DB_NAME = "vidqa.db"
 
 
 def store_path(cfg: PipelineConfig, run_dir: Path) -> Path:

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vidqa.store import queries
+from vidqa.web.history import history_routes
 from vidqa.web.hub import Hub, StreamState
 from vidqa.web.metrics import Monitor
 
@@ -122,10 +122,12 @@ class StateResponse(JSONResponse):
 
 
 def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
-              token: str | None, monitor: Monitor | None = None, page: bool = True) -> ASGIApp:
+              token: str | None, monitor: Monitor | None = None, page: bool = True,
+              store: Callable[[], Path | None] | None = None) -> ASGIApp:
     """The ASGI app; ``closing.is_set()`` tells the streaming responses to finish. With a
     ``monitor`` it serves ``/metrics`` and ``/healthz`` too; ``page=False`` serves only
-    those (``vidqa run --metrics PORT``)."""
+    those (``vidqa run --metrics PORT``). The page comes with the history of the event store
+    (:mod:`vidqa.web.history`): the run's (its monitor's), or ``store()``'s."""
     jpegs = JpegCache(options)
     # the page's own asset URLs carry the token too, or the browser could not load them
     query = "" if not token else "?token=" + html.escape(urllib.parse.quote(token, safe=""))
@@ -169,14 +171,17 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
             Route("/streams/{stream_id}/snapshot.jpg", snapshot),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+        if store is None and monitor is not None:
+            store = lambda: _store_path(monitor)  # noqa: E731
+        if store is not None:
+            routes += history_routes(store, query)
     app: ASGIApp = Starlette(routes=routes)
     return TokenGate(app, token) if token else app
 
 
 def monitor_routes(monitor: Monitor) -> list[Route]:
-    """``/metrics`` (Prometheus text format), ``/healthz`` (200, or 503 with the reasons, one
-    per line), and the store's history: ``/api/runs`` (every run of the store) and
-    ``/api/answers`` (the newest answers; ``?run=&stream=&question=&limit=``)."""
+    """``/metrics`` (Prometheus text format) and ``/healthz`` (200, or 503 with the reasons,
+    one per line)."""
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(monitor.exposition)
@@ -188,30 +193,7 @@ def monitor_routes(monitor: Monitor) -> list[Route]:
             return PlainTextResponse("\n".join(problems) + "\n", status_code=503)
         return PlainTextResponse("ok\n")
 
-    async def store_runs(request: Request) -> Response:
-        path = _store_path(monitor)
-        if path is None:
-            return JSONResponse({"error": "this run has no event store"}, status_code=404)
-        return JSONResponse(await anyio.to_thread.run_sync(queries.runs, path))
-
-    async def store_answers(request: Request) -> Response:
-        path = _store_path(monitor)
-        if path is None:
-            return JSONResponse({"error": "this run has no event store"}, status_code=404)
-        params = request.query_params
-        try:
-            run = int(params["run"]) if "run" in params else None
-            limit = int(params.get("limit", "100"))
-        except ValueError:
-            return JSONResponse({"error": "run and limit must be integers, e.g. "
-                                          "/api/answers?run=2&limit=50"}, status_code=400)
-        rows = await anyio.to_thread.run_sync(
-            lambda: queries.answers(path, run, params.get("stream"), params.get("question"),
-                                    limit))
-        return JSONResponse(rows)
-
-    return [Route("/metrics", metrics), Route("/healthz", healthz),
-            Route("/api/runs", store_runs), Route("/api/answers", store_answers)]
+    return [Route("/metrics", metrics), Route("/healthz", healthz)]
 
 
 def _store_path(monitor: Monitor) -> Path | None:

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,8 @@ class LiveView:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  options: ViewOptions | None = None, queue_size: int = 256,
-                 monitor: Monitor | None = None, page: bool = True) -> None:
+                 monitor: Monitor | None = None, page: bool = True,
+                 store: Path | None = None) -> None:
         if not is_loopback(host) and not token:
             raise ConfigError(
                 f"the live view would be reachable from the network on host {host!r} without a "
@@ -57,6 +59,7 @@ class LiveView:
         self.hub = Hub(queue_size=queue_size)
         self.monitor = monitor  # serves /metrics and /healthz when given
         self.page = page  # False: only /metrics and /healthz (vidqa run --metrics)
+        self.store = store  # the history of this store file (else the monitor's run's)
         self._closing = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -70,8 +73,9 @@ class LiveView:
         self._closing.clear()
         sock = self._bind()
         self.port = sock.getsockname()[1]
+        store = self.store
         app = build_app(self.hub, self._closing, self.options, self.token, self.monitor,
-                        self.page)
+                        self.page, None if store is None else lambda: store)
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
@@ -131,9 +135,13 @@ class LiveView:
 
     @property
     def url(self) -> str:
+        return self.address("")
+
+    def address(self, path: str) -> str:
+        """The URL of ``path`` (e.g. ``history``) on this server, with the token."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         query = f"?token={self.token}" if self.token else ""
-        return f"http://{host}:{self.port}/{query}"
+        return f"http://{host}:{self.port}/{path}{query}"
 
     # -- publishing: called from the pipeline's thread, never blocks ---------------------------
 
