@@ -153,3 +153,36 @@ def test_process_service_when_closed_abandoning_while_busy_then_returns_promptly
     assert not psutil.pid_exists(service.worker_pid) or \
         psutil.Process(service.worker_pid).status() == psutil.STATUS_ZOMBIE
     stream.close()
+
+
+def test_feed_when_its_reader_dies_mid_message_then_the_next_reader_gets_whole_requests():
+    import multiprocessing
+
+    import numpy as np
+
+    from vidqa.serving.worker import _Feed
+
+    context = multiprocessing.get_context("spawn")
+    requests = context.Queue(maxsize=4)
+    feed = _Feed(requests)
+    feed.start()
+    dead_reader, writer = context.Pipe(duplex=False)
+    feed.attach(writer)
+    requests.put(("ask", np.ones(4 << 20, np.uint8)))  # far more than a pipe holds
+    first = b""
+    while len(first) < 1024:  # a worker that read part of it, and died
+        first += os.read(dead_reader.fileno(), 1024 - len(first))
+    dead_reader.close()
+    reader, writer = context.Pipe(duplex=False)
+    feed.attach(writer)  # the restarted worker's pipe
+    requests.put(("ask", np.arange(10)))
+    requests.put(None)
+    try:
+        assert reader.poll(30)
+        kind, array = reader.recv()  # whole: not the rest of the first message
+        last = reader.recv()
+    finally:
+        feed.close()
+
+    assert len(first) == 1024
+    assert kind == "ask" and array.tolist() == list(range(10)) and last is None

@@ -329,10 +329,8 @@ class _Feed:
         self._thread.start()
 
     def attach(self, pipe: Any) -> None:
-        """A new worker's pipe (its old one is closed)."""
+        """A new worker's pipe (the feed closes the old one: it may be writing to it)."""
         with self._changed:
-            if self._pipe is not None:
-                self._pipe.close()
             self._pipe = pipe
             self._changed.notify_all()
 
@@ -347,16 +345,19 @@ class _Feed:
                 self._pipe = None
 
     def _run(self) -> None:
+        used = None  # the pipe written last
         while (item := self._next()) is not _CLOSED:
             pipe = self._live_pipe()
             if pipe is None:
                 return
+            if used is not None and used is not pipe:
+                used.close()  # a dead worker's
+            used = pipe
             try:
                 pipe.send(item)
-            except (OSError, ValueError):  # the worker died (or its pipe was replaced)
+            except OSError:  # the worker died: wait for the next one's pipe
                 with self._changed:
                     if self._pipe is pipe:
-                        pipe.close()
                         self._pipe = None
                 continue
             if item is None:  # the service's last request: the worker drains and stops
