@@ -271,3 +271,26 @@ def _local(epoch: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
+def test_serve_cli_when_given_a_run_folder_then_serves_its_history_until_ctrl_c(history):
+    import signal
+    import subprocess
+    import sys
+
+    from web.served_run import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vidqa.cli", "serve",
+                             str(history[0].parent.parent), "--serve", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        alerts = httpx.get(f"http://127.0.0.1:{port}/api/alerts").json()["rows"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+    assert f"http://127.0.0.1:{port}/history" in line
+    assert alerts == queries.history(history[0], "alerts").rows
+    assert proc.returncode == 0
