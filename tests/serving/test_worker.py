@@ -156,6 +156,7 @@ def test_process_service_when_closed_abandoning_while_busy_then_returns_promptly
 
 
 def test_feed_when_its_reader_dies_mid_message_then_the_next_reader_gets_whole_requests():
+    """And the clips' length first, which the dead worker had been told."""
     import multiprocessing
 
     import numpy as np
@@ -168,6 +169,7 @@ def test_feed_when_its_reader_dies_mid_message_then_the_next_reader_gets_whole_r
     feed.start()
     dead_reader, writer = context.Pipe(duplex=False)
     feed.attach(writer)
+    requests.put(("expect", 30.0))
     requests.put(("ask", np.ones(4 << 20, np.uint8)))  # far more than a pipe holds
     first = b""
     while len(first) < 1024:  # a worker that read part of it, and died
@@ -179,10 +181,11 @@ def test_feed_when_its_reader_dies_mid_message_then_the_next_reader_gets_whole_r
     requests.put(None)
     try:
         assert reader.poll(30)
+        expect = reader.recv()
         kind, array = reader.recv()  # whole: not the rest of the first message
         last = reader.recv()
     finally:
         feed.close()
 
-    assert len(first) == 1024
+    assert len(first) == 1024 and expect == ("expect", 30.0)
     assert kind == "ask" and array.tolist() == list(range(10)) and last is None

@@ -316,13 +316,15 @@ class _Feed:
     """The owner's relay from the shared request queue to the live worker's own pipe.
 
     A request it cannot hand over (the worker died; its pipe is closed) is dropped: every open
-    request is asked again once the new worker is ready. Without a worker it waits."""
+    request is asked again once the new worker is ready. Without a worker it waits. A new
+    worker gets the newest ``expect`` first (the clips' length, for its planner)."""
 
     def __init__(self, requests: Any) -> None:
         self._requests = requests
         self._pipe: Any = None  # the writing end of the live worker's pipe
         self._changed = threading.Condition()
         self._closed = False
+        self._expect: tuple | None = None  # the newest ("expect", seconds), for a new worker
         self._thread = threading.Thread(target=self._run, name="vlm-feed", daemon=True)
 
     def start(self) -> None:
@@ -347,21 +349,31 @@ class _Feed:
     def _run(self) -> None:
         used = None  # the pipe written last
         while (item := self._next()) is not _CLOSED:
+            if isinstance(item, tuple) and item[0] == "expect":
+                self._expect = item
             pipe = self._live_pipe()
             if pipe is None:
                 return
-            if used is not None and used is not pipe:
-                used.close()  # a dead worker's
-            used = pipe
-            try:
-                pipe.send(item)
-            except OSError:  # the worker died: wait for the next one's pipe
-                with self._changed:
-                    if self._pipe is pipe:
-                        self._pipe = None
-                continue
-            if item is None:  # the service's last request: the worker drains and stops
-                return
+            if pipe is not used:  # a new worker: it learns how long the clips are first
+                if used is not None:
+                    used.close()  # a dead worker's
+                used = pipe
+                if (self._expect is not None and item is not self._expect
+                        and not self._send(pipe, self._expect)):
+                    continue
+            if self._send(pipe, item) and item is None:
+                return  # the service's last request: the worker drains and stops
+
+    def _send(self, pipe: Any, item: Any) -> bool:
+        """Whether ``item`` went; a worker that died takes its pipe out of service."""
+        try:
+            pipe.send(item)
+            return True
+        except OSError:
+            with self._changed:
+                if self._pipe is pipe:
+                    self._pipe = None
+            return False
 
     def _next(self) -> Any:
         while not self._closed:
