@@ -85,3 +85,15 @@ def test_write_json_when_numpy_values_then_serialised(tmp_path):
     write_json(tmp_path / "s.json", {"a": np.int64(3), "b": np.arange(2), "c": tmp_path})
 
     assert json.loads((tmp_path / "s.json").read_text())["b"] == [0, 1]
+
+
+def test_annotate_when_sinks_of_one_frame_ask_then_drawn_once_and_shared():
+    board = AnswerBoard()
+    first = result(0, [answer(0)])
+    board.update(first)
+
+    image = annotate(first, board)
+
+    assert annotate(first, board) is image  # the video, clips and live view share it
+    assert annotate(result(1), board) is not image
+    assert not np.shares_memory(image, first.frame.image)  # never drawn on the frame itself

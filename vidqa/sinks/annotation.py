@@ -30,6 +30,7 @@ class AnswerBoard(LatestAnswers):
         self.asking = asking  # tracks whose crop is with the VLM now
         self.zones = zones  # a vidqa.zones.ZoneMap to draw, or None
         self.alerts: dict[int, list[str]] = {}  # track -> the rules it raised
+        self.drawn: tuple[FrameResult, np.ndarray] | None = None  # the last frame's overlay
 
     def update(self, result: FrameResult) -> None:
         super().update(result)
@@ -40,7 +41,17 @@ class AnswerBoard(LatestAnswers):
 
 
 def annotate(result: FrameResult, board: AnswerBoard) -> np.ndarray:
-    """Boxes coloured by answer, with track id, answer and confidence; returns a new image."""
+    """Boxes coloured by answer, with track id, answer and confidence: a new image, drawn once
+    per frame and board (the video, the clips and the live view of a frame share it, so no
+    one may draw on it)."""
+    if board.drawn is not None and board.drawn[0] is result:
+        return board.drawn[1]
+    image = _draw(result, board)
+    board.drawn = (result, image)
+    return image
+
+
+def _draw(result: FrameResult, board: AnswerBoard) -> np.ndarray:
     image = result.frame.image.copy()
     if board.zones is not None:
         board.zones.draw(image)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -22,7 +21,7 @@ from loguru import logger
 from vidqa.messages import FrameResult, Segment, VideoFrame
 from vidqa.sinks.annotation import AnswerBoard, annotate
 from vidqa.sinks.mot import mot_rows
-from vidqa.sinks.video import open_writer
+from vidqa.sinks.video import open_writer, reserve_name, utc_stamp
 
 OUTAGE_S = 2.0  # a camera silence longer than this ends the segment: its time would be a lie
 
@@ -128,20 +127,8 @@ class SegmentSink:
 
     def _reserve_name(self, wall: float) -> str:
         """The first free ``<UTC time>-<counter>``, taken by creating its first file."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.fromtimestamp(wall, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        counter = 1
-        while True:
-            name = f"{stamp}-{counter:04d}"
-            paths = [self.folder / f"{name}.mp4", self.folder / f"{name}.mot.txt"]
-            if not any(path.exists() for path in paths):
-                first = paths[0] if self.video else paths[1]
-                try:  # exclusive creation: another recorder in this folder cannot take it too
-                    first.open("x").close()
-                    return name
-                except FileExistsError:
-                    pass
-            counter += 1
+        suffixes = [".mp4", ".mot.txt"] if self.video else [".mot.txt", ".mp4"]
+        return reserve_name(self.folder, utc_stamp(wall), suffixes)
 
     def _add(self, piece: _Piece, result: FrameResult) -> None:
         frame = result.frame

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -34,11 +36,34 @@ class VideoSink:
             self.writer = None
 
 
-def open_writer(path: Path, fps: float, size: tuple[int, int], codec: str) -> cv2.VideoWriter:
+def open_writer(path: Path, fps: float, size: tuple[int, int], codec: str,
+                fix: str = "try sinks.codec: MJPG with an .avi name") -> cv2.VideoWriter:
     """A video writer for frames of ``size`` (width, height); raises OutputError if it fails."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec),
                              fps if fps > 0 else 25.0, size)
     if not writer.isOpened():
-        raise OutputError(f"cannot open a {codec} video writer for {path}: "
-                          f"try sinks.codec: MJPG with an .avi name")
+        raise OutputError(f"cannot open a {codec} video writer for {path}: {fix}")
     return writer
+
+
+def utc_stamp(wall: float) -> str:
+    """Epoch seconds as a UTC time that sorts as text: ``20261203T231500Z``."""
+    return datetime.fromtimestamp(wall, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def reserve_name(folder: Path, stem: str, suffixes: Sequence[str]) -> str:
+    """The first free ``<stem>-<counter>`` (no file of it with any of ``suffixes``), taken by
+    creating its first file: exclusively, so another recorder in ``folder`` cannot take it
+    too. A restarted run writing into the same folder takes the next counter."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    while True:
+        name = f"{stem}-{counter:04d}"
+        paths = [folder / f"{name}{suffix}" for suffix in suffixes]
+        if not any(path.exists() for path in paths):
+            try:
+                paths[0].open("x").close()
+                return name
+            except FileExistsError:
+                pass
+        counter += 1
