@@ -181,6 +181,27 @@ class Segment:
     bytes: int  # on disk, every file together
 
 
+@dataclass(frozen=True)
+class Clip:
+    """A finished alert clip: the annotated frames from ``alerts.clip_pre_s`` before its first
+    alert to ``alerts.clip_post_s`` after its last, one WebM file that a browser plays. The
+    store points the alerts it shows at it, and retention deletes it by age and size."""
+
+    stream_id: str
+    path: str  # relative to the store's folder: clips/<stream>/alert-<UTC time>-<n>.webm
+    alerts: tuple[tuple[str, int, int], ...]  # (rule, track id, frame) of every alert it shows
+    first_frame: int
+    last_frame: int
+    frames: int
+    started_s: float  # stream time of the first frame
+    ended_s: float  # stream time of the last frame
+    fps: float  # the rate it plays at: the rate its frames were taken
+    wall_started: float  # epoch seconds of the first frame
+    wall_ended: float  # epoch seconds when the file was closed
+    bytes: int
+    cut: str  # why it ended: "after" (clip_post_s passed), "max" (clip_max_s), "end" (stream)
+
+
 class LatestAnswers:
     """The newest answer of each live track to each question, forgotten when the track ends;
     an answer that arrives after its track ended is not kept (it is still an event)."""

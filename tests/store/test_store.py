@@ -14,10 +14,10 @@ from factories import detections, make_crops, scripted_answers
 
 from vidqa.config import load_config
 from vidqa.errors import OutputError
-from vidqa.messages import FrameResult, Segment, VideoFrame
+from vidqa.messages import Clip, FrameResult, Segment, VideoFrame
 from vidqa.store import EventStore, StoreSink, StreamRecord, connect
 from vidqa.store.retention import Retention
-from vidqa.store.schema import SCHEMA_VERSION
+from vidqa.store.schema import MIGRATIONS, SCHEMA_VERSION
 from vidqa.store.sink import MAX_CROPS
 from vidqa.zones import Alert
 
@@ -232,3 +232,76 @@ def test_store_when_path_is_not_a_usable_file_then_output_error_names_it_and_the
     with pytest.raises(OutputError, match=f"cannot open the event store {path}: .*{expected}"
                                           f".*--set store.path=PATH.db"):
         EventStore(cfg, tmp_path / "run").open()
+
+
+def clip_of(folder: Path, name: str, alerts: tuple, wall_ended: float, size: int = 1000
+            ) -> Clip:
+    relative = f"clips/0/{name}.webm"
+    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+    (folder / relative).write_bytes(b"\0" * size)
+    return Clip("0", relative, alerts, 0, 9, 10, 0.0, 0.9, 10.0, wall_ended - 1, wall_ended,
+                size, "after")
+
+
+def test_store_when_a_clip_completes_then_its_alerts_point_at_it_and_jsonl_says_so(tmp_path):
+    store = open_store(tmp_path)
+    sink = StoreSink("0", store.put_many)
+    store.put_many([stream_record(tmp_path)])
+    alerts = [Alert("no_hat", track, "door", "q", "no", 5, 0.5, 2.0, (10, 10, 40, 60))
+              for track in (3, 4)]
+    sink.write(frame_result(5, [3, 4], alerts=tuple(alerts)))
+    keys = (("no_hat", 3, 5), ("no_hat", 4, 5), ("no_hat", 9, 5))  # track 9's row was dropped
+    sink.on_clip(clip_of(store.folder, "alert-1", keys, time.time()))
+    store.close("completed")
+
+    alert_rows = rows(store.path, "SELECT id, clip FROM alerts ORDER BY id")
+    (clip,) = rows(store.path, "SELECT * FROM clips")
+    lines = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert [r["clip"] for r in alert_rows] == ["clips/0/alert-1.webm"] * 2
+    assert (clip["frames"], clip["bytes"], clip["cut"]) == (10, 1000, "after")
+    assert [line["event"] for line in lines] == ["alert", "alert", "clip"]
+    assert lines[2]["alert_ids"] == [r["id"] for r in alert_rows]
+    assert store.summary()["clips"] == 1 and store.summary()["clip_bytes"] == 1000
+
+
+def test_retention_when_clips_expire_or_pass_the_cap_then_the_oldest_go_and_alerts_keep_rows(
+        tmp_path):
+    store = open_store(tmp_path, "retain.days=1", "retain.max_gb=0.0000025")
+    now = time.time()
+    alert = Alert("r", 1, "door", "q", "no", 5, 0.5, 0.0, (1, 1, 9, 9))
+    StoreSink("0", store.put_many).write(frame_result(5, [1], alerts=(alert,)))
+    store.put_many([clip_of(store.folder, f"c{i}", (("r", 1, 5),), now - age)
+                    for i, age in enumerate([3 * 86400, 3000, 2000])])
+    store.put_many([segment(tmp_path, "s0", now - 2500)])
+    store.close()
+    conn = connect(store.path)
+    retention = Retention(store.cfg.retain, store.folder)
+    retention.run(conn, now)
+
+    left = [r["path"] for r in conn.execute("SELECT path FROM clips ORDER BY created_at")]
+    assert left == ["clips/0/c2.webm"]  # c0 too old; c1, then the segment, over the cap
+    assert sorted(p.name for p in (store.folder / "clips" / "0").iterdir()) == ["c2.webm"]
+    assert conn.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
+    assert retention.used_bytes(conn) <= 2500
+    Retention(store.cfg.retain, store.folder).run(conn, now + 2 * 86400)
+    assert conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0] == 0
+    assert not (store.folder / "clips" / "0" / "c2.webm").exists()
+
+
+def test_store_when_file_has_schema_1_then_migrated_with_alerts_kept_and_no_clip(tmp_path):
+    path = tmp_path / "store" / "vidqa.db"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+        conn.execute("INSERT INTO runs (started_at, run_dir, config) VALUES (1, 'r', '{}')")
+        conn.execute("INSERT INTO alerts (run_id, stream_id, track_id, rule, zone, question, "
+                     "answer, frame, time_s, dwell_s, raised_at, bbox) VALUES "
+                     "(1, '0', 1, 'r', 'z', 'q', 'no', 5, 0.5, 0, ?, '[1, 1, 9, 9]')",
+                     (time.time(),))  # recent: retention keeps it
+    open_store(tmp_path).close()
+
+    (alert,) = rows(path, "SELECT rule, clip FROM alerts")
+    assert (alert["rule"], alert["clip"]) == ("r", None)
+    assert rows(path, "SELECT COUNT(*) AS n FROM clips")[0]["n"] == 0
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -207,7 +207,7 @@ def _alerts(f: Filters) -> tuple[str, list[str], list[Any]]:
     _equal(where, args, (("l.question", f.question), ("l.answer", f.answer),
                          ("l.zone", f.zone), ("l.rule", f.rule)))
     return ("SELECT l.id, l.run_id, l.stream_id, l.track_id, l.rule, l.zone, l.question, "
-            "l.answer, l.frame, l.time_s, l.dwell_s, l.raised_at, l.bbox, l.snapshot "
+            "l.answer, l.frame, l.time_s, l.dwell_s, l.raised_at, l.bbox, l.snapshot, l.clip "
             "FROM alerts l"), where, args
 
 

@@ -1,9 +1,9 @@
-"""Retention while the streams run: video segments, snapshots and rows older than
-``retain.days`` are deleted, and the oldest segments and snapshots go first whenever together
-they pass ``retain.max_gb``.
+"""Retention while the streams run: video segments, snapshots, alert clips and rows older than
+``retain.days`` are deleted, and the oldest segments, snapshots and clips go first whenever
+together they pass ``retain.max_gb``.
 
-Retention is a query, not a directory walk: the store indexes every segment and snapshot with
-its size and time. It runs on the writer thread between batches, every ``retain.check_s``,
+Retention is a query, not a directory walk: the store indexes every segment, snapshot and clip
+with its size and time. It runs on the writer thread between batches, every ``retain.check_s``,
 and each pass does a bounded amount of work (:data:`CHUNK` files or rows at a time), so a
 backlog is worked off over several passes instead of holding up the commits.
 """
@@ -21,7 +21,11 @@ from loguru import logger
 
 from vidqa.config import RetainConfig
 
-CHUNK = 200  # segments or snapshots deleted per step
+CHUNK = 200  # segments, snapshots or clips deleted per step
+# Files indexed by their path relative to the store's folder, and the columns that name them:
+# a deleted file's rows stay, the column set to NULL.
+FILES = {"snapshots": (("answers", "snapshot"), ("alerts", "snapshot")),
+         "clips": (("alerts", "clip"),)}
 ROW_CHUNK = 5000  # old rows deleted per table and pass
 DAY_S = 86400.0
 
@@ -51,7 +55,8 @@ class Retention:
         if self.cfg.days > 0:
             cut = now - self.cfg.days * DAY_S
             self._segments(conn, "wall_ended < ?", (cut,))
-            self._snapshots(conn, "created_at < ?", (cut,))
+            for table in FILES:
+                self._files(conn, table, "created_at < ?", (cut,))
             for table, column in (("answers", "answered_at"), ("alerts", "raised_at"),
                                   ("tracks", "last_seen_at")):
                 self._rows(conn, table, column, cut)
@@ -59,10 +64,9 @@ class Retention:
             self._cap(conn, int(self.cfg.max_gb * 1e9))
 
     def used_bytes(self, conn: sqlite3.Connection) -> int:
-        """Bytes of every segment and snapshot the store indexes."""
-        segments = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM segments").fetchone()[0]
-        snapshots = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM snapshots").fetchone()[0]
-        return int(segments + snapshots)
+        """Bytes of every segment, snapshot and clip the store indexes."""
+        return int(sum(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM {table}").fetchone()[0]
+                       for table in ("segments", *FILES)))
 
     def summary(self) -> dict[str, Any]:
         return {"retention_deleted": dict(self.deleted)}
@@ -72,16 +76,18 @@ class Retention:
         for _ in range(20):  # bounded work per pass
             if over <= 0:
                 return
-            segment = conn.execute("SELECT wall_ended FROM segments ORDER BY wall_ended "
-                                   "LIMIT 1").fetchone()
-            snapshot = conn.execute("SELECT created_at FROM snapshots ORDER BY created_at "
-                                    "LIMIT 1").fetchone()
-            if segment is None and snapshot is None:
+            oldest = conn.execute(
+                "SELECT kind FROM (SELECT 'segments' AS kind, MIN(wall_ended) AS at FROM segments "
+                "UNION ALL SELECT 'snapshots', MIN(created_at) FROM snapshots "
+                "UNION ALL SELECT 'clips', MIN(created_at) FROM clips) "
+                "WHERE at IS NOT NULL ORDER BY at LIMIT 1").fetchone()
+            if oldest is None:
                 return
-            if snapshot is None or (segment is not None and segment[0] <= snapshot[0]):
+            if oldest[0] == "segments":
                 over -= self._segments(conn, "1", (), limit=1)
-            else:
-                over -= self._snapshots(conn, "1", (), limit=CHUNK // 4)
+            else:  # snapshots are small: a few at a time
+                over -= self._files(conn, oldest[0], "1", (),
+                                    limit=CHUNK // 4 if oldest[0] == "snapshots" else 1)
 
     def _segments(self, conn: sqlite3.Connection, where: str, args: tuple,
                   limit: int = CHUNK) -> int:
@@ -94,20 +100,22 @@ class Retention:
         self.deleted["segments"] += len(rows)
         return sum(row["bytes"] for row in rows)
 
-    def _snapshots(self, conn: sqlite3.Connection, where: str, args: tuple,
-                   limit: int = CHUNK) -> int:
-        rows = conn.execute(f"SELECT path, bytes FROM snapshots WHERE {where} "
+    def _files(self, conn: sqlite3.Connection, table: str, where: str, args: tuple,
+               limit: int = CHUNK) -> int:
+        """Delete the oldest files of ``table`` (snapshots or clips) that match ``where``;
+        the bytes freed."""
+        rows = conn.execute(f"SELECT path, bytes FROM {table} WHERE {where} "
                             f"ORDER BY created_at LIMIT ?", (*args, limit)).fetchall()
         paths = [row["path"] for row in rows]
         for path in paths:
             (self.folder / path).unlink(missing_ok=True)
         conn.execute("BEGIN")
-        for table in ("answers", "alerts"):
-            conn.executemany(f"UPDATE {table} SET snapshot = NULL WHERE snapshot = ?",
+        for referrer, column in FILES[table]:
+            conn.executemany(f"UPDATE {referrer} SET {column} = NULL WHERE {column} = ?",
                              [(p,) for p in paths])
-        conn.executemany("DELETE FROM snapshots WHERE path = ?", [(p,) for p in paths])
+        conn.executemany(f"DELETE FROM {table} WHERE path = ?", [(p,) for p in paths])
         conn.execute("COMMIT")
-        self.deleted["snapshots"] += len(paths)
+        self.deleted[table] += len(paths)
         return sum(row["bytes"] for row in rows)
 
     def _rows(self, conn: sqlite3.Connection, table: str, column: str, cut: float) -> None:

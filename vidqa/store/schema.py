@@ -102,6 +102,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX snapshots_by_time ON snapshots (created_at);
     """,
+    """
+    ALTER TABLE alerts ADD COLUMN clip TEXT;  -- its WebM clip, relative to the store's folder
+    CREATE TABLE clips (
+        path TEXT PRIMARY KEY,             -- relative to the store's folder
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stream_id TEXT NOT NULL,
+        first_frame INTEGER NOT NULL, last_frame INTEGER NOT NULL, frames INTEGER NOT NULL,
+        started_s REAL NOT NULL, ended_s REAL NOT NULL, fps REAL NOT NULL,
+        wall_started REAL NOT NULL,
+        created_at REAL NOT NULL,          -- epoch seconds the file was closed
+        bytes INTEGER NOT NULL,
+        cut TEXT NOT NULL                  -- after | max | end: why it ended
+    );
+    CREATE INDEX clips_by_time ON clips (created_at);
+    CREATE INDEX alerts_by_clip ON alerts (clip);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vidqa.messages import Answer, FrameResult, Segment
+from vidqa.messages import Answer, Clip, FrameResult, Segment
 from vidqa.store.records import AlertRecord, AnswerRecord, TrackSeen
 
 MAX_CROPS = 256  # crops waiting for their answers, per stream
@@ -75,6 +75,10 @@ class StoreSink:
 
     def on_segment(self, segment: Segment) -> None:
         self.send(segment)
+        self._ship()
+
+    def on_clip(self, clip: Clip) -> None:
+        self.send(clip)
         self._ship()
 
     def close(self) -> None:

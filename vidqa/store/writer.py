@@ -24,7 +24,7 @@ from loguru import logger
 
 from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError
-from vidqa.messages import Segment
+from vidqa.messages import Clip, Segment
 from vidqa.store.exports import Exports
 from vidqa.store.records import AlertRecord, AnswerRecord, StreamRecord, TrackSeen
 from vidqa.store.retention import Retention
@@ -188,6 +188,8 @@ class EventStore:
             self._alert(conn, record, lines)
         elif isinstance(record, Segment):
             self._segment(conn, record)
+        elif isinstance(record, Clip):
+            self._clip(conn, record, lines)
         elif isinstance(record, StreamRecord):
             self._stream(conn, record)
         else:
@@ -273,6 +275,12 @@ class EventStore:
              s.frames, s.started_s, s.ended_s, s.wall_started, s.wall_ended, size))
         self.counts["segments"] += 1
 
+    def _clip(self, conn: Any, clip: Clip, lines: list) -> None:
+        ids = index_clip(conn, self.run_id, clip)
+        self.counts["clips"] += 1
+        self.counts["clip_bytes"] += clip.bytes
+        lines.append((clip.stream_id, "alerts", clip_event(clip, ids)))
+
     def _stream(self, conn: Any, s: StreamRecord) -> None:
         conn.execute(
             "INSERT INTO streams (id, source, folder, first_run, last_run) VALUES (?, ?, ?, ?, ?) "
@@ -280,3 +288,32 @@ class EventStore:
             "last_run = excluded.last_run",
             (s.stream_id, s.source, str(s.folder), self.run_id, self.run_id))
         self._exports.add(s)
+
+
+def index_clip(conn: Any, run_id: int, c: Clip) -> list[int]:
+    """Index the clip and point the alerts it shows at it; their ids (an alert whose record
+    was dropped, the queue being full, has no row)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO clips (path, run_id, stream_id, first_frame, last_frame, "
+        "frames, started_s, ended_s, fps, wall_started, created_at, bytes, cut) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (c.path, run_id, c.stream_id, c.first_frame, c.last_frame, c.frames, c.started_s,
+         c.ended_s, c.fps, c.wall_started, c.wall_ended, c.bytes, c.cut))
+    ids = []
+    for rule, track_id, frame in c.alerts:
+        row = conn.execute("SELECT id FROM alerts WHERE run_id = ? AND stream_id = ? AND "
+                           "rule = ? AND track_id = ? AND frame = ?",
+                           (run_id, c.stream_id, rule, track_id, frame)).fetchone()
+        if row is not None:
+            conn.execute("UPDATE alerts SET clip = ? WHERE id = ?", (c.path, row[0]))
+            ids.append(row[0])
+    return ids
+
+
+def clip_event(c: Clip, alert_ids: list[int]) -> dict[str, Any]:
+    """The clip's line in the stream's alerts JSONL: the alerts' own lines, written when they
+    were raised, lack it."""
+    return {"event": "clip", "stream_id": c.stream_id, "clip": c.path, "alert_ids": alert_ids,
+            "first_frame": c.first_frame, "last_frame": c.last_frame, "frames": c.frames,
+            "started_s": round(c.started_s, 4), "ended_s": round(c.ended_s, 4),
+            "bytes": c.bytes, "cut": c.cut}
