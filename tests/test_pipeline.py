@@ -67,7 +67,7 @@ def test_run_when_finished_then_summary_counts_match_events(sample_run):
     events = read_events(sample_run)
 
     assert summary["answers"] == len(events)
-    assert summary["schema_version"] == 4
+    assert summary["schema_version"] == 5
     (question,) = summary["vlm"]["questions"]
     by_phase = {phase: sum(e.get("phase") == phase for e in events)
                 for phase in ("profile", "full", "compressed", "audit")}

@@ -232,14 +232,37 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class RetainConfig:
-    days: float = 7.0  # delete video segments, snapshots and rows older than this (0 = keep)
-    max_gb: float = 0.0  # keep segments + snapshots under this many GB, oldest first (0 = no cap)
+    days: float = 7.0  # delete segments, snapshots, clips and rows older than this (0 = keep)
+    max_gb: float = 0.0  # keep segments, snapshots and clips under this many GB (0 = no cap)
     check_s: float = 30.0  # how often retention runs while the streams run
 
     def __post_init__(self) -> None:
         _require(self.days >= 0, "retain.days", self.days, ">= 0 (0 = keep forever)")
         _require(self.max_gb >= 0, "retain.max_gb", self.max_gb, ">= 0 (0 = no cap)")
         _require(self.check_s > 0, "retain.check_s", self.check_s, "> 0")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    clips: bool = True  # a WebM clip around each alert, under the store's clips/ (rule streams)
+    clip_pre_s: float = 5.0  # seconds before the alert, from the stream's ring buffer
+    clip_post_s: float = 5.0  # seconds after it; an alert during a clip extends that clip
+    clip_max_s: float = 60.0  # longest clip: alerts extend one clip up to this, then it ends
+    clip_buffer_mb: float = 16.0  # hard cap on a stream's ring buffer (JPEG frames)
+    clip_width: int = 640  # frames scaled down to at most this width (0 = as recorded)
+    clip_fps: float = 0.0  # most frames per second in a clip (0 = every frame of the stream)
+    clip_queue: int = 64  # frames waiting for the clip writer; a live stream drops beyond
+
+    def __post_init__(self) -> None:
+        _require(self.clip_pre_s >= 0, "alerts.clip_pre_s", self.clip_pre_s, ">= 0")
+        _require(self.clip_post_s >= 0, "alerts.clip_post_s", self.clip_post_s, ">= 0")
+        _require(self.clip_max_s >= self.clip_pre_s + self.clip_post_s, "alerts.clip_max_s",
+                 self.clip_max_s, ">= alerts.clip_pre_s + alerts.clip_post_s")
+        _require(self.clip_buffer_mb > 0, "alerts.clip_buffer_mb", self.clip_buffer_mb, "> 0")
+        _require(self.clip_width == 0 or self.clip_width >= 16, "alerts.clip_width",
+                 self.clip_width, "0 (as recorded) or >= 16")
+        _require(self.clip_fps >= 0, "alerts.clip_fps", self.clip_fps, ">= 0 (0 = every frame)")
+        _require(self.clip_queue >= 1, "alerts.clip_queue", self.clip_queue, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -274,6 +297,7 @@ class PipelineConfig:
     streams: tuple[StreamConfig, ...] = ()  # several cameras; empty = one stream, `source`
     zones: tuple[ZoneConfig, ...] = ()  # named image regions (pixel polygons)
     rules: tuple[RuleConfig, ...] = ()  # alerts: an answer held inside a zone for dwell_s
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # what an alert records
 
     def __post_init__(self) -> None:
         ids = [stream.id for stream in self.streams]

@@ -42,6 +42,7 @@ from vidqa.serving.base import AnswerService
 from vidqa.serving.stage import AnswerStage
 from vidqa.sinks import (
     AnswerBoard,
+    ClipSink,
     MotSink,
     SegmentSink,
     SinkSet,
@@ -51,7 +52,7 @@ from vidqa.sinks import (
 )
 from vidqa.sources import Source, is_live, open_source, source_path
 from vidqa.storage import write_json
-from vidqa.store import StoreSink, StreamRecord
+from vidqa.store import StoreSink, StreamRecord, store_path
 from vidqa.tracking import PersonTracker
 
 # Records for the run's event store (EventStore.put_many, or a queue to the process holding it).
@@ -69,7 +70,8 @@ class Pipeline:
                  tracker: Callable[[Iterable], Iterator[FrameResult]], policy: RoiPolicy,
                  answer_stage: AnswerStage, models: dict[str, Any], send: Send,
                  stream_id: str = "0", extra_sinks: list | None = None,
-                 rules: Any = None, zones: Any = None) -> None:
+                 rules: Any = None, zones: Any = None, clips_folder: Path | None = None
+                 ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.source = source
@@ -81,6 +83,8 @@ class Pipeline:
         self.stream_id = stream_id
         self.extra_sinks = extra_sinks if extra_sinks is not None else []  # the live view
         self.rules = rules  # a vidqa.zones.RuleStage when the config has rules
+        self.clips_folder = clips_folder  # the store's folder: alert clips go under clips/
+        self.clips: ClipSink | None = None  # the clips of this run(), when the stream has rules
         self.board = AnswerBoard(asking=lambda: answer_stage.pending, zones=zones)
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here
         self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
@@ -92,9 +96,13 @@ class Pipeline:
 
     def sinks(self) -> SinkSet:
         """The store's sink first (answers and alerts are recorded before anything is drawn),
-        then the recording, the window and the live view."""
+        then the alert clips, the recording, the window and the live view."""
         store = StoreSink(self.stream_id, self.send, self.cfg.store.snapshots)
         sinks: list = [store]
+        if self.rules is not None and self.cfg.alerts.clips and self.clips_folder is not None:
+            self.clips = ClipSink(self.clips_folder, self.stream_id, self.cfg.alerts,
+                                  store.on_clip, self.board, live=is_live(self.cfg.source))
+            sinks.append(self.clips)
         video, mot = self.cfg.sinks.video, self.cfg.sinks.mot
         if self.segment_s > 0 and (video or mot):
             sinks.append(SegmentSink(self.run_dir, self.stream_id, self.segment_s,
@@ -159,6 +167,8 @@ class Pipeline:
                 crash = err
             streamed = time.perf_counter() - started
             self._flush(sinks, counts, end)
+            if self.clips is not None:  # its record goes out before on_end closes the store
+                self.clips.close()
             for callback in self.on_end:
                 callback()
             summary = self._summary(clock, counts, sinks, end, error, streamed,
@@ -223,6 +233,7 @@ class Pipeline:
             "tracker_resets": getattr(self.tracker, "resets", 0),
             "vlm": self.answer_stage.summary(),
             "sink_failures": sinks.failed,
+            "clips": self.clips.summary() if self.clips is not None else None,
             "outputs": self._outputs(),
             "config": self.cfg.to_dict(),
         }
@@ -250,6 +261,8 @@ def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, sour
                     extra_sinks: list) -> Pipeline:
     """One stream of a run, writing into ``out_dir``; its crops go to ``service``, its records
     to ``send`` (the run's event store)."""
+    # the engines write a stream into run_dir/<id> (several streams) or run_dir itself
+    store_folder = store_path(cfg, out_dir.parent if cfg.streams else out_dir).parent
     cfg = dataclasses.replace(cfg, source=spec.source, tracker=spec.tracker, roi=spec.roi,
                               streams=(), vlm=dataclasses.replace(cfg.vlm,
                                                                   questions=spec.questions))
@@ -257,7 +270,8 @@ def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, sour
     stage = AnswerStage(service, [q.question for q in spec.questions], live=is_live(spec.source))
     zones, rules = _zones_and_rules(cfg, spec.id)
     return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage, models,
-                    send, stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones)
+                    send, stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones,
+                    clips_folder=store_folder)
 
 
 def _asdict(info: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError
 from vidqa.messages import Answer, FrameResult
 
-SCHEMA_VERSION = 4  # of summary.json and events.jsonl; the README lists what changed
+SCHEMA_VERSION = 5  # of summary.json and events.jsonl; the README lists what changed
 LOG_NAME = "vidqa.log"
 # "partial": some streams of a multi-stream run failed while others ran to their end.
 EXIT_CODES = {"completed": 0, "max_frames": 0, "stopped": 0, "interrupted": 130,

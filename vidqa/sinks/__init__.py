@@ -1,4 +1,5 @@
-"""Sinks: the annotated video (one file, or segments), mot.txt, an optional live window.
+"""Sinks: the annotated video (one file, or segments), mot.txt, alert clips, an optional live
+window.
 
 Sinks are context managers so that a crash or Ctrl-C still closes them: the video is
 finalised into a playable file. The answers and alerts go to the event store
@@ -15,13 +16,14 @@ from loguru import logger
 
 from vidqa.messages import Answer, FrameResult
 from vidqa.sinks.annotation import AnswerBoard, annotate
+from vidqa.sinks.clips import ClipSink
 from vidqa.sinks.mot import MotSink
 from vidqa.sinks.segments import SegmentSink
 from vidqa.sinks.video import VideoSink
 from vidqa.sinks.window import StopRequested, WindowSink
 
-__all__ = ["AnswerBoard", "MotSink", "SegmentSink", "Sink", "SinkSet", "StopRequested",
-           "VideoSink", "WindowSink", "annotate"]
+__all__ = ["AnswerBoard", "ClipSink", "MotSink", "SegmentSink", "Sink", "SinkSet",
+           "StopRequested", "VideoSink", "WindowSink", "annotate"]
 
 
 class Sink(Protocol):
