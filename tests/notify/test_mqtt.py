@@ -1,0 +1,112 @@
+"""MQTT, against a real mosquitto on loopback: every committed alert and answer reaches a
+subscriber on its topic, snapshots as JPEG, retained state and availability, the last will
+when the client dies; a broker that stops mid-run or never comes up costs the streams nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mqtt_broker import Subscriber
+from notify_factories import RULE_TOPICS, alerting_run
+
+from vidqa.config import load_config
+from vidqa.errors import ConfigError
+from vidqa.notify.mqtt import topic_slug
+
+REPO = Path(__file__).parent.parent.parent
+
+
+@pytest.mark.parametrize("name, slug", [
+    ("Is this person wearing jeans?", "is-this-person-wearing-jeans"),
+    ("no_hat", "no_hat"),
+    ("a/b+c#d", "a-b-c-d"),
+    ("  Ünïcode  ", "n-code"),
+    ("???", "[0-9a-f]{8}"),  # nothing left: a hash of the name stands in
+    ("x" * 80, "x{39}-[0-9a-f]{8}"),  # too long: cut, and ends in a hash of the whole name
+])
+def test_topic_slug_when_names_given_then_mqtt_safe_and_stable(name: str, slug: str) -> None:
+    got = topic_slug(name)
+
+    assert re.fullmatch(slug, got) and got == topic_slug(name) and len(got) <= 48
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["mqtt.host=h", "mqtt.port=0"], "mqtt.port = 0 is out of range: expected a TCP port"),
+    (["mqtt.host=h", "mqtt.tls=/no/such/ca.pem"], "no such CA file"),
+    (["mqtt.host=h", "mqtt.password=hunter2"], "must name an environment variable"),
+    (["mqtt.host=h", "mqtt.password=${VIDQA_TEST_UNSET}"],
+     "environment variable VIDQA_TEST_UNSET, which is not set: export VIDQA_TEST_UNSET="),
+    (["mqtt.host=h", "mqtt.topic_prefix=a/+/b"], "mqtt.topic_prefix"),
+    (["mqtt.host=h", "mqtt.qos=3"], "mqtt.qos = 3 is out of range"),
+])
+def test_mqtt_config_when_wrong_then_error_says_what_to_do(overrides: list[str],
+                                                           error: str) -> None:
+    os.environ.pop("VIDQA_TEST_UNSET", None)
+    with pytest.raises(ConfigError, match=error.replace("+", r"\+")):
+        load_config(None, overrides)
+
+
+def test_mqtt_config_when_secrets_named_then_resolved_only_where_the_client_starts(
+        monkeypatch) -> None:
+    monkeypatch.setenv("VIDQA_TEST_PASSWORD", "s3cret")
+    cfg = load_config(None, ["mqtt.host=h", "mqtt.username=vidqa",
+                             "mqtt.password=${VIDQA_TEST_PASSWORD}"])
+
+    assert "s3cret" not in json.dumps(cfg.to_dict())  # the summary and store keep the name
+
+
+@pytest.mark.slow
+def test_run_when_rules_fire_then_subscriber_gets_every_alert_answer_snapshot_and_state(
+        tmp_path, tiny_vlm_dir, broker) -> None:
+    subscriber = Subscriber(broker.port)
+    run = alerting_run(tmp_path, tiny_vlm_dir, "mqtt.host=127.0.0.1",
+                       f"mqtt.port={broker.port}")
+    run.pipeline.run()
+    subscriber.wait_for(lambda: subscriber.on("vidqa/available") == [b"online", b"offline"])
+    subscriber.close()
+
+    alerts = subscriber.json_on(lambda t: "/alerts/" in t and not t.endswith("/snapshot"))
+    answers = subscriber.json_on(lambda t: t.startswith("vidqa/0/answers/"))
+    assert sorted(a["alert_id"] for a in alerts) == run.ids("alerts") != []
+    assert sorted(a["answer_id"] for a in answers) == run.ids("answers")
+    assert {t for t, _, _ in subscriber.messages if t.startswith("vidqa/0/answers/")} \
+        == {"vidqa/0/answers/jeans"}  # the question's name
+    for alert in alerts:  # each on its rule's topic, its snapshot just before it
+        topic = f"vidqa/0/alerts/{RULE_TOPICS[alert['rule']]}"
+        index = subscriber.messages.index((topic, json.dumps(alert).encode(), False))
+        snapshot_topic, jpeg, _ = subscriber.messages[index - 1]
+        assert snapshot_topic == f"{topic}/snapshot" and jpeg[:2] == b"\xff\xd8"
+        assert jpeg == (run.store.folder / alert["snapshot"]).read_bytes()
+    states = subscriber.json_on(lambda t: t == "vidqa/0/state")
+    assert [s["state"] for s in states] == ["running", "ended"]
+    assert states[-1]["reason"] == "completed"
+    counts = run.store.summary()["notify"]["mqtt"]
+    assert counts["dropped"] == counts["undelivered"] == 0
+    assert counts["published"] == len(subscriber.messages)
+
+
+@pytest.mark.slow
+def test_mqtt_client_when_killed_then_broker_sends_the_last_will(tmp_path, broker) -> None:
+    subscriber = Subscriber(broker.port)
+    script = (f"import time; from pathlib import Path; from vidqa.config import load_config; "
+              f"from vidqa.notify import Notifiers; "
+              f"n = Notifiers.from_config(load_config(None, ['mqtt.host=127.0.0.1', "
+              f"'mqtt.port={broker.port}'])); n.start(1, Path('.'), Path('.')); "
+              f"time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        subscriber.wait_for(lambda: subscriber.on("vidqa/available") == [b"online"])
+        proc.send_signal(signal.SIGKILL)  # no goodbye: the broker notices the dead socket
+        proc.wait(timeout=10)
+        subscriber.wait_for(lambda: subscriber.on("vidqa/available") == [b"online", b"offline"])
+    finally:
+        proc.kill()
+        subscriber.close()
