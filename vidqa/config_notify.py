@@ -86,6 +86,7 @@ class WebhookConfig:
     attempts: int = 5  # tries per alert (5xx, 429, timeouts, refused); then counted failed
     backoff_s: float = 1.0  # wait before the second try, doubled for each next one
     queue_size: int = 100  # alerts waiting for this endpoint; the oldest dropped and counted
+    flush_s: float = 3.0  # at the end, how long the alerts still queued may take
 
     def __post_init__(self) -> None:
         where = f"webhooks ({self.url})"
@@ -95,6 +96,7 @@ class WebhookConfig:
         require(self.attempts >= 1, f"{where}.attempts", self.attempts, ">= 1")
         require(self.backoff_s >= 0, f"{where}.backoff_s", self.backoff_s, ">= 0")
         require(self.queue_size >= 1, f"{where}.queue_size", self.queue_size, ">= 1")
+        require(self.flush_s >= 0, f"{where}.flush_s", self.flush_s, ">= 0")
         for header in self.headers:
             name, sep, value = header.partition(":")
             if not sep or not re.fullmatch(r"[A-Za-z0-9-]+", name.strip()):

@@ -8,16 +8,21 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from mqtt_broker import Subscriber
+from loguru import logger
+from mqtt_broker import Subscriber, free_port
 from notify_factories import RULE_TOPICS, alerting_run
 
 from vidqa.config import load_config
 from vidqa.errors import ConfigError
+from vidqa.notify import Notifiers
 from vidqa.notify.mqtt import topic_slug
 
 REPO = Path(__file__).parent.parent.parent
@@ -110,3 +115,83 @@ def test_mqtt_client_when_killed_then_broker_sends_the_last_will(tmp_path, broke
     finally:
         proc.kill()
         subscriber.close()
+
+
+def run_in_thread(run) -> threading.Thread:
+    thread = threading.Thread(target=run.pipeline.run, name="stream", daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_run_when_broker_stops_for_10_s_then_frames_keep_their_rate_and_alerts_arrive_later(
+        tmp_path, tiny_vlm_dir, broker) -> None:
+    subscriber = Subscriber(broker.port)
+    run = alerting_run(tmp_path, tiny_vlm_dir, "mqtt.host=127.0.0.1", f"mqtt.port={broker.port}",
+                       "mqtt.flush_s=20", frames=360)  # 18 s at 20 fps
+    stream = run_in_thread(run)
+    alerts = lambda: subscriber.json_on(lambda t: "/alerts/" in t and "snapshot" not in t)  # noqa: E731
+    subscriber.wait_for(lambda: len(alerts()) >= 2)
+    outage = time.monotonic()
+    outage_wall = time.time()
+    broker.stop()
+    time.sleep(10)
+    back, back_wall = time.monotonic(), time.time()
+    broker.start()
+    stream.join(timeout=120)
+    # QoS 1 is at least once: an alert in flight at the outage may come twice
+    subscriber.wait_for(lambda: {a["alert_id"] for a in alerts()} == set(run.ids("alerts")))
+    subscriber.close()
+
+    with sqlite3.connect(f"file:{run.store.path}?mode=ro", uri=True) as conn:
+        during = conn.execute("SELECT COUNT(*) FROM alerts WHERE raised_at BETWEEN ? AND ?",
+                              (outage_wall, back_wall)).fetchone()[0]
+    counts = run.store.summary()["notify"]["mqtt"]
+    before = run.times.rate(run.times.times[0], outage)
+    assert during >= 5  # raised while the broker was down, published after it came back
+    assert counts["reconnects"] >= 1 and counts["dropped"] == counts["undelivered"] == 0
+    assert run.times.rate(outage, back) >= 0.7 * before  # the stream never waited for MQTT
+
+
+@pytest.mark.slow
+def test_mqtt_when_outbox_cap_is_below_the_outage_then_the_oldest_are_dropped_and_counted(
+        tmp_path, broker) -> None:
+    subscriber = Subscriber(broker.port)
+    cfg = load_config(None, ["mqtt.host=127.0.0.1", f"mqtt.port={broker.port}", "mqtt.outbox=5",
+                             "mqtt.answers=false"])
+    notifiers = Notifiers.from_config(cfg)
+    notifiers.start(1, tmp_path, tmp_path)
+    mqtt = notifiers.notifiers[0]
+    subscriber.wait_for(lambda: subscriber.on("vidqa/available"))
+    broker.stop()
+    subscriber.wait_for(lambda: not mqtt.summary()["connected"], timeout_s=10)
+    notifiers.committed([("cam", "alerts", {"alert_id": i, "rule": "r"}) for i in range(20)])
+    broker.start()
+    subscriber.wait_for(lambda: len(subscriber.json_on(lambda t: t == "vidqa/cam/alerts/r")) >= 5)
+    notifiers.close("completed")
+    subscriber.close()
+
+    got = [a["alert_id"] for a in subscriber.json_on(lambda t: t == "vidqa/cam/alerts/r")]
+    assert got == [15, 16, 17, 18, 19]  # the newest five; the oldest went first
+    assert notifiers.summary()["mqtt"]["dropped"] == 15
+
+
+def test_run_when_broker_never_comes_up_then_run_ends_with_every_event_and_a_warning(
+        tmp_path, tiny_vlm_dir) -> None:
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        run = alerting_run(tmp_path, tiny_vlm_dir, "mqtt.host=127.0.0.1",
+                           f"mqtt.port={free_port()}", "mqtt.flush_s=0.5", frames=40)
+        summary = run.pipeline.run()
+    finally:
+        logger.remove(sink)
+
+    counts = run.store.summary()["notify"]["mqtt"]
+    exported = (run.pipeline.run_dir / "alerts.jsonl").read_text().splitlines()
+    assert summary["end_reason"] == "completed"
+    assert len(exported) == len(run.ids("alerts")) > 0 and run.ids("answers")
+    assert counts["published"] == 0 and counts["connect_failures"] >= 1
+    assert counts["undelivered"] >= 2 * len(exported)  # each alert and its snapshot at least
+    assert any("cannot reach the broker" in w for w in warnings)
+    assert any("was never reached" in w for w in warnings)

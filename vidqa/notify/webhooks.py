@@ -68,15 +68,16 @@ class WebhookNotifier:
         self.outbox.close()  # the thread sends what is left, then ends
 
     def join(self, started: float) -> None:
-        """Wait for the queue to empty, at most one ``timeout_s`` after ``started``."""
+        """Wait for the queue to empty, at most ``flush_s`` after ``started``."""
         if self.run is None:  # never started
             return
-        self._thread.join(max(0.0, started + self.cfg.timeout_s - time.monotonic()))
+        self._thread.join(max(0.0, started + self.cfg.flush_s - time.monotonic()))
         if self._thread.is_alive():
             self._abandon.set()
             self.counts["undelivered"] += self.outbox.clear() + int(self._busy)
-            logger.warning("webhook {}: {} alerts not delivered before the end (every alert is "
-                           "in the store)", self.cfg.url, self.counts["undelivered"])
+            logger.warning("webhook {}: {} alerts not delivered before the end (flush_s = {:g}; "
+                           "every alert is in the store)", self.cfg.url,
+                           self.counts["undelivered"], self.cfg.flush_s)
         else:
             self._client.close()
 
