@@ -28,6 +28,11 @@ class Outbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def done(self) -> bool:
+        """Closed, and everything in it taken."""
+        return self._closed and not self._items
+
     def put(self, item: T) -> None:
         """Add ``item``; never blocks (a full outbox drops its oldest item, counted)."""
         with self._changed:

@@ -46,7 +46,9 @@ class WebhookNotifier:
         self.run: RunInfo | None = None
         self.counts = {"delivered": 0, "retries": 0, "failed": 0, "undelivered": 0}
         self._abandon = threading.Event()  # the end's flush ran out: stop trying
+        self._lock = threading.Lock()  # guards the counts and the two flags below
         self._busy = False  # an alert is being tried now
+        self._written_off = False  # ... and join() counted it undelivered
         self._thread = threading.Thread(target=self._deliver_all, name="webhook", daemon=True)
 
     def start(self, run: RunInfo) -> None:
@@ -68,37 +70,55 @@ class WebhookNotifier:
         self.outbox.close()  # the thread sends what is left, then ends
 
     def join(self, started: float) -> None:
-        """Wait for the queue to empty, at most ``flush_s`` after ``started``."""
+        """Wait for the queue to empty, at most ``flush_s`` after ``started``; what is left
+        (and the alert being tried) is counted undelivered."""
         if self.run is None:  # never started
             return
         self._thread.join(max(0.0, started + self.cfg.flush_s - time.monotonic()))
-        if self._thread.is_alive():
-            self._abandon.set()
-            self.counts["undelivered"] += self.outbox.clear() + int(self._busy)
-            logger.warning("webhook {}: {} alerts not delivered before the end (flush_s = {:g}; "
-                           "every alert is in the store)", self.cfg.url,
-                           self.counts["undelivered"], self.cfg.flush_s)
-        else:
+        if not self._thread.is_alive():
             self._client.close()
+            return
+        with self._lock:
+            self._abandon.set()
+            self._written_off = self._busy
+            self.counts["undelivered"] += self.outbox.clear() + int(self._busy)
+        logger.warning("webhook {}: {} alerts not delivered before the end (flush_s = {:g}; "
+                       "every alert is in the store)", self.cfg.url, self.counts["undelivered"],
+                       self.cfg.flush_s)
 
     def summary(self) -> dict[str, Any]:
-        return {"url": self.cfg.url, **self.counts, "dropped": self.outbox.dropped,
-                "queued": len(self.outbox)}
+        with self._lock:
+            return {"url": self.cfg.url, **self.counts, "dropped": self.outbox.dropped,
+                    "queued": len(self.outbox)}
 
     # ------------------------------------------------------------------ the sender thread
 
     def _deliver_all(self) -> None:
-        while (event := self.outbox.get()) is not None and not self._abandon.is_set():
-            self._busy = True
+        while not self._abandon.is_set() and not self.outbox.done:
+            with self._lock:  # taking an alert and marking it busy are one step for join()
+                event = self.outbox.get(timeout=0.1)
+                self._busy = event is not None
+            if event is None:
+                continue
             try:
-                self._deliver(event)
+                self._settle(self._deliver(event))
             except Exception as err:  # a bad alert must not end the endpoint's thread
                 logger.opt(exception=True).error("webhook {}: {}", self.cfg.url, err)
-                self.counts["failed"] += 1
-            finally:
-                self._busy = False
+                self._settle("failed")
 
-    def _deliver(self, event: dict[str, Any]) -> None:
+    def _settle(self, outcome: str) -> None:
+        """Count the alert just tried, unless the end wrote it off as undelivered already
+        (then only a late success moves it)."""
+        with self._lock:
+            self._busy = False
+            if not self._written_off:
+                self.counts[outcome] += 1
+            elif outcome == "delivered":
+                self.counts["undelivered"] -= 1
+                self.counts["delivered"] += 1
+
+    def _deliver(self, event: dict[str, Any]) -> str:
+        """Try one alert up to ``attempts`` times: ``delivered`` or ``failed``."""
         body = json.dumps(self._body(event)).encode()
         why = ""
         for attempt in range(self.cfg.attempts):
@@ -106,22 +126,22 @@ class WebhookNotifier:
                 self.counts["retries"] += 1
                 delay = min(self.cfg.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
                 if self._abandon.wait(delay):
-                    return
+                    return "failed"  # the end came: written off as undelivered
             try:
                 response = self._client.post(self.cfg.url, content=body)
             except httpx.HTTPError as err:  # timeouts, refused or reset connections
                 why = f"{type(err).__name__}: {err}"
                 continue
             if response.is_success:
-                self.counts["delivered"] += 1
-                return
+                return "delivered"
             why = f"HTTP {response.status_code}"
             if response.status_code < 500 and response.status_code not in RETRIED_STATUSES:
                 break  # the request itself is wrong: trying again will not help
-        self.counts["failed"] += 1
-        logger.warning("webhook {}: alert {} ({}) not delivered after {} attempts: {}",
-                       self.cfg.url, event.get("alert_id"), event.get("rule"),
-                       attempt + 1, why)
+        if not self._abandon.is_set():
+            logger.warning("webhook {}: alert {} ({}) not delivered after {} attempts: {}",
+                           self.cfg.url, event.get("alert_id"), event.get("rule"),
+                           attempt + 1, why)
+        return "failed"
 
     def _body(self, event: dict[str, Any]) -> dict[str, Any]:
         run = self.run
