@@ -94,7 +94,7 @@ def test_run_when_rules_fire_then_subscriber_gets_every_alert_answer_snapshot_an
     assert states[-1]["reason"] == "completed"
     counts = run.store.summary()["notify"]["mqtt"]
     assert counts["dropped"] == counts["undelivered"] == 0
-    assert counts["published"] == len(subscriber.messages)
+    assert counts["delivered"] == len(subscriber.messages)
 
 
 @pytest.mark.slow
@@ -193,7 +193,7 @@ def test_run_when_broker_never_comes_up_then_run_ends_with_every_event_and_a_war
     exported = (run.pipeline.run_dir / "alerts.jsonl").read_text().splitlines()
     assert summary["end_reason"] == "completed"
     assert len(exported) == len(run.ids("alerts")) > 0 and run.ids("answers")
-    assert counts["published"] == 0 and counts["connect_failures"] >= 1
+    assert counts["delivered"] == 0 and counts["connect_failures"] >= 1
     assert counts["undelivered"] >= 2 * len(exported)  # each alert and its snapshot at least
     assert any("cannot reach the broker" in w for w in warnings)
     assert any("was never reached" in w for w in warnings)

@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 from notify_factories import alerting_run
+from prometheus_client.parser import text_string_to_metric_families
 
 from vidqa.config import load_config
 from vidqa.errors import ConfigError
 from vidqa.notify import Notifiers
+from vidqa.store import EventStore
+from vidqa.web.metrics import Monitor
 
 Reply = Callable[[dict[str, Any], int], int | None]  # (body, attempt) -> status; None: hang
 
@@ -193,3 +196,20 @@ def test_webhooks_config_when_wrong_then_error_says_what_to_do(hook: str, error:
     monkeypatch.delenv("VIDQA_TEST_UNSET", raising=False)
     with pytest.raises(ConfigError, match=error.replace("$", r"\$")):
         load_config(None, [f"webhooks=[{hook}]"])
+
+
+def test_metrics_when_a_store_notifies_then_each_channel_is_counted(tmp_path, receiver_of) -> None:
+    receiver = receiver_of(lambda body, attempt: 200 if body["alert"]["alert_id"] else 404)
+    cfg = load_config(None, [f"webhooks=[{{url: '{receiver.url}?key=k', attempts: 1}}]"])
+    store = EventStore(cfg, tmp_path).open()
+    store.notify.committed([("0", "alerts", {"alert_id": i, "rule": "r"}) for i in range(3)])
+    store.close("completed")
+    monitor = Monitor()
+    monitor.store = store
+
+    found = {f.name: f for f in text_string_to_metric_families(monitor.exposition().decode())}
+    samples = {(f.name, s.labels["channel"]): s.value for f in found.values()
+               for s in f.samples if "channel" in s.labels}
+    assert samples[("vidqa_notify_delivered", receiver.url)] == 2  # the query string left out
+    assert samples[("vidqa_notify_failed", receiver.url)] == 1  # a 404 is not tried again
+    assert samples[("vidqa_notify_dropped", receiver.url)] == 0

@@ -75,7 +75,7 @@ class MqttNotifier:
         self.run: RunInfo | None = None
         self.client: paho.Client | None = None
         self.states: dict[str, dict[str, Any]] = {}  # stream -> its state, resent on connect
-        self.counts = {"published": 0, "reconnects": 0, "connect_failures": 0,
+        self.counts = {"delivered": 0, "reconnects": 0, "connect_failures": 0,
                        "snapshots_missing": 0, "undelivered": 0}
         self._lock = threading.Condition()  # guards the fields below and the counts
         self._connected = False
@@ -268,7 +268,7 @@ class MqttNotifier:
                     properties: Any) -> None:
         with self._lock:
             self._pending = max(0, self._pending - 1)
-            self.counts["published"] += 1
+            self.counts["delivered"] += 1
             self._lock.notify_all()
 
     def _warn_undelivered(self) -> None:
