@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,10 +61,8 @@ class MqttConfig:
         require(all(levels) and not set(self.topic_prefix) & set("+#\0"), "mqtt.topic_prefix",
                  self.topic_prefix, "topic levels without +, # or empty levels, e.g. vidqa or "
                  "site1/vidqa")
-        if isinstance(self.tls, str) and not Path(self.tls).is_file():
-            raise ConfigError(f"mqtt.tls = {self.tls!r}: no such CA file; give the PEM file of "
-                              f"the CA that signed the broker's certificate, or true to use the "
-                              f"system's CAs")
+        if isinstance(self.tls, str):
+            _check_ca_file(self.tls)
         if self.password and not ENV_REFERENCE.fullmatch(self.password):
             raise ConfigError("mqtt.password must name an environment variable, e.g. password: "
                               "${VIDQA_MQTT_PASSWORD}: a secret in the YAML would be copied into "
@@ -107,3 +106,14 @@ class WebhookConfig:
             raise ConfigError(f"{where}.snapshot = 'url' needs media_url: the address at which "
                               f"the receiver reaches vidqa's web server (vidqa run --serve, "
                               f"vidqa serve), e.g. media_url: https://cameras.example.com")
+
+
+def _check_ca_file(path: str) -> None:
+    fix = "give the PEM file of the CA that signed the broker's certificate, or true for the " \
+          "system's CAs"
+    if not Path(path).is_file():
+        raise ConfigError(f"mqtt.tls = {path!r}: no such CA file; {fix}")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError) as err:
+        raise ConfigError(f"mqtt.tls = {path!r} is not a CA file ({err}); {fix}") from None

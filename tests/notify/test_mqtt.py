@@ -45,6 +45,7 @@ def test_topic_slug_when_names_given_then_mqtt_safe_and_stable(name: str, slug: 
 @pytest.mark.parametrize("overrides, error", [
     (["mqtt.host=h", "mqtt.port=0"], "mqtt.port = 0 is out of range: expected a TCP port"),
     (["mqtt.host=h", "mqtt.tls=/no/such/ca.pem"], "no such CA file"),
+    (["mqtt.host=h", f"mqtt.tls={__file__}"], "is not a CA file"),
     (["mqtt.host=h", "mqtt.password=hunter2"], "must name an environment variable"),
     (["mqtt.host=h", "mqtt.password=${VIDQA_TEST_UNSET}"],
      "environment variable VIDQA_TEST_UNSET, which is not set: export VIDQA_TEST_UNSET="),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from vidqa.config import load_config
 from vidqa.errors import ConfigError
 from vidqa.notify import Notifiers
-from vidqa.store import EventStore
+from vidqa.store import AlertRecord, EventStore, StoreSink, StreamRecord
 from vidqa.web.metrics import Monitor
+from vidqa.zones import Alert
 
 Reply = Callable[[dict[str, Any], int], int | None]  # (body, attempt) -> status; None: hang
 
@@ -213,3 +215,27 @@ def test_metrics_when_a_store_notifies_then_each_channel_is_counted(tmp_path, re
     assert samples[("vidqa_notify_delivered", receiver.url)] == 2  # the query string left out
     assert samples[("vidqa_notify_failed", receiver.url)] == 1  # a 404 is not tried again
     assert samples[("vidqa_notify_dropped", receiver.url)] == 0
+
+
+def test_store_when_it_notifies_then_the_alert_is_already_committed(tmp_path,
+                                                                    receiver_of) -> None:
+    committed: list[bool] = []
+
+    def reply(body: dict[str, Any], attempt: int) -> int:
+        with sqlite3.connect(f"file:{tmp_path / 'store' / 'vidqa.db'}?mode=ro", uri=True) as db:
+            committed.append(db.execute("SELECT 1 FROM alerts WHERE id = ?",
+                                        (body["alert"]["alert_id"],)).fetchone() is not None)
+        return 200
+
+    receiver = receiver_of(reply)
+    cfg = load_config(None, [f"webhooks=[{{url: '{receiver.url}'}}]"])
+    store = EventStore(cfg, tmp_path).open()
+    sink = StoreSink("cam", store.put_many)
+    store.put_many([StreamRecord("cam", "clip", tmp_path, False, True, True)])
+    for frame_index in range(3):
+        alert = Alert("r", frame_index, "z", "q", "no", frame_index, 0.1, 0.0, (0, 0, 9, 9), "cam")
+        sink.send(AlertRecord(alert, time.time(), None))
+        sink.close()
+    store.close("completed")
+
+    assert committed == [True, True, True]
