@@ -103,11 +103,11 @@ class MqttNotifier:
         client.max_inflight_messages_set(WINDOW)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_connect_fail, client.on_publish = self._on_connect_fail, self._on_publish
+        self.client = client  # before the network thread: its on_connect publishes
+        logger.info("MQTT: publishing to {} under {}/", self.broker, self.prefix)
         client.connect_async(cfg.host, cfg.port, cfg.keepalive)
         client.loop_start()
-        self.client = client
         self._thread.start()
-        logger.info("MQTT: publishing to {} under {}/", self.broker, self.prefix)
 
     # ------------------------------------------------------------------ the store's writer side
 
@@ -187,8 +187,12 @@ class MqttNotifier:
                         lambda: self._connected and self._pending < WINDOW, timeout=0.2):
                     continue
             message = self.outbox.get(timeout=0.2)
-            if message is not None:
-                self._send(message, requeue=True)
+            if message is None:
+                continue
+            if not self._connected:  # lost while we waited: it stays first in the outbox
+                self.outbox.put_back(message)
+                continue
+            self._send(message, requeue=True)
 
     def _send(self, message: Message, requeue: bool = False) -> paho.MQTTMessageInfo | None:
         payload = self._payload(message)
