@@ -95,14 +95,15 @@ def test_imports_of_when_lazy_or_type_checking_then_only_lazy_counts(tmp_path):
 # The rooms of vidqa/, lowest first (../shared/ARCHITECTURE.md): a module may import its own
 # layer and those below it. The key is the module's first name under vidqa.
 LAYERS = (
-    ("", "config", "config_schema", "messages", "errors", "clock", "storage", "run",
-     "workers"),  # ground floor
+    ("", "config", "config_notify", "config_schema", "messages", "errors", "clock", "storage",
+     "run", "workers"),  # ground floor
     ("assets",),  # model and video files: resolved and fetched, never loaded
     ("sinks",),  # drawing and writing
     ("sources", "zones", "roi"),  # frames in; zones and rules; which crops to ask
     ("detection", "tracking"),
     ("vlm",),  # the model: loading, answering, adaptive compression
     ("serving",),  # crops in, answers out
+    ("notify",),  # committed events out to MQTT and webhooks; the store calls it
     ("store", "delivery"),
     ("web",),
     ("pipeline",),  # one stream's chain

@@ -3,10 +3,12 @@
 # - GStreamer's RTSP server (run by the system python3 through PyGObject), which
 #   tests/rtsp_server.py starts on 127.0.0.1 for the live-stream tests;
 # - Chromium and a font, which playwright drives for the web-view tests (playwright's own
-#   browser download is never used).
+#   browser download is never used);
+# - mosquitto, the MQTT broker tests/mqtt_broker.py starts on 127.0.0.1 (a broker service is never used
+#   by the tests: they start their own on a free port, whatever service the package starts).
 set -euo pipefail
 packages=(gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base
-          gstreamer1.0-plugins-good chromium fonts-dejavu-core)
+          gstreamer1.0-plugins-good chromium fonts-dejavu-core mosquitto)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

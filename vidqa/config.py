@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from vidqa.config_notify import MqttConfig, WebhookConfig
 from vidqa.config_schema import apply_override, from_dict, one_line
+from vidqa.config_schema import require as _require
 from vidqa.errors import ConfigError
 
 
@@ -298,6 +300,8 @@ class PipelineConfig:
     zones: tuple[ZoneConfig, ...] = ()  # named image regions (pixel polygons)
     rules: tuple[RuleConfig, ...] = ()  # alerts: an answer held inside a zone for dwell_s
     alerts: AlertsConfig = field(default_factory=AlertsConfig)  # what an alert records
+    mqtt: MqttConfig = field(default_factory=MqttConfig)  # answers, alerts, state to a broker
+    webhooks: tuple[WebhookConfig, ...] = ()  # alerts POSTed to HTTP endpoints
 
     def __post_init__(self) -> None:
         ids = [stream.id for stream in self.streams]
@@ -305,6 +309,7 @@ class PipelineConfig:
         if duplicated:
             raise ConfigError(f"streams: ids must be unique, {', '.join(duplicated)} repeats")
         _check_zones_and_rules(self)
+        _check_webhook_rules(self)
 
     def stream_configs(self) -> list[StreamConfig]:
         """The streams of the run, each with its questions resolved."""
@@ -321,11 +326,6 @@ class PipelineConfig:
 
 # Keys that were renamed: the old name gets a one-line error naming the new one.
 RENAMED_KEYS = {"vlm.queries": "vlm.questions"}
-
-
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r} is out of range: expected {expected}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()
@@ -431,6 +431,16 @@ def _check_zones_and_rules(cfg: PipelineConfig) -> None:
         if matches[0].answer != "yesno":
             raise ConfigError(f"rules.{rule.name}: question {rule.question!r} has answer "
                               f"{matches[0].answer!r}; rules need a yesno question")
+
+
+def _check_webhook_rules(cfg: PipelineConfig) -> None:
+    names = [rule.name for rule in cfg.rules]
+    for hook in cfg.webhooks:
+        unknown = [name for name in hook.rules if name not in names]
+        if unknown:
+            raise ConfigError(f"webhooks ({hook.url}).rules: unknown rule "
+                              f"{', '.join(map(repr, unknown))}; valid rules: "
+                              f"{', '.join(names) or 'none (add a top-level `rules:` list)'}")
 
 
 def check_zone_names(names: typing.Sequence[str], zones: typing.Sequence[str], key: str) -> None:

@@ -121,6 +121,12 @@ def _coerce(hint: Any, value: Any, where: str, renamed: Mapping[str, str] | None
     raise AssertionError(f"unsupported config type {hint} at {where}")
 
 
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """ConfigError ``key = value is out of range: expected ...`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is out of range: expected {expected}")
+
+
 def one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 

@@ -25,6 +25,7 @@ from loguru import logger
 from vidqa.config import PipelineConfig
 from vidqa.errors import OutputError
 from vidqa.messages import Clip, Segment
+from vidqa.notify import Notifiers
 from vidqa.store.exports import Exports
 from vidqa.store.records import AlertRecord, AnswerRecord, StreamRecord, TrackSeen
 from vidqa.store.retention import Retention
@@ -61,6 +62,7 @@ class EventStore:
         self.retention = Retention(cfg.retain, self.folder)
         self._conn = None
         self._crop_snapshots: OrderedDict[tuple, str] = OrderedDict()  # crop -> its JPEG
+        self.notify = Notifiers.from_config(cfg)  # MQTT, webhooks: told after each commit
 
     def open(self) -> EventStore:
         """Open (or create, or migrate) the file, add this run, start the writer."""
@@ -79,6 +81,7 @@ class EventStore:
         logger.info("event store {}: run {}{}", self.path, self.run_id,
                     f", after {earlier} earlier run(s) of this store" if earlier else "")
         self._thread.start()
+        self.notify.start(self.run_id, self.run_dir, self.folder)
         return self
 
     def put(self, record: Any) -> None:
@@ -112,6 +115,7 @@ class EventStore:
         self._closed.set()
         self._queue.put((time.monotonic(), None))  # may wait: the writer is draining
         self._thread.join()
+        self.notify.close(end_reason)
         self._exports.close()
         self._conn.execute("UPDATE runs SET ended_at = ?, end_reason = ? WHERE id = ?",
                            (time.time(), end_reason, self.run_id))
@@ -128,7 +132,8 @@ class EventStore:
 
     def summary(self) -> dict[str, Any]:
         return {"path": str(self.path), "run_id": self.run_id, **dict(self.counts),
-                "dropped_when_full": self.dropped, **self.retention.summary()}
+                "dropped_when_full": self.dropped, **self.retention.summary(),
+                **({"notify": self.notify.summary()} if self.notify else {})}
 
     # --------------------------------------------------------------------------- writer thread
 
@@ -178,6 +183,7 @@ class EventStore:
             conn.execute("ROLLBACK")
             raise
         self._exports.write(lines)
+        self.notify.committed(lines)  # only queued: the network is the notifiers' threads'
 
     def _insert(self, conn: Any, record: Any, lines: list) -> None:
         if isinstance(record, AnswerRecord):
@@ -192,6 +198,7 @@ class EventStore:
             self._clip(conn, record, lines)
         elif isinstance(record, StreamRecord):
             self._stream(conn, record)
+            lines.append((record.stream_id, "streams", {"source": record.source}))
         else:
             raise TypeError(f"the store cannot write a {type(record).__name__}")
 
@@ -251,17 +258,7 @@ class EventStore:
         return relative
 
     def _track(self, conn: Any, t: TrackSeen) -> None:
-        conn.execute(
-            "INSERT INTO tracks (run_id, stream_id, track_id, first_frame, first_s, "
-            "first_seen_at, last_frame, last_s, last_seen_at, best_box, best_frame, ended) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (run_id, stream_id, track_id) DO UPDATE SET last_frame = "
-            "excluded.last_frame, last_s = excluded.last_s, last_seen_at = excluded.last_seen_at, "
-            "best_box = excluded.best_box, best_frame = excluded.best_frame, "
-            "ended = excluded.ended",
-            (self.run_id, t.stream_id, t.track_id, t.first_frame, t.first_s, t.first_seen_at,
-             t.last_frame, t.last_s, t.last_seen_at, json.dumps(list(t.best_box)), t.best_frame,
-             int(t.ended)))
+        upsert_track(conn, self.run_id, t)
         self.counts["track_updates"] += 1
 
     def _segment(self, conn: Any, s: Segment) -> None:
@@ -288,6 +285,21 @@ class EventStore:
             "last_run = excluded.last_run",
             (s.stream_id, s.source, str(s.folder), self.run_id, self.run_id))
         self._exports.add(s)
+
+
+def upsert_track(conn: Any, run_id: int, t: TrackSeen) -> None:
+    """The track's row: added when it first appears, brought up to date after."""
+    conn.execute(
+        "INSERT INTO tracks (run_id, stream_id, track_id, first_frame, first_s, "
+        "first_seen_at, last_frame, last_s, last_seen_at, best_box, best_frame, ended) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, stream_id, track_id) DO UPDATE SET last_frame = "
+        "excluded.last_frame, last_s = excluded.last_s, last_seen_at = excluded.last_seen_at, "
+        "best_box = excluded.best_box, best_frame = excluded.best_frame, "
+        "ended = excluded.ended",
+        (run_id, t.stream_id, t.track_id, t.first_frame, t.first_s, t.first_seen_at,
+         t.last_frame, t.last_s, t.last_seen_at, json.dumps(list(t.best_box)), t.best_frame,
+         int(t.ended)))
 
 
 def index_clip(conn: Any, run_id: int, c: Clip) -> list[int]:

@@ -164,6 +164,27 @@ class _RunCollector:
                                     value=_number(lambda: store.write_lag_s))
             yield CounterMetricFamily("vidqa_store_dropped", "Records the store's full queue "
                                       "dropped", value=_number(lambda: store.dropped))
+            notify = getattr(store, "notify", None)
+            if notify:
+                yield from _notify_metrics(notify.summary())
+
+
+def _notify_metrics(summary: dict[str, Any]) -> Iterator[Any]:
+    """MQTT's and each webhook's counters, a ``channel`` label each (``mqtt``, or the URL)."""
+    channels = [("mqtt", summary["mqtt"])] if "mqtt" in summary else []
+    channels += [(hook["url"].split("?")[0], hook) for hook in summary.get("webhooks", [])]
+    for name, kind, doc in (
+            ("delivered", CounterMetricFamily, "Notifications the broker or endpoint took"),
+            ("dropped", CounterMetricFamily, "Notifications a full outbox dropped (the oldest)"),
+            ("failed", CounterMetricFamily, "Alerts a webhook refused, after its retries"),
+            ("queued", GaugeMetricFamily, "Notifications waiting in an outbox")):
+        family = kind(f"vidqa_notify_{name}", doc, labels=["channel"])
+        for channel, counts in channels:
+            family.add_metric([channel], counts.get(name, 0))
+        yield family
+    if "mqtt" in summary:
+        yield CounterMetricFamily("vidqa_mqtt_reconnects", "Reconnects to the MQTT broker",
+                                  value=summary["mqtt"]["reconnects"])
 
 
 def _per_stream(family: GaugeMetricFamily, streams: list[StreamWatch],
