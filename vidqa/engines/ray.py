@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,11 @@ INSTALL_HINT = "pip install 'vidqa[ray]'"
 STOP_WAIT_S = 60.0  # after Ctrl-C / SIGTERM: how long the streams get to close their outputs
 
 
-def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    """Run every stream of ``cfg`` on Ray; writes and returns the run's summary."""
+def run_on_ray(cfg: PipelineConfig, run_dir: Path, view: Any = None, monitor: Any = None
+               ) -> dict[str, Any]:
+    """Run every stream of ``cfg`` on Ray; writes and returns the run's summary. ``view`` and
+    ``monitor``: the run's live view and metrics, when it serves them (the stream actors relay
+    what they show, :mod:`vidqa.web.relay`)."""
     ray, serve = _import_ray()
     specs, multi = cfg.stream_configs(), bool(cfg.streams)
     paths, failed, files_s = _check_files(specs, multi, cfg.run.max_frames)
@@ -57,7 +60,8 @@ def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         app = f"vidqa-{uuid.uuid4().hex[:8]}"
         serve.start(proxy_location="Disabled")  # crops go through handles: no HTTP at all
         try:
-            return _run(ray, ray_actors, cfg, run_dir, app, specs, paths, failed, files_s)
+            return _run(ray, ray_actors, cfg, run_dir, app, specs, paths, failed, files_s,
+                        _relay(ray, ray_actors, specs, view, monitor))
         finally:
             if not started_here:  # a cluster we joined keeps running; our app does not
                 serve.delete(app)
@@ -65,7 +69,7 @@ def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str,
          specs: list[StreamConfig], paths: dict[str, Path | None], failed: dict[str, str],
-         files_s: float | None) -> dict[str, Any]:
+         files_s: float | None, relay: Any) -> dict[str, Any]:
     plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
     writer = ray_actors.start_store(cfg, run_dir, ray.get_runtime_context().get_node_id())
@@ -77,12 +81,14 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     handle = ray_actors.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, files_s, replicas, gpus)
     models = {"vlm": handle.info.remote().result()}
     cpus = _stream_cpus(ray, len(specs), replicas)  # a replica takes one CPU
+    relay_end = relay.end() if relay is not None else None
     actors = {spec.id: ray_actors.start_stream(cfg, spec, run_dir, paths[spec.id], app, writer,
-                                            cpus)
+                                            cpus, relay_end)
               for spec in specs if spec.id not in failed}
     started = time.perf_counter()
     try:
-        summaries = _wait(ray, actors, models)
+        with relay if relay is not None else nullcontext():
+            summaries = _wait(ray, actors, models)
     except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
         ray.get(writer.close.remote("error"))
         write_single(run_dir, _vlm_summary(ray.get(plans.summaries.remote())), engine="ray")
@@ -99,6 +105,18 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     ray.get(writer.record_summary.remote(summary))
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _relay(ray: Any, ray_actors: Any, specs: list[StreamConfig], view: Any, monitor: Any
+           ) -> Any:
+    """What the stream actors relay to the live view and the metrics (a
+    :class:`~vidqa.web.relay.RelayHost`, through an inbox on this machine), when served."""
+    if view is None and monitor is None:
+        return None
+    from vidqa.web.relay import RelayHost
+
+    inbox = ray_actors.start_view_inbox(ray.get_runtime_context().get_node_id())
+    return RelayHost(ray_actors.RayTransport(inbox), specs, view, monitor)
 
 
 def _run_end_of(summaries: dict[str, dict[str, Any]]) -> str:

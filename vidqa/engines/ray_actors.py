@@ -10,6 +10,9 @@ stream, the client between them, the event store.
   :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose answer stage is
   the same :class:`~vidqa.serving.stage.AnswerStage`, talking to
   :class:`~vidqa.serving.ray_client.RayClient`.
+* :class:`ViewInbox` — when the run serves a live view or metrics, what the stream actors relay
+  to it waits here, on the driver's machine, until the driver takes it
+  (:class:`RayTransport`, the Ray side of :mod:`vidqa.web.relay`).
 
 This module imports Ray at the top: only :mod:`vidqa.engines.ray` imports it, once Ray is known
 to be installed.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from ray import serve
 
 from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
-from vidqa.engines.common import json_of
+from vidqa.engines.common import json_of, watch_stream
 from vidqa.engines.fleet_plans import Fleet, SharedPlans
 from vidqa.errors import VidqaError
 from vidqa.messages import Answer
@@ -43,6 +47,7 @@ from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.factory import make_answerers
 from vidqa.vlm.loading import load_vlm
+from vidqa.web.relay import SHIP_TIMEOUT_S
 
 DEPLOYMENT = "VlmDeployment"
 # The shared plans' namespace. Replicas run in the namespace of the driver that started Serve,
@@ -153,8 +158,9 @@ class StreamActor:
     its source in :meth:`run`."""
 
     def __init__(self, cfg: PipelineConfig, spec: StreamConfig, run_dir: str, path: str | None,
-                 app: str, writer: Any | None) -> None:
+                 app: str, writer: Any | None, relay: Any = None) -> None:
         self.cfg, self.spec, self.app, self.writer = cfg, spec, app, writer
+        self.relay = relay  # a RelayEnd when the run serves a live view or metrics
         self.run_dir = Path(run_dir)
         self.out_dir = self.run_dir / spec.id if cfg.streams else self.run_dir
         self.path = Path(path) if path else None
@@ -202,9 +208,16 @@ class StreamActor:
                                    client, models, writer.put_many.remote, [])
         pipeline.on_end.append(client.close)
         pipeline.on_end.append(lambda: ray.get(writer.sync.remote()))
+        relay = self.relay.connect() if self.relay is not None else None
+        if relay is not None:
+            watch_stream(pipeline, self.spec, relay.view, relay.monitor, client)
         self.pipeline = pipeline
         pipeline.stop_reason = self.stop_reason
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        finally:
+            if relay is not None:
+                relay.close()
 
     def detector(self) -> list[dict[str, Any]]:
         """How this stream's detector batched (alone in its actor: batches of one)."""
@@ -226,13 +239,14 @@ class StreamActor:
 # importing is pickled by value (with its module's globals, the logger's open files included).
 
 def start_stream(cfg: PipelineConfig, spec: StreamConfig, run_dir: Path, path: Path | None,
-                 app: str, writer: Any | None, num_cpus: float) -> Any:
+                 app: str, writer: Any | None, num_cpus: float, relay: Any = None) -> Any:
     """The stream's actor; ``run()`` and ``stop()`` may run at the same time. Stream actors
-    spread over the cluster's nodes (each tracks on its node's cores)."""
+    spread over the cluster's nodes (each tracks on its node's cores). ``relay``: a
+    :class:`~vidqa.web.relay.RelayEnd` when the run serves a live view or metrics."""
     actor = ray.remote(StreamActor).options(num_cpus=num_cpus, max_concurrency=2,
                                             name=f"{app}-{spec.id}", scheduling_strategy="SPREAD")
     return actor.remote(cfg, spec, str(run_dir), None if path is None else str(path), app,
-                        writer)
+                        writer, relay)
 
 
 def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
@@ -242,6 +256,57 @@ def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return ray.remote(StoreActor).options(num_cpus=0, scheduling_strategy=strategy).remote(
         cfg, str(run_dir))
+
+
+class ViewInbox:
+    """What the stream actors relay to the live view, waiting on the driver's machine for the
+    driver to take it: at most ``max_batches`` batches (then the oldest go, counted), and which
+    streams someone watches, as the driver last said."""
+
+    def __init__(self, max_batches: int) -> None:
+        self.batches: deque[list] = deque()
+        self.max_batches = max_batches
+        self.dropped = 0  # messages of batches dropped because the driver fell behind
+        self.watched: frozenset[str] = frozenset()
+
+    def post(self, batch: list) -> frozenset[str]:
+        if batch:
+            if len(self.batches) >= self.max_batches:
+                self.dropped += len(self.batches.popleft())
+            self.batches.append(batch)
+        return self.watched
+
+    def take(self, watched: frozenset[str]) -> list[list]:
+        self.watched = watched
+        taken = list(self.batches)
+        self.batches.clear()
+        return taken
+
+
+class RayTransport:
+    """:mod:`vidqa.web.relay` over Ray: stream actors post to the run's :class:`ViewInbox`
+    (one call in flight per actor), the driver takes from it."""
+
+    def __init__(self, inbox: Any) -> None:
+        self.inbox = inbox
+
+    def ship(self, batch: list) -> frozenset[str]:
+        return ray.get(self.inbox.post.remote(batch), timeout=SHIP_TIMEOUT_S)
+
+    def receive(self, watched: frozenset[str], wait_s: float) -> list[list]:
+        batches = ray.get(self.inbox.take.remote(watched), timeout=SHIP_TIMEOUT_S)
+        if not batches and wait_s:
+            time.sleep(wait_s)
+        return batches
+
+
+def start_view_inbox(node_id: str, max_batches: int = 256) -> Any:
+    """The run's :class:`ViewInbox`, on ``node_id`` (the driver's machine)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return ray.remote(ViewInbox).options(num_cpus=0, scheduling_strategy=strategy).remote(
+        max_batches)
 
 
 def start_shared_plans(name: str) -> Any:
