@@ -21,7 +21,7 @@ from vidqa.messages import FrameResult, VideoFrame
 from vidqa.web import LiveView, LiveViewSink
 from vidqa.web import relay as relay_module
 from vidqa.web.metrics import Monitor
-from vidqa.web.relay import Outbox, QueueTransport, RelayHost, StreamRelay
+from vidqa.web.relay import Inbox, Outbox, QueueTransport, RelayHost, StreamRelay
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -141,6 +141,17 @@ def test_outbox_when_nobody_takes_batches_then_frames_are_dropped_first(
     assert [m[2]["n"] for m in messages if m[0] == "event"] == list(range(21))
     assert 1 <= len(frames) < 20 and frames[-1] == b"frame 19"  # the newest frame wins
     assert outbox.dropped["0"] == 20 - len(frames)
+
+
+def test_inbox_when_the_run_side_falls_behind_then_the_oldest_batches_go_counted() -> None:
+    inbox = Inbox(max_batches=2)
+    watched = [inbox.post([("event", "0", {"n": n})] * (n + 1)) for n in range(3)]
+    inbox.post([])  # an empty shipment only asks who watches
+    taken, dropped = inbox.take(frozenset({"0"}))
+
+    assert watched == [frozenset()] * 3 and inbox.post([]) == {"0"}
+    assert [len(batch) for batch in taken] == [2, 3] and dropped == 1
+    assert inbox.take(frozenset()) == ([], 1)
 
 
 def test_relay_when_metrics_only_then_figures_reach_metrics_and_health() -> None:

@@ -41,6 +41,7 @@ from vidqa.engines.common import (
 from vidqa.errors import ConfigError
 from vidqa.sources import source_path
 from vidqa.storage import write_json
+from vidqa.store import store_path
 
 INSTALL_HINT = "pip install 'vidqa[ray]'"
 STOP_WAIT_S = 60.0  # after Ctrl-C / SIGTERM: how long the streams get to close their outputs
@@ -73,6 +74,8 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
     writer = ray_actors.start_store(cfg, run_dir, ray.get_runtime_context().get_node_id())
+    if relay is not None and relay.monitor is not None:
+        relay.monitor.store = RemoteStore(ray, writer, store_path(cfg, run_dir))
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
                 "GPU" if gpus else "CPU")
     vlm_cfg = run_vlm_config(cfg)
@@ -117,6 +120,28 @@ def _relay(ray: Any, ray_actors: Any, specs: list[StreamConfig], view: Any, moni
 
     inbox = ray_actors.start_view_inbox(ray.get_runtime_context().get_node_id())
     return RelayHost(ray_actors.RayTransport(inbox), specs, view, monitor)
+
+
+class RemoteStore:
+    """The store actor as /metrics and /api/runs read a store: its figures at scrape time,
+    while the run's Ray is up."""
+
+    def __init__(self, ray: Any, actor: Any, path: Path) -> None:
+        self.ray, self.actor = ray, actor
+        self.path = path  # on this machine: the actor runs here
+
+    def _figures(self) -> tuple[float, int]:
+        if not self.ray.is_initialized():  # a scrape as the run ends must not start a Ray
+            raise RuntimeError("the run's Ray has shut down")
+        return self.ray.get(self.actor.figures.remote(), timeout=10)
+
+    @property
+    def write_lag_s(self) -> float:
+        return self._figures()[0]
+
+    @property
+    def dropped(self) -> int:
+        return self._figures()[1]
 
 
 def _run_end_of(summaries: dict[str, dict[str, Any]]) -> str:

@@ -10,9 +10,9 @@ stream, the client between them, the event store.
   :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose answer stage is
   the same :class:`~vidqa.serving.stage.AnswerStage`, talking to
   :class:`~vidqa.serving.ray_client.RayClient`.
-* :class:`ViewInbox` — when the run serves a live view or metrics, what the stream actors relay
-  to it waits here, on the driver's machine, until the driver takes it
-  (:class:`RayTransport`, the Ray side of :mod:`vidqa.web.relay`).
+* :class:`RayTransport` — when the run serves a live view or metrics, what the stream actors
+  relay to it (:mod:`vidqa.web.relay`) waits in an inbox actor on the driver's machine until
+  the driver takes it.
 
 This module imports Ray at the top: only :mod:`vidqa.engines.ray` imports it, once Ray is known
 to be installed.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.factory import make_answerers
 from vidqa.vlm.loading import load_vlm
-from vidqa.web.relay import SHIP_TIMEOUT_S
+from vidqa.web.relay import SHIP_TIMEOUT_S, Inbox
 
 DEPLOYMENT = "VlmDeployment"
 # The shared plans' namespace. Replicas run in the namespace of the driver that started Serve,
@@ -143,6 +142,10 @@ class StoreActor:
     def sync(self) -> None:
         """Returns once every record this caller sent before is queued (actor calls from one
         caller run in order)."""
+
+    def figures(self) -> tuple[float, int]:
+        """What /metrics reads of the store: its write lag and drops."""
+        return self.store.write_lag_s, self.store.dropped
 
     def close(self, end_reason: str | None) -> dict[str, Any]:
         self.store.close(end_reason)
@@ -258,55 +261,32 @@ def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
         cfg, str(run_dir))
 
 
-class ViewInbox:
-    """What the stream actors relay to the live view, waiting on the driver's machine for the
-    driver to take it: at most ``max_batches`` batches (then the oldest go, counted), and which
-    streams someone watches, as the driver last said."""
-
-    def __init__(self, max_batches: int) -> None:
-        self.batches: deque[list] = deque()
-        self.max_batches = max_batches
-        self.dropped = 0  # messages of batches dropped because the driver fell behind
-        self.watched: frozenset[str] = frozenset()
-
-    def post(self, batch: list) -> frozenset[str]:
-        if batch:
-            if len(self.batches) >= self.max_batches:
-                self.dropped += len(self.batches.popleft())
-            self.batches.append(batch)
-        return self.watched
-
-    def take(self, watched: frozenset[str]) -> list[list]:
-        self.watched = watched
-        taken = list(self.batches)
-        self.batches.clear()
-        return taken
-
-
 class RayTransport:
-    """:mod:`vidqa.web.relay` over Ray: stream actors post to the run's :class:`ViewInbox`
-    (one call in flight per actor), the driver takes from it."""
+    """:mod:`vidqa.web.relay` over Ray: stream actors post to the run's
+    :class:`~vidqa.web.relay.Inbox`, an actor on the driver's machine (one call in flight per
+    stream actor), the driver takes from it."""
 
     def __init__(self, inbox: Any) -> None:
         self.inbox = inbox
+        self.dropped = 0  # by the inbox, as it last said (the run's side only)
 
     def ship(self, batch: list) -> frozenset[str]:
         return ray.get(self.inbox.post.remote(batch), timeout=SHIP_TIMEOUT_S)
 
     def receive(self, watched: frozenset[str], wait_s: float) -> list[list]:
-        batches = ray.get(self.inbox.take.remote(watched), timeout=SHIP_TIMEOUT_S)
+        batches, self.dropped = ray.get(self.inbox.take.remote(watched), timeout=SHIP_TIMEOUT_S)
         if not batches and wait_s:
             time.sleep(wait_s)
         return batches
 
 
-def start_view_inbox(node_id: str, max_batches: int = 256) -> Any:
-    """The run's :class:`ViewInbox`, on ``node_id`` (the driver's machine)."""
+def start_view_inbox(node_id: str) -> Any:
+    """The run's :class:`~vidqa.web.relay.Inbox`, on ``node_id`` (the driver's machine). Its
+    module imports no model code: the actor's process starts in a moment."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    return ray.remote(ViewInbox).options(num_cpus=0, scheduling_strategy=strategy).remote(
-        max_batches)
+    return ray.remote(Inbox).options(num_cpus=0, scheduling_strategy=strategy).remote()
 
 
 def start_shared_plans(name: str) -> Any:

@@ -18,7 +18,8 @@ newer frame replaces one not yet sent).
 
 The transports: :class:`QueueTransport` (a bounded ``multiprocessing`` queue, and the watched
 flags in shared memory that the streams read at every shipment) and, for Ray,
-:class:`~vidqa.engines.ray_actors.RayTransport` (an actor on the driver's machine).
+:class:`~vidqa.engines.ray_actors.RayTransport` (an :class:`Inbox` actor on the driver's
+machine).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Transport(Protocol):
     def receive(self, watched: frozenset[str], wait_s: float) -> list[Batch]:
         """Tell the streams who watches; the batches that came, waiting up to ``wait_s`` for
         the first (the run's side)."""
+
+    @property
+    def dropped(self) -> int:
+        """Messages the channel itself dropped (the outboxes count their own)."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +302,9 @@ class RelayHost:
         if self._thread.ident is not None:
             self._thread.join(timeout=10.0)
         self._deliver_all(self.transport.receive(frozenset(), 0.0))
+        if self.transport.dropped:
+            logger.warning("view relay: {} messages dropped on the way to the live view (it "
+                           "fell behind)", self.transport.dropped)
 
     def __enter__(self) -> RelayHost:
         return self.start()
@@ -361,6 +369,32 @@ class RelayHost:
         sink.merge(figures, latencies_s)
 
 
+class Inbox:
+    """Batches waiting for the run's side to take them, at most ``max_batches`` (then the oldest
+    go, counted), and which streams someone watches, as the run's side last said. Ray's
+    transport runs it as an actor on the driver's machine."""
+
+    def __init__(self, max_batches: int = 256) -> None:
+        self.batches: deque[Batch] = deque()
+        self.max_batches = max_batches
+        self.dropped = 0  # messages of the batches dropped because the run's side fell behind
+        self.watched: frozenset[str] = frozenset()
+
+    def post(self, batch: Batch) -> frozenset[str]:
+        if batch:
+            if len(self.batches) >= self.max_batches:
+                self.dropped += len(self.batches.popleft())
+            self.batches.append(batch)
+        return self.watched
+
+    def take(self, watched: frozenset[str]) -> tuple[list[Batch], int]:
+        """The batches waiting, and how many messages were dropped so far."""
+        self.watched = watched
+        taken = list(self.batches)
+        self.batches.clear()
+        return taken, self.dropped
+
+
 class QueueTransport:
     """Stream processes to the run's process: one bounded queue for every process's batches,
     and a watched flag per stream in shared memory."""
@@ -369,6 +403,7 @@ class QueueTransport:
         self.queue = context.Queue(max_batches)
         self.flags = context.RawArray("b", max(1, len(stream_ids)))
         self.index = {sid: i for i, sid in enumerate(stream_ids)}
+        self.dropped = 0  # none here: a full queue makes the streams' outboxes drop (counted)
 
     def ship(self, batch: Batch) -> frozenset[str]:
         if batch:
