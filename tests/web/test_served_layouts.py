@@ -27,7 +27,8 @@ GUARD_FRAMES = 400  # the test stops the run once it has seen enough; this only 
 # the stop does not wait for answers in flight: what the test watches comes sooner, and the
 # run ends sooner, on two busy cores.
 QUICK = ("vlm.adaptive.enabled=false", "tracker.imgsz=320", "run.stop_grace_s=0.5")
-LAYOUTS = {"processes": ("run.processes=2",), "ray": ("run.engine=ray",)}
+LAYOUTS = {"processes": ("run.processes=2", "source.replay=realtime", "source.replay_speed=0.5"),
+           "ray": ("run.engine=ray",)}
 
 
 def _streams(run: ServedRun) -> dict[str, dict[str, Any]]:
