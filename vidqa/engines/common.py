@@ -96,9 +96,9 @@ def wait_or_stop(wait: Callable[[], None], stop: Callable[[str], None],
             (wait_stopped or wait)()
 
 
-def watch_stream(pipeline: Pipeline, spec: StreamConfig, view: Any, monitor: Any,
+def serve_stream(pipeline: Pipeline, spec: StreamConfig, view: Any, monitor: Any,
                  service: AnswerService, answerer: Any = None) -> None:
-    """The sinks that show a stream in the live view (``view``: a LiveView, or a RelayView in a
+    """The sinks that serve a stream to the live view (``view``: a LiveView, or a RelayView in a
     stream process or actor) and count it for /metrics and /healthz (``monitor``), when given;
     ``answerer``: the run's BatchAnswerer where it runs in this process (its phases)."""
     if view is not None:

@@ -24,8 +24,8 @@ from vidqa.engines.common import (
     run_summary,
     run_vlm_config,
     segmented,
+    serve_stream,
     wait_or_stop,
-    watch_stream,
     write_single,
 )
 from vidqa.pipeline import WAIT_FOR_ALL, Pipeline, Send, stream_pipeline
@@ -123,7 +123,7 @@ class LocalRun:
         out_dir = self.run_dir / spec.id if multi else self.run_dir
         pipeline = stream_pipeline(self.cfg, spec, out_dir, source, tracker, self.service,
                                    self.models, self.send, [])
-        watch_stream(pipeline, spec, self.view, self.monitor, self.service, self.answerer)
+        serve_stream(pipeline, spec, self.view, self.monitor, self.service, self.answerer)
         return pipeline
 
     def run(self) -> dict[str, Any]:

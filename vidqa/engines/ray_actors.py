@@ -32,7 +32,7 @@ from ray import serve
 
 from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
-from vidqa.engines.common import json_of, watch_stream
+from vidqa.engines.common import json_of, serve_stream
 from vidqa.engines.fleet_plans import Fleet, SharedPlans
 from vidqa.errors import VidqaError
 from vidqa.messages import Answer
@@ -213,7 +213,7 @@ class StreamActor:
         pipeline.on_end.append(lambda: ray.get(writer.sync.remote()))
         relay = self.relay.connect() if self.relay is not None else None
         if relay is not None:
-            watch_stream(pipeline, self.spec, relay.view, relay.monitor, client)
+            serve_stream(pipeline, self.spec, relay.view, relay.monitor, client)
         self.pipeline = pipeline
         pipeline.stop_reason = self.stop_reason
         try:

@@ -46,7 +46,7 @@ Message = tuple[str, str, Any]  # (kind, stream id, payload); kinds: see RelayHo
 Batch = list[Message]
 
 SHIP_EVERY_S = 0.25  # the outbox ships (and learns who watches) at least this often
-SHIP_GAP_S = 0.05  # and at most once per this long: what comes meanwhile goes together
+SHIP_GAP_S = 0.1  # and at most once per this long: what comes meanwhile goes together
 SHIP_TIMEOUT_S = 2.0  # a shipment the other side does not take by then is dropped
 FIGURES_EVERY_S = 0.5  # the monitor's figures of a stream, at most this often
 MAX_MESSAGES = 2000  # events, status and figures waiting in one outbox; then the oldest go
