@@ -15,17 +15,23 @@ the system chromium is launched by path, playwright's own browser downloads are 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-from web.served_run import ServedRun, port_is_free, sample_config
-from web_factories import chromium_path, wait_until
+from web.served_run import (
+    WAIT_MS,
+    ServedRun,
+    port_is_free,
+    sample_config,
+    wait_answers,
+    wait_video_advances,
+    wait_videos,
+)
+from web_factories import chromium_path
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 
-WAIT_MS = 90_000  # a guard for two busy cores, not a timing assertion
 GUARD_FRAMES = 600  # the test stops the run once it has seen enough; this only bounds it
 
 
@@ -36,45 +42,6 @@ def artifacts(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("VIDQA_ARTIFACTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _frames_of(page, stream_id: str) -> int:
-    text = page.locator(f"article.stream[data-stream='{stream_id}'] "
-                        f"dd[data-counter='frames']").inner_text()
-    return int(text) if text.isdigit() else 0
-
-
-def _wait_videos(page, stream_ids: tuple[str, ...]) -> list[str]:
-    """Every stream's card shows a decoded frame; returns the stream ids the page shows."""
-    page.wait_for_function(
-        "n => { const imgs = [...document.querySelectorAll('article.stream img.frame')];"
-        " return imgs.length === n && imgs.every(i => i.naturalWidth > 0); }",
-        arg=len(stream_ids), timeout=WAIT_MS)
-    return page.eval_on_selector_all("article.stream", "cards => cards.map(c => c.dataset.stream)")
-
-
-def _wait_video_advances(page, stream_id: str) -> tuple[int, int, bool]:
-    """The frames counter goes up and the picture changes: (frames before, after, changed)."""
-    video = page.locator(f"article.stream[data-stream='{stream_id}'] img.frame")
-    first, before = video.screenshot(), _frames_of(page, stream_id)
-    page.wait_for_function(
-        f"Number(document.querySelector(\"article.stream[data-stream='{stream_id}'] "
-        f"dd[data-counter='frames']\").textContent) > {before}", timeout=WAIT_MS)
-    shots: list[bytes] = []
-    wait_until(lambda: shots.append(video.screenshot()) or shots[-1] != first,
-               f"stream {stream_id}'s video to show a newer frame", timeout_s=WAIT_MS / 1000)
-    return before, _frames_of(page, stream_id), shots[-1] != first
-
-
-def _wait_answers(page, stream_ids: tuple[str, ...]) -> dict[str, int]:
-    """Rows with a yes/no answer for every stream; returns answered rows per stream."""
-    count_rows = (
-        "ids => Object.fromEntries(ids.map(id => [id, [...document.querySelectorAll("
-        "'#tracks tbody tr[data-track^=\"' + id + ':\"]')].filter(r => "
-        "r.querySelector('.badge.yes, .badge.no')).length]))")
-    page.wait_for_function(f"Object.values(({count_rows})({json.dumps(list(stream_ids))}))"
-                           ".every(n => n > 0)", timeout=WAIT_MS)
-    return page.evaluate(count_rows, list(stream_ids))
 
 
 @pytest.mark.parametrize("streams", [(), ("gate", "hall")], ids=["one-stream", "two-streams"])
@@ -95,9 +62,9 @@ def test_page_when_real_run_serves_then_video_advances_tracks_fill_and_server_st
             page.on("pageerror", lambda err: errors.append(str(err)))
             run.start()
             page.goto(run.url)
-            shown = _wait_videos(page, expected)
-            advanced = {sid: _wait_video_advances(page, sid) for sid in expected}
-            answered = _wait_answers(page, expected)
+            shown = wait_videos(page, expected)
+            advanced = {sid: wait_video_advances(page, sid) for sid in expected}
+            answered = wait_answers(page, expected)
             page.wait_for_selector("#connection.pill-ok", timeout=WAIT_MS)
             counters = page.eval_on_selector_all("dd[data-counter]",
                                                  "dds => dds.map(d => d.textContent)")

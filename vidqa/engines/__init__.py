@@ -20,7 +20,6 @@ from loguru import logger
 from vidqa.config import PipelineConfig
 from vidqa.engines.local import LocalRun
 from vidqa.engines.processes import processes_for, run_in_processes
-from vidqa.errors import ConfigError
 from vidqa.run import run_log
 
 
@@ -29,24 +28,18 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, config_name: str = "",
                  metrics: tuple[str, int] | None = None) -> dict[str, Any]:
     """Build the run and drive it on ``run.engine``, logging into ``run_dir/vidqa.log`` from
     the first line. ``serve``: (host, port) of a live web view that lives as long as the run
-    (with ``/metrics`` and ``/healthz``); ``metrics``: (host, port) of a server of only those."""
-    served = serve is not None or metrics is not None
-    what = "--serve (the live web view)" if serve is not None else "--metrics"
-    if served and cfg.run.engine == "ray":
-        raise ConfigError(f"{what} works with run.engine: local only: drop it, or set "
-                          f"run.engine: local")
-    if served and cfg.run.processes > 1:
-        raise ConfigError(f"{what} reports the streams of one process: drop it, or set "
-                          f"run.processes: 1")
+    (with ``/metrics`` and ``/healthz``); ``metrics``: (host, port) of a server of only those.
+    Both serve every layout: streams in stream processes or Ray actors relay what the servers
+    show (:mod:`vidqa.web.relay`)."""
     with run_log(run_dir), _servers(serve, metrics, token) as (view, monitor):
         logger.info("config: {}; run folder {}", config_name or "built-in defaults", run_dir)
         if cfg.run.engine == "ray":
             from vidqa.engines.ray import run_on_ray  # Ray is an optional extra
 
-            return run_on_ray(cfg, run_dir)
-        processes = processes_for(cfg) if not served else 1
+            return run_on_ray(cfg, run_dir, view, monitor)
+        processes = processes_for(cfg)
         if processes > 1:
-            return run_in_processes(cfg, run_dir, processes)
+            return run_in_processes(cfg, run_dir, processes, view, monitor)
         return LocalRun.from_config(cfg, run_dir, view, monitor=monitor).run()
 
 

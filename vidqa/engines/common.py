@@ -1,6 +1,7 @@
 """What every engine does the same way: the questions the model answers, opening each stream's
-source (or skipping it), telling the model how long the files are, stopping every stream on
-Ctrl-C or SIGTERM, and the run's ``summary.json``."""
+source (or skipping it), telling the model how long the files are, showing a stream in the live
+view and on /metrics, stopping every stream on Ctrl-C or SIGTERM, and the run's
+``summary.json``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from loguru import logger
 
 from vidqa.config import PipelineConfig, QuestionConfig, StreamConfig, VlmConfig
 from vidqa.errors import VidqaError
+from vidqa.pipeline import Pipeline
 from vidqa.run import (
     EXIT_CODES,
     SCHEMA_VERSION,
@@ -22,6 +24,7 @@ from vidqa.run import (
     exit_on_second_signal,
     sigterm_raises,
 )
+from vidqa.serving.base import AnswerService
 from vidqa.sources import Source, is_live, open_source
 from vidqa.storage import write_json
 
@@ -91,6 +94,41 @@ def wait_or_stop(wait: Callable[[], None], stop: Callable[[str], None],
             logger.warning("{}: stopping every stream (a second signal exits at once)", reason)
             stop(reason)
             (wait_stopped or wait)()
+
+
+def serve_stream(pipeline: Pipeline, spec: StreamConfig, view: Any, monitor: Any,
+                 service: AnswerService, answerer: Any = None) -> None:
+    """The sinks that serve a stream to the live view (``view``: a LiveView, or a RelayView in a
+    stream process or actor) and count it for /metrics and /healthz (``monitor``), when given;
+    ``answerer``: the run's BatchAnswerer where it runs in this process (its phases)."""
+    if view is not None:
+        from vidqa.web import LiveViewSink  # the server's packages load only when served
+
+        pipeline.extra_sinks.append(LiveViewSink(
+            view, spec.id, pipeline.board, counters=lambda: _counters(pipeline, service,
+                                                                      answerer)))
+    if monitor is not None:
+        pipeline.extra_sinks.append(monitor.watch(
+            spec.id, is_live(spec.source), spec.source.stall_timeout_s,
+            stats=lambda: _stream_stats(pipeline)))
+
+
+def _counters(pipeline: Pipeline, service: AnswerService, answerer: Any) -> dict[str, Any]:
+    """What the live view shows of a stream besides its frames: drops, the model's queue
+    and each question's phase (profiling, compressed, full)."""
+    stage = pipeline.answer_stage
+    return {"frames_dropped": pipeline.source.stats().get("frames_dropped", 0),
+            "vlm_queue": service.waiting, "vlm_in_flight": stage.in_flight,
+            "tracks_waiting": len(stage.waiting),
+            "phase": {a.question.label: getattr(a, "phase", "full")
+                      for a in (answerer.answerers if answerer else ())}}
+
+
+def _stream_stats(pipeline: Pipeline) -> dict[str, Any]:
+    """A stream's counters for /metrics, read at scrape time."""
+    stage = pipeline.answer_stage
+    return {**pipeline.source.stats(), "tracks": pipeline.policy.tracks_seen,
+            "failed": stage.failed, "tracks_waiting": len(stage.waiting)}
 
 
 def run_summary(cfg: PipelineConfig, run_dir: Path, summaries: dict[str, dict[str, Any]],

@@ -24,6 +24,7 @@ from vidqa.engines.common import (
     run_summary,
     run_vlm_config,
     segmented,
+    serve_stream,
     wait_or_stop,
     write_single,
 )
@@ -59,7 +60,7 @@ class LocalRun:
         self.store = store  # the store, when this process holds it
         self.view = view  # the live web view, if the run serves one
         self.monitor = monitor  # what /metrics and /healthz report, if the run serves them
-        if monitor is not None:
+        if monitor is not None and store is not None:  # else the run's process reports them
             monitor.service, monitor.store = service, store
 
     @classmethod
@@ -122,26 +123,8 @@ class LocalRun:
         out_dir = self.run_dir / spec.id if multi else self.run_dir
         pipeline = stream_pipeline(self.cfg, spec, out_dir, source, tracker, self.service,
                                    self.models, self.send, [])
-        if self.view is not None:
-            from vidqa.web import LiveViewSink
-
-            pipeline.extra_sinks.append(LiveViewSink(self.view, spec.id, pipeline.board,
-                                                     counters=lambda: self._counters(pipeline)))
-        if self.monitor is not None:
-            pipeline.extra_sinks.append(self.monitor.watch(
-                spec.id, is_live(spec.source), spec.source.stall_timeout_s,
-                stats=lambda: _stream_stats(pipeline)))
+        serve_stream(pipeline, spec, self.view, self.monitor, self.service, self.answerer)
         return pipeline
-
-    def _counters(self, pipeline: Pipeline) -> dict[str, Any]:
-        """What the live view shows of a stream besides its frames: drops, the model's queue
-        and each question's phase (profiling, compressed, full)."""
-        stage = pipeline.answer_stage
-        return {"frames_dropped": pipeline.source.stats().get("frames_dropped", 0),
-                "vlm_queue": self.service.waiting, "vlm_in_flight": stage.in_flight,
-                "tracks_waiting": len(stage.waiting),
-                "phase": {a.question.label: getattr(a, "phase", "full")
-                          for a in (self.answerer.answerers if self.answerer else ())}}
 
     def run(self) -> dict[str, Any]:
         """Every stream to its end; the service answers until the last one is done."""
@@ -206,13 +189,6 @@ class LocalRun:
     def _vlm_summary(self) -> dict[str, Any]:
         answerer = self.answerer.summary() if self.answerer else self.service.answerer_summary()
         return {**answerer, "service": self.service.summary()}
-
-
-def _stream_stats(pipeline: Pipeline) -> dict[str, Any]:
-    """A stream's counters for /metrics, read at scrape time."""
-    stage = pipeline.answer_stage
-    return {**pipeline.source.stats(), "tracks": pipeline.policy.tracks_seen,
-            "failed": stage.failed, "tracks_waiting": len(stage.waiting)}
 
 
 def single_stream(cfg: PipelineConfig, run_dir: Path) -> Pipeline:

@@ -13,7 +13,9 @@ a question is profiled once for the run. This process writes the merged ``events
 stream processes forward their answers to it), waits, and writes the run's ``summary.json``.
 
 Ctrl-C and SIGTERM stop every stream at its next frame, as in one process; a stream process
-that dies is reported with its streams, and the others go on.
+that dies is reported with its streams, and the others go on. A run served live (``--serve``,
+``--metrics``) serves here; the stream processes relay what it shows
+(:mod:`vidqa.web.relay`, over a :class:`~vidqa.web.relay.QueueTransport`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 from loguru import logger
@@ -47,6 +49,9 @@ from vidqa.sources import is_live, open_source, source_path
 from vidqa.storage import write_json
 from vidqa.store import EventStore
 from vidqa.workers import run_for_owner
+
+if TYPE_CHECKING:
+    from vidqa.web.relay import RelayEnd, RelayHost
 
 SPARE_CORES = 2  # auto: cores left to the VLM worker and this process
 PROCESSES_PER_DETECTION_WORKER = 8  # auto: one detection worker's Python keeps up with these
@@ -72,9 +77,11 @@ def detection_workers(setting: int, processes: int) -> int:
     return setting or -(-processes // PROCESSES_PER_DETECTION_WORKER)
 
 
-def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int) -> dict[str, Any]:
-    """Every stream of ``cfg`` in ``processes`` stream processes; the run's summary."""
-    return ProcessRun(cfg, run_dir, processes).run()
+def run_in_processes(cfg: PipelineConfig, run_dir: Path, processes: int, view: Any = None,
+                     monitor: Any = None) -> dict[str, Any]:
+    """Every stream of ``cfg`` in ``processes`` stream processes; the run's summary. ``view``
+    and ``monitor``: the run's live view and metrics, when it serves them."""
+    return ProcessRun(cfg, run_dir, processes, view=view, monitor=monitor).run()
 
 
 class ProcessRun:
@@ -82,7 +89,8 @@ class ProcessRun:
     run (the stream processes send their records here)."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, processes: int,
-                 detect_in_worker: bool | None = None) -> None:
+                 detect_in_worker: bool | None = None, view: Any = None,
+                 monitor: Any = None) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         # On CUDA the worker detects for every stream process: one CUDA context on the GPU.
         # Processes that each own a context take turns on the GPU (time slices, no overlap).
@@ -95,6 +103,7 @@ class ProcessRun:
         self._events, self._done = context.Queue(), context.Queue()
         self._controls = [context.Queue() for _ in self.groups]
         self._context = context
+        self.view, self.monitor = view, monitor  # what the run serves, if it serves
         self.stopping = False  # the run was stopped: what the model still holds is abandoned
 
     def stop(self, reason: str = "stopped") -> None:
@@ -114,18 +123,24 @@ class ProcessRun:
         if seconds is not None:
             service.expect(seconds)
         threads = max(1, (os.cpu_count() or 1) // processes)
+        relay = self._relay()
         workers = [self._context.Process(
             target=_stream_process, name=f"streams-{i + 1}",
             args=(dataclasses.replace(cfg, streams=tuple(group)), self.run_dir, i + 1,
                   service.client_end(i + 1), self._events, self._controls[i], self._done,
-                  threads, detection[i % len(detection)].end(i) if detection else None))
+                  threads, detection[i % len(detection)].end(i) if detection else None,
+                  relay.end() if relay is not None else None))
             for i, group in enumerate(self.groups)]
         store = open_store(cfg, self.run_dir)
+        if self.monitor is not None:
+            self.monitor.service, self.monitor.store = service, store
         writer = threading.Thread(target=_forward_records, args=(self._events, store),
                                   name="records")
         writer.start()
         reports: dict[int, tuple] = {}
         try:
+            if relay is not None:
+                relay.start()
             for worker in workers:
                 worker.start()
             wait_or_stop(lambda: _collect(workers, self._done, reports), self.stop)
@@ -135,6 +150,8 @@ class ProcessRun:
         finally:
             for worker in workers:
                 worker.join()
+            if relay is not None:
+                relay.close()
             self._events.put(None)
             writer.join()
             for worker in detection:
@@ -151,6 +168,16 @@ class ProcessRun:
         store.record_summary(summary)
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+    def _relay(self) -> RelayHost | None:
+        """What the stream processes relay to the live view and the metrics, when served."""
+        if self.view is None and self.monitor is None:
+            return None
+        from vidqa.web.relay import QueueTransport, RelayHost  # only a served run needs it
+
+        specs = self.cfg.stream_configs()
+        transport = QueueTransport(self._context, [spec.id for spec in specs])
+        return RelayHost(transport, specs, self.view, self.monitor)
 
     def _start_detection(self, log: Path) -> list[DetectionWorker]:
         """The detection workers, one per :data:`PROCESSES_PER_DETECTION_WORKER` stream
@@ -217,9 +244,10 @@ def _forward_records(records: Any, store: EventStore) -> None:
 
 def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientEnd,
                     events: Any, control: Any, done: Any, threads: int,
-                    detection_end: DetectionEnd | None) -> None:
+                    detection_end: DetectionEnd | None, relay_end: RelayEnd | None) -> None:
     """One stream process: its streams on threads, their crops to the model worker (and
-    their frames to a detection worker, when the run has one)."""
+    their frames to a detection worker, when the run has one, and what the live view and the
+    metrics show to the run's process, when it serves them)."""
     # Ctrl-C reaches the whole process group; the run's process decides and tells us (control),
     # so every stream stops once, the same way, and waits for its answers in flight.
     run_for_owner()
@@ -227,13 +255,16 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
     with run_log(run_dir):
         client = end.connect()
         detection = detection_end.connect() if detection_end is not None else None
+        relay = relay_end.connect() if relay_end is not None else None
         try:
             run = LocalRun.from_config(cfg, run_dir, client=client, send=events.put,
-                                       threads=threads, detection=detection)
+                                       threads=threads, detection=detection,
+                                       view=getattr(relay, "view", None),
+                                       monitor=getattr(relay, "monitor", None))
         except Exception as err:  # every stream of this process is reported, the run goes on
             logger.opt(exception=True).error("stream process {} cannot start: {}", index, err)
             done.put((index, {}, {s.id: str(err) for s in cfg.streams}, []))
-            _close(client, detection)
+            _close(client, detection, relay)
             return
         threading.Thread(target=_stop_on_request, args=(control, run), daemon=True).start()
         try:
@@ -241,7 +272,7 @@ def _stream_process(cfg: PipelineConfig, run_dir: Path, index: int, end: ClientE
         finally:
             for pipeline in run.pipelines:
                 pipeline.tracker.close()
-            _close(client, detection)
+            _close(client, detection, relay)
         done.put((index, summaries, run.failed, run.detectors()))
 
 

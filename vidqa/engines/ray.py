@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,17 @@ from vidqa.engines.common import (
 from vidqa.errors import ConfigError
 from vidqa.sources import source_path
 from vidqa.storage import write_json
+from vidqa.store import store_path
 
 INSTALL_HINT = "pip install 'vidqa[ray]'"
 STOP_WAIT_S = 60.0  # after Ctrl-C / SIGTERM: how long the streams get to close their outputs
 
 
-def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    """Run every stream of ``cfg`` on Ray; writes and returns the run's summary."""
+def run_on_ray(cfg: PipelineConfig, run_dir: Path, view: Any = None, monitor: Any = None
+               ) -> dict[str, Any]:
+    """Run every stream of ``cfg`` on Ray; writes and returns the run's summary. ``view`` and
+    ``monitor``: the run's live view and metrics, when it serves them (the stream actors relay
+    what they show, :mod:`vidqa.web.relay`)."""
     ray, serve = _import_ray()
     specs, multi = cfg.stream_configs(), bool(cfg.streams)
     paths, failed, files_s = _check_files(specs, multi, cfg.run.max_frames)
@@ -57,7 +61,8 @@ def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         app = f"vidqa-{uuid.uuid4().hex[:8]}"
         serve.start(proxy_location="Disabled")  # crops go through handles: no HTTP at all
         try:
-            return _run(ray, ray_actors, cfg, run_dir, app, specs, paths, failed, files_s)
+            return _run(ray, ray_actors, cfg, run_dir, app, specs, paths, failed, files_s,
+                        _relay(ray, ray_actors, specs, view, monitor))
         finally:
             if not started_here:  # a cluster we joined keeps running; our app does not
                 serve.delete(app)
@@ -65,10 +70,12 @@ def run_on_ray(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str,
          specs: list[StreamConfig], paths: dict[str, Path | None], failed: dict[str, str],
-         files_s: float | None) -> dict[str, Any]:
+         files_s: float | None, relay: Any) -> dict[str, Any]:
     plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
     writer = ray_actors.start_store(cfg, run_dir, ray.get_runtime_context().get_node_id())
+    if relay is not None and relay.monitor is not None:
+        relay.monitor.store = RemoteStore(ray, writer, store_path(cfg, run_dir))
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,
                 "GPU" if gpus else "CPU")
     vlm_cfg = run_vlm_config(cfg)
@@ -77,12 +84,14 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     handle = ray_actors.start_vlm(vlm_cfg, app, f"{app}-plans", run_dir, files_s, replicas, gpus)
     models = {"vlm": handle.info.remote().result()}
     cpus = _stream_cpus(ray, len(specs), replicas)  # a replica takes one CPU
+    relay_end = relay.end() if relay is not None else None
     actors = {spec.id: ray_actors.start_stream(cfg, spec, run_dir, paths[spec.id], app, writer,
-                                            cpus)
+                                            cpus, relay_end)
               for spec in specs if spec.id not in failed}
     started = time.perf_counter()
     try:
-        summaries = _wait(ray, actors, models)
+        with relay if relay is not None else nullcontext():
+            summaries = _wait(ray, actors, models)
     except ray.exceptions.RayTaskError as err:  # one stream, and it failed: as the local engine
         ray.get(writer.close.remote("error"))
         write_single(run_dir, _vlm_summary(ray.get(plans.summaries.remote())), engine="ray")
@@ -99,6 +108,40 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     ray.get(writer.record_summary.remote(summary))
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _relay(ray: Any, ray_actors: Any, specs: list[StreamConfig], view: Any, monitor: Any
+           ) -> Any:
+    """What the stream actors relay to the live view and the metrics (a
+    :class:`~vidqa.web.relay.RelayHost`, through an inbox on this machine), when served."""
+    if view is None and monitor is None:
+        return None
+    from vidqa.web.relay import RelayHost
+
+    inbox = ray_actors.start_view_inbox(ray.get_runtime_context().get_node_id())
+    return RelayHost(ray_actors.RayTransport(inbox), specs, view, monitor)
+
+
+class RemoteStore:
+    """The store actor as /metrics and /api/runs read a store: its figures at scrape time,
+    while the run's Ray is up."""
+
+    def __init__(self, ray: Any, actor: Any, path: Path) -> None:
+        self.ray, self.actor = ray, actor
+        self.path = path  # on this machine: the actor runs here
+
+    def _figures(self) -> tuple[float, int]:
+        if not self.ray.is_initialized():  # a scrape as the run ends must not start a Ray
+            raise RuntimeError("the run's Ray has shut down")
+        return self.ray.get(self.actor.figures.remote(), timeout=10)
+
+    @property
+    def write_lag_s(self) -> float:
+        return self._figures()[0]
+
+    @property
+    def dropped(self) -> int:
+        return self._figures()[1]
 
 
 def _run_end_of(summaries: dict[str, dict[str, Any]]) -> str:

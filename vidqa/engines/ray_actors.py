@@ -10,6 +10,9 @@ stream, the client between them, the event store.
   :class:`~vidqa.pipeline.Pipeline` (source, tracker, ROI policy, sinks) whose answer stage is
   the same :class:`~vidqa.serving.stage.AnswerStage`, talking to
   :class:`~vidqa.serving.ray_client.RayClient`.
+* :class:`RayTransport` — when the run serves a live view or metrics, what the stream actors
+  relay to it (:mod:`vidqa.web.relay`) waits in an inbox actor on the driver's machine until
+  the driver takes it.
 
 This module imports Ray at the top: only :mod:`vidqa.engines.ray` imports it, once Ray is known
 to be installed.
@@ -29,7 +32,7 @@ from ray import serve
 
 from vidqa import assets
 from vidqa.config import PipelineConfig, StreamConfig, VlmConfig
-from vidqa.engines.common import json_of
+from vidqa.engines.common import json_of, serve_stream
 from vidqa.engines.fleet_plans import Fleet, SharedPlans
 from vidqa.errors import VidqaError
 from vidqa.messages import Answer
@@ -43,6 +46,7 @@ from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
 from vidqa.vlm.factory import make_answerers
 from vidqa.vlm.loading import load_vlm
+from vidqa.web.relay import SHIP_TIMEOUT_S, Inbox
 
 DEPLOYMENT = "VlmDeployment"
 # The shared plans' namespace. Replicas run in the namespace of the driver that started Serve,
@@ -139,6 +143,10 @@ class StoreActor:
         """Returns once every record this caller sent before is queued (actor calls from one
         caller run in order)."""
 
+    def figures(self) -> tuple[float, int]:
+        """What /metrics reads of the store: its write lag and drops."""
+        return self.store.write_lag_s, self.store.dropped
+
     def close(self, end_reason: str | None) -> dict[str, Any]:
         self.store.close(end_reason)
         return self.store.summary()
@@ -153,8 +161,9 @@ class StreamActor:
     its source in :meth:`run`."""
 
     def __init__(self, cfg: PipelineConfig, spec: StreamConfig, run_dir: str, path: str | None,
-                 app: str, writer: Any | None) -> None:
+                 app: str, writer: Any | None, relay: Any = None) -> None:
         self.cfg, self.spec, self.app, self.writer = cfg, spec, app, writer
+        self.relay = relay  # a RelayEnd when the run serves a live view or metrics
         self.run_dir = Path(run_dir)
         self.out_dir = self.run_dir / spec.id if cfg.streams else self.run_dir
         self.path = Path(path) if path else None
@@ -202,9 +211,16 @@ class StreamActor:
                                    client, models, writer.put_many.remote, [])
         pipeline.on_end.append(client.close)
         pipeline.on_end.append(lambda: ray.get(writer.sync.remote()))
+        relay = self.relay.connect() if self.relay is not None else None
+        if relay is not None:
+            serve_stream(pipeline, self.spec, relay.view, relay.monitor, client)
         self.pipeline = pipeline
         pipeline.stop_reason = self.stop_reason
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        finally:
+            if relay is not None:
+                relay.close()
 
     def detector(self) -> list[dict[str, Any]]:
         """How this stream's detector batched (alone in its actor: batches of one)."""
@@ -226,13 +242,14 @@ class StreamActor:
 # importing is pickled by value (with its module's globals, the logger's open files included).
 
 def start_stream(cfg: PipelineConfig, spec: StreamConfig, run_dir: Path, path: Path | None,
-                 app: str, writer: Any | None, num_cpus: float) -> Any:
+                 app: str, writer: Any | None, num_cpus: float, relay: Any = None) -> Any:
     """The stream's actor; ``run()`` and ``stop()`` may run at the same time. Stream actors
-    spread over the cluster's nodes (each tracks on its node's cores)."""
+    spread over the cluster's nodes (each tracks on its node's cores). ``relay``: a
+    :class:`~vidqa.web.relay.RelayEnd` when the run serves a live view or metrics."""
     actor = ray.remote(StreamActor).options(num_cpus=num_cpus, max_concurrency=2,
                                             name=f"{app}-{spec.id}", scheduling_strategy="SPREAD")
     return actor.remote(cfg, spec, str(run_dir), None if path is None else str(path), app,
-                        writer)
+                        writer, relay)
 
 
 def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
@@ -242,6 +259,34 @@ def start_store(cfg: PipelineConfig, run_dir: Path, node_id: str) -> Any:
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
     return ray.remote(StoreActor).options(num_cpus=0, scheduling_strategy=strategy).remote(
         cfg, str(run_dir))
+
+
+class RayTransport:
+    """:mod:`vidqa.web.relay` over Ray: stream actors post to the run's
+    :class:`~vidqa.web.relay.Inbox`, an actor on the driver's machine (one call in flight per
+    stream actor), the driver takes from it."""
+
+    def __init__(self, inbox: Any) -> None:
+        self.inbox = inbox
+        self.dropped = 0  # by the inbox, as it last said (the run's side only)
+
+    def ship(self, batch: list) -> frozenset[str]:
+        return ray.get(self.inbox.post.remote(batch), timeout=SHIP_TIMEOUT_S)
+
+    def receive(self, watched: frozenset[str], wait_s: float) -> list[list]:
+        batches, self.dropped = ray.get(self.inbox.take.remote(watched), timeout=SHIP_TIMEOUT_S)
+        if not batches and wait_s:
+            time.sleep(wait_s)
+        return batches
+
+
+def start_view_inbox(node_id: str) -> Any:
+    """The run's :class:`~vidqa.web.relay.Inbox`, on ``node_id`` (the driver's machine). Its
+    module imports no model code: the actor's process starts in a moment."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return ray.remote(Inbox).options(num_cpus=0, scheduling_strategy=strategy).remote()
 
 
 def start_shared_plans(name: str) -> Any:

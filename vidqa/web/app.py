@@ -92,6 +92,8 @@ class JpegCache:
         latest = stream.latest
         if latest is None:
             return None
+        if isinstance(latest[1], bytes):  # encoded (and paced) on the stream's side
+            return latest[0], latest[1]
         lock = self.locks.setdefault(stream.stream_id, asyncio.Lock())
         async with lock:
             seq, jpeg, at = self.cache.get(stream.stream_id, (0, b"", 0.0))
@@ -103,15 +105,19 @@ class JpegCache:
             return seq, jpeg
 
     def _encode(self, image: np.ndarray) -> bytes:
-        height, width = image.shape[:2]
-        if width > self.options.max_width:
-            scale = self.options.max_width / width
-            image = cv2.resize(image, (self.options.max_width, max(1, round(height * scale))),
-                               interpolation=cv2.INTER_AREA)
-        ok, buffer = cv2.imencode(".jpg", image,
-                                  [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
-        assert ok, "OpenCV could not encode a BGR uint8 frame as JPEG"
-        return buffer.tobytes()
+        return encode_jpeg(image, self.options)
+
+
+def encode_jpeg(image: np.ndarray, options: ViewOptions) -> bytes:
+    """A BGR frame as the view sends it: no wider than ``max_width``, at ``jpeg_quality``."""
+    height, width = image.shape[:2]
+    if width > options.max_width:
+        scale = options.max_width / width
+        image = cv2.resize(image, (options.max_width, max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
+    assert ok, "OpenCV could not encode a BGR uint8 frame as JPEG"
+    return buffer.tobytes()
 
 
 class StateResponse(JSONResponse):
@@ -141,10 +147,11 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
 
     async def snapshot(request: Request) -> Response:
         stream = hub.streams.get(request.path_params["stream_id"])
+        if stream is not None:  # before the frame: a relayed stream sends none unwatched
+            stream.snapshot_until = time.monotonic() + options.snapshot_watch_s
         got = None if stream is None else await jpegs.get(stream)
         if stream is None or got is None:
             return _no_stream(hub, request.path_params["stream_id"])
-        stream.snapshot_until = time.monotonic() + options.snapshot_watch_s
         return Response(got[1], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def video(request: Request) -> Response:

@@ -25,7 +25,9 @@ class StreamState:
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
-        self.latest: tuple[int, np.ndarray] | None = None  # (sequence number, BGR image)
+        # (sequence number, BGR image, or JPEG bytes a stream in another process encoded)
+        self.latest: tuple[int, np.ndarray | bytes] | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) of the newest frame
         self.published = 0
         self.counters: dict[str, Any] = {}
         self.watchers = 0  # video clients connected now (written by the server thread only)
@@ -190,9 +192,12 @@ class Hub:
 
     # -- the pipeline's side: O(1), no lock, no encoding --------------------------------------
 
-    def publish_frame(self, stream_id: str, image: np.ndarray) -> None:
+    def publish_frame(self, stream_id: str, image: np.ndarray | bytes,
+                      size: tuple[int, int] | None = None) -> None:
+        """A BGR image, or a JPEG already encoded (then ``size`` is its frame's)."""
         stream = self.stream(stream_id)
         stream.published += 1
+        stream.size = size if size is not None else (int(image.shape[1]), int(image.shape[0]))
         stream.latest = (stream.published, image)
 
     def publish_event(self, event: dict[str, Any]) -> None:
@@ -258,7 +263,6 @@ class Hub:
 
 
 def _stream_state(stream: StreamState) -> dict[str, Any]:
-    latest = stream.latest
-    size = None if latest is None else [int(latest[1].shape[1]), int(latest[1].shape[0])]
+    size = None if stream.size is None else list(stream.size)
     return {"id": stream.stream_id, "frames_published": stream.published, "size": size,
             "watchers": stream.watchers, "counters": dict(stream.counters)}

@@ -52,6 +52,12 @@ class StreamWatch:
                     f"{self.stall_timeout_s:g} s; {attempts} reconnect attempts)")
         return None
 
+    def figures(self) -> dict[str, Any]:
+        """What a monitor in another process needs of this stream (:meth:`MetricsSink.merge`),
+        its counters read now."""
+        return {"frames": self.frames, "answers": self.answers, "alerts": self.alerts,
+                "fps": self.fps, "ended": self.ended, "stats": _safe(self.stats)}
+
 
 class MetricsSink:
     """A stream's sink that feeds the monitor: a few integers and a histogram per frame."""
@@ -77,6 +83,18 @@ class MetricsSink:
         for answer in answers:
             if answer.latency_ms is not None:
                 self.latency.observe(answer.latency_ms / 1000)
+
+    def merge(self, figures: dict[str, Any], latencies_s: list[float]) -> None:
+        """The figures of this stream counted in another process (:meth:`StreamWatch.figures`)
+        and the latencies of its answers since the last ones; a frame counted there counts as
+        one that came now."""
+        watch = self.watch
+        if figures["frames"] > watch.frames:
+            watch.last_frame_at = time.monotonic()
+        for key in ("frames", "answers", "alerts", "fps", "ended"):
+            setattr(watch, key, figures[key])
+        for seconds in latencies_s:
+            self.latency.observe(seconds)
 
     def close(self) -> None:
         self.watch.ended = True

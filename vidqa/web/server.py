@@ -149,6 +149,11 @@ class LiveView:
         """Offer the newest annotated BGR frame; the caller must not modify it afterwards."""
         self.hub.publish_frame(stream_id, image)
 
+    def publish_jpeg(self, stream_id: str, jpeg: bytes, size: tuple[int, int]) -> None:
+        """Offer the newest frame as a JPEG that a stream in another process (or Ray actor)
+        encoded; ``size``: the frame's (width, height) before any scaling."""
+        self.hub.publish_frame(stream_id, jpeg, size)
+
     def publish_event(self, event: dict[str, Any]) -> None:
         """An answer or alert event (an events.jsonl line with "stream_id")."""
         self.hub.publish_event(event)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidqa.messages import FrameResult
 from vidqa.sinks import AnswerBoard, annotate
 from vidqa.web.server import LiveView
+
+if TYPE_CHECKING:
+    from vidqa.web.relay import RelayView
 
 
 class LiveViewSink:
@@ -16,10 +19,13 @@ class LiveViewSink:
 
     It keeps its own :class:`AnswerBoard`. When no browser shows this stream, the raw frame is
     published instead of drawing one nobody sees: a viewer who connects gets boxes from its
-    next frame on. The sink does not own the view: ``close`` leaves the server running.
+    next frame on. The sink does not own the view: ``close`` leaves the server running. In a
+    stream process or Ray actor the view is a :class:`~vidqa.web.relay.RelayView`, which
+    wants a frame drawn only when it will send it.
     """
 
-    def __init__(self, view: LiveView, stream_id: str = "0", board: AnswerBoard | None = None,
+    def __init__(self, view: LiveView | RelayView, stream_id: str = "0",
+                 board: AnswerBoard | None = None,
                  counters: Callable[[], dict[str, Any]] | None = None) -> None:
         self.view = view
         self.stream_id = stream_id
