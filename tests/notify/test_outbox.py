@@ -38,3 +38,30 @@ def test_outbox_get_when_closed_then_drains_and_wakes_a_waiting_reader() -> None
     reader.join(timeout=5)
 
     assert got == [7, None] and outbox.done
+
+
+def test_notifiers_when_one_fails_then_the_others_still_get_the_lines_and_it_is_counted():
+    from vidqa.notify import Notifiers
+
+    class Taking:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails, self.lines = name, fails, []
+
+        def committed(self, lines: list) -> None:
+            if self.fails:
+                raise KeyError("rule")
+            self.lines += lines
+
+        def summary(self) -> dict:
+            return {"lines": len(self.lines)}
+
+    working = Taking("working", fails=False)
+    notifiers = Notifiers([Taking("broken", fails=True), working])
+
+    notifiers.committed([("0", "alerts", {"alert_id": 1})])
+    notifiers.committed([("0", "alerts", {"alert_id": 2})])
+
+    assert [event["alert_id"] for _, _, event in working.lines] == [1, 2]
+    assert notifiers.failed_batches == 2
+    assert notifiers.summary() == {"broken": {"lines": 0}, "working": {"lines": 2},
+                                   "failed_batches": 2}

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from vidqa.config import PipelineConfig
 from vidqa.notify.base import ALERTS, ANSWERS, STREAMS, Line, Notifier, RunInfo
 
@@ -30,6 +32,7 @@ class Notifiers:
 
     def __init__(self, notifiers: list[Notifier]) -> None:
         self.notifiers = notifiers
+        self.failed_batches = 0
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> Notifiers:
@@ -53,8 +56,15 @@ class Notifiers:
             notifier.start(run)
 
     def committed(self, lines: list[Line]) -> None:
+        """Hand the lines to every notifier; one that fails loses these lines, logged and
+        counted (``failed_batches``), and never the store's commit or the others'."""
         for notifier in self.notifiers:
-            notifier.committed(lines)
+            try:
+                notifier.committed(lines)
+            except Exception as err:
+                self.failed_batches += 1
+                logger.opt(exception=True).error("the {} notifier could not take {} committed "
+                                                 "lines: {}", notifier.name, len(lines), err)
 
     def close(self, end_reason: str | None) -> None:
         """Final messages, then at most each notifier's ``flush_s`` (they flush together)."""
@@ -72,6 +82,8 @@ class Notifiers:
                 found.setdefault("webhooks", []).append(notifier.summary())
             else:
                 found[notifier.name] = notifier.summary()
+        if self.failed_batches:
+            found["failed_batches"] = self.failed_batches
         return found
 
 
