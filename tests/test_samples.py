@@ -11,7 +11,7 @@ from rtsp_server import RtspServer
 
 from vidqa.config import load_config
 from vidqa.engines import run_pipeline
-from vidqa.run import prepare_run_dir
+from vidqa.run import SCHEMA_VERSION, prepare_run_dir
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -38,7 +38,8 @@ def test_sample_when_run_as_shipped_then_completes_with_outputs(name, tmp_path, 
     assert summary["end_reason"] in ("max_frames", "completed")
     assert summary["frames"] >= 6
     assert (tmp_path / "run" / "events.jsonl").is_file()
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["schema_version"] == 4
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["schema_version"] == \
+        SCHEMA_VERSION
 
 
 def test_mot16_sample_when_pointed_at_a_sequence_then_writes_mot_txt(tmp_path, tiny_vlm_dir):

@@ -243,7 +243,9 @@ class WorkerService:
         if process.is_alive():
             process.kill()
             process.join(timeout=10)
-            release_locks([], self._results)  # it may have died writing
+        # killed, or gone by os._exit after abandoning: its feeder threads may have died
+        # holding a reply queue's write lock, and the "fail" to stream clients would wait on it
+        release_locks([], self._results)
 
     def summary(self) -> dict[str, Any]:
         service = self.client.worker_summaries[0] if self.client.worker_summaries else {}
@@ -337,16 +339,23 @@ class _Feed:
             self._changed.notify_all()
 
     def close(self) -> None:
+        """Stop relaying (returns at once: a send under way ends when the worker is killed;
+        the thread closes the pipes it holds as it ends)."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        self._thread.join(timeout=FEED_POLL_S * 4)
-        with self._changed:
-            if self._pipe is not None:
-                self._pipe.close()
-                self._pipe = None
 
     def _run(self) -> None:
+        used: list[Any] = []  # every pipe written to, the newest last
+        try:
+            self._relay(used)
+        finally:
+            with self._changed:
+                for pipe in {*used, self._pipe} - {None}:
+                    pipe.close()
+                self._pipe = None
+
+    def _relay(self, written: list[Any]) -> None:
         used = None  # the pipe written last
         while (item := self._next()) is not _CLOSED:
             if isinstance(item, tuple) and item[0] == "expect":
@@ -357,7 +366,9 @@ class _Feed:
             if pipe is not used:  # a new worker: it learns how long the clips are first
                 if used is not None:
                     used.close()  # a dead worker's
+                    written.remove(used)
                 used = pipe
+                written.append(pipe)
                 if (self._expect is not None and item is not self._expect
                         and not self._send(pipe, self._expect)):
                     continue
