@@ -243,9 +243,7 @@ class WorkerService:
         if process.is_alive():
             process.kill()
             process.join(timeout=10)
-        # killed, or gone by os._exit after abandoning: its feeder threads may have died
-        # holding a reply queue's write lock, and the "fail" to stream clients would wait on it
-        release_locks([], self._results)
+        release_locks([], self._results)  # killed, or gone by os._exit: a feeder's lock
 
     def summary(self) -> dict[str, Any]:
         service = self.client.worker_summaries[0] if self.client.worker_summaries else {}
