@@ -322,6 +322,7 @@ class _Feed:
     def __init__(self, requests: Any) -> None:
         self._requests = requests
         self._pipe: Any = None  # the writing end of the live worker's pipe
+        self._used: Any = None  # the pipe written last (the feed thread's alone)
         self._changed = threading.Condition()
         self._closed = False
         self._expect: tuple | None = None  # the newest ("expect", seconds), for a new worker
@@ -344,29 +345,25 @@ class _Feed:
             self._changed.notify_all()
 
     def _run(self) -> None:
-        used: list[Any] = []  # every pipe written to, the newest last
         try:
-            self._relay(used)
+            self._relay()
         finally:
             with self._changed:
-                for pipe in {*used, self._pipe} - {None}:
+                for pipe in {self._used, self._pipe} - {None}:
                     pipe.close()
                 self._pipe = None
 
-    def _relay(self, written: list[Any]) -> None:
-        used = None  # the pipe written last
+    def _relay(self) -> None:
         while (item := self._next()) is not _CLOSED:
             if isinstance(item, tuple) and item[0] == "expect":
                 self._expect = item
             pipe = self._live_pipe()
             if pipe is None:
                 return
-            if pipe is not used:  # a new worker: it learns how long the clips are first
-                if used is not None:
-                    used.close()  # a dead worker's
-                    written.remove(used)
-                used = pipe
-                written.append(pipe)
+            if pipe is not self._used:  # a new worker: it learns how long the clips are first
+                if self._used is not None:
+                    self._used.close()  # a dead worker's
+                self._used = pipe
                 if (self._expect is not None and item is not self._expect
                         and not self._send(pipe, self._expect)):
                     continue
