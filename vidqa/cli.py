@@ -123,6 +123,12 @@ def _print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    from vidqa.ask import command
+
+    return command(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
@@ -348,6 +354,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="token every request must carry (default: "
                                        "$VIDQA_TOKEN)")
     serve.set_defaults(handler=cmd_serve)
+
+    from vidqa.ask import add_parser as add_ask
+
+    add_ask(commands, cmd_ask)
 
     evaluate = commands.add_parser("eval", help="score a run: tracks (MOT16) or answers "
                                                "(labels)")

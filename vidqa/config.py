@@ -223,6 +223,7 @@ LIVE_SEGMENT_S = 300.0
 class StoreConfig:
     path: str = "auto"  # the deployment's SQLite file; auto = <run folder>/store/vidqa.db
     snapshots: bool = True  # a JPEG of each answered crop and the full frame of each alert
+    features: bool = False  # each answered crop's vision features too: `vidqa ask` runs text only
     commit_every_s: float = 0.25  # an answer is committed at most this long after it arrives
     queue_size: int = 20000  # records waiting for the writer; more are dropped and counted
 

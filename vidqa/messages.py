@@ -91,6 +91,9 @@ class Crop:
     image: np.ndarray  # (h, w, 3) uint8 BGR crop
     reason: str  # why it is asked now: "new", "periodic" or "larger"
     stream_id: str = "0"
+    # Its stored vision features, (image tokens, C), when asked later from the store
+    # (vidqa ask): the vision tower does not run, and ``image`` may be empty.
+    features: Any = None
 
     @property
     def key(self) -> tuple[str, int]:

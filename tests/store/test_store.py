@@ -288,7 +288,7 @@ def test_retention_when_clips_expire_or_pass_the_cap_then_the_oldest_go_and_aler
     assert not (store.folder / "clips" / "0" / "c2.webm").exists()
 
 
-def test_store_when_file_has_schema_1_then_migrated_with_alerts_kept_and_no_clip(tmp_path):
+def test_store_when_file_has_schema_1_then_migrated_with_alerts_kept_no_clip_no_features(tmp_path):
     path = tmp_path / "store" / "vidqa.db"
     path.parent.mkdir()
     with sqlite3.connect(path) as conn:
@@ -303,5 +303,7 @@ def test_store_when_file_has_schema_1_then_migrated_with_alerts_kept_and_no_clip
     (alert,) = rows(path, "SELECT rule, clip FROM alerts")
     assert (alert["rule"], alert["clip"]) == ("r", None)
     assert rows(path, "SELECT COUNT(*) AS n FROM clips")[0]["n"] == 0
+    assert rows(path, "SELECT COUNT(*) AS n FROM features")[0]["n"] == 0
+    assert rows(path, "SELECT COUNT(*) AS n FROM answers WHERE ask_id IS NOT NULL")[0]["n"] == 0
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3

@@ -38,6 +38,7 @@ from vidqa.storage import write_json
 from vidqa.store import EventStore
 from vidqa.tracking import PersonTracker
 from vidqa.vlm.batch import BatchAnswerer
+from vidqa.vlm.features import FeatureTarget, feature_target
 from vidqa.vlm.loading import load_vlm
 
 
@@ -91,7 +92,8 @@ class LocalRun:
             if client is None:
                 answerer, service, info = start_service(
                     run_vlm_config(cfg), run_dir / LOG_NAME,
-                    live=any(is_live(spec.source) for spec in specs))
+                    live=any(is_live(spec.source) for spec in specs),
+                    features=feature_target(cfg, store))
                 seconds = files_seconds(specs, [s.stats() for s in sources.values()],
                                         cfg.run.max_frames)
                 if seconds is not None:
@@ -215,21 +217,24 @@ def ran_to_end(summaries: dict[str, dict[str, Any]]) -> bool:
 
 
 
-def start_service(cfg: VlmConfig, log_path: Path, clients: int = 0, live: bool = False
+def start_service(cfg: VlmConfig, log_path: Path, clients: int = 0, live: bool = False,
+                  features: FeatureTarget | None = None
                   ) -> tuple[BatchAnswerer | None, AnswerService, Any]:
     """The model and its service: (the batch answerer when it runs here, the service, the
     model's info). In a worker process (``vlm.worker``; auto = on CUDA, where the forward
     pass's Python would otherwise wait for the streams' interpreter lock, and for ``live``
     streams, whose trackers a CPU model at idle priority leaves the cores to; always when
-    ``clients`` stream processes will ask it too), or on a thread of this process."""
+    ``clients`` stream processes will ask it too), or on a thread of this process.
+    ``features``: where the model keeps each crop's vision features (``store.features``)."""
     info = assets.resolve_vlm(cfg.model, cfg.revision)
     if clients or _worker(cfg, live) == "process":
-        service = WorkerService(cfg, info, log_path, clients).start()
+        service = WorkerService(cfg, info, log_path, clients, features).start()
         return None, service, service.info
     vlm = load_vlm(cfg, info)
-    answerer = BatchAnswerer(vlm, cfg)
+    answerer = BatchAnswerer(vlm, cfg, features=features)
     service = BatchingService(answerer.answer, cfg.batch_size, cfg.max_wait_ms, cfg.queue_size,
-                              expect=lambda seconds: answerer.expect(seconds=seconds))
+                              expect=lambda seconds: answerer.expect(seconds=seconds),
+                              flush=answerer.flush)
     return answerer, service.start(), vlm.info
 
 

@@ -48,6 +48,7 @@ from vidqa.serving.worker import ClientEnd
 from vidqa.sources import is_live, open_source, source_path
 from vidqa.storage import write_json
 from vidqa.store import EventStore
+from vidqa.vlm.features import feature_target
 from vidqa.workers import run_for_owner
 
 if TYPE_CHECKING:
@@ -117,7 +118,13 @@ class ProcessRun:
         logger.info("{} streams in {} processes, one model worker",
                     sum(map(len, self.groups)), processes)
         log = self.run_dir / LOG_NAME
-        _, service, _ = start_service(run_vlm_config(cfg), log, processes)
+        store = open_store(cfg, self.run_dir)
+        try:
+            _, service, _ = start_service(run_vlm_config(cfg), log, processes,
+                                          features=feature_target(cfg, store))
+        except BaseException:
+            store.close("error")
+            raise
         detection = self._start_detection(log) if self.detect_in_worker else []
         seconds = _files_seconds(cfg)
         if seconds is not None:
@@ -131,7 +138,6 @@ class ProcessRun:
                   threads, detection[i % len(detection)].end(i) if detection else None,
                   relay.end() if relay is not None else None))
             for i, group in enumerate(self.groups)]
-        store = open_store(cfg, self.run_dir)
         if self.monitor is not None:
             self.monitor.service, self.monitor.store = service, store
         writer = threading.Thread(target=_forward_records, args=(self._events, store),

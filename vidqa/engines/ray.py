@@ -74,6 +74,10 @@ def _run(ray: Any, ray_actors: Any, cfg: PipelineConfig, run_dir: Path, app: str
     plans = ray_actors.start_shared_plans(f"{app}-plans")
     replicas, gpus = _replicas(ray, cfg.vlm)
     writer = ray_actors.start_store(cfg, run_dir, ray.get_runtime_context().get_node_id())
+    if cfg.store.features:
+        logger.warning("store.features: not kept with run.engine: ray (the VLM replicas may "
+                       "run on other machines than the store); `vidqa ask` answers this run's "
+                       "tracks from their snapshots")
     if relay is not None and relay.monitor is not None:
         relay.monitor.store = RemoteStore(ray, writer, store_path(cfg, run_dir))
     logger.info("ray: deploying the VLM as {} ({} replica(s) on {})", app, replicas,

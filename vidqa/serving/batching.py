@@ -28,12 +28,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from loguru import logger
+
 from vidqa.clock import Window
 from vidqa.messages import Answer, Crop
 from vidqa.serving.base import Abandoned, ServiceClosed
 from vidqa.serving.batch import AnswerFn, Failures, answer_grouped
 
 ABANDON_WAIT_S = 0.5  # how long an abandoning close waits for the batch being answered
+IDLE_S = 5.0  # a thread without crops for this long calls ``flush``
 
 
 @dataclass
@@ -50,9 +53,11 @@ class BatchingService:
     """Batches crops from every stream onto the one model-owning thread."""
 
     def __init__(self, answer: AnswerFn, batch_size: int = 32, max_wait_ms: float = 20.0,
-                 queue_size: int = 256, expect: Callable[[float], None] | None = None) -> None:
+                 queue_size: int = 256, expect: Callable[[float], None] | None = None,
+                 flush: Callable[[], None] | None = None) -> None:
         self.answer = answer  # answers one batch, on the batching thread
         self._expect = expect  # tells the answerers how much of the files is still to come
+        self._flush = flush  # on the batching thread, when idle and at its end: write what it keeps
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._queue: queue.Queue[Request | None] = queue.Queue(maxsize=queue_size)
@@ -170,12 +175,28 @@ class BatchingService:
 
     def _serve(self) -> None:
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = self._collect(first)
-            self._run(batch)
+        try:
+            while not stop:
+                try:
+                    first = self._queue.get(timeout=IDLE_S)
+                except queue.Empty:
+                    self._flushed()
+                    continue
+                if first is None:
+                    return
+                batch, stop = self._collect(first)
+                self._run(batch)
+        finally:
+            if not self._abandoned.is_set():
+                self._flushed()
+
+    def _flushed(self) -> None:
+        if self._flush is None:
+            return
+        try:
+            self._flush()
+        except Exception as err:  # what the answerer keeps is never worth a stream
+            logger.opt(exception=True).error("the VLM service's flush failed: {}", err)
 
     def _collect(self, first: Request) -> tuple[list[Request], bool]:
         """More requests until the batch is full or the first has waited ``max_wait_ms``."""

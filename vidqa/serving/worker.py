@@ -43,6 +43,7 @@ from vidqa.config import VlmConfig
 from vidqa.errors import ModelError
 from vidqa.messages import Answer, Crop
 from vidqa.serving.base import Abandoned, ServiceClosed
+from vidqa.vlm.features import FeatureTarget
 from vidqa.workers import (
     Replies,
     Supervisor,
@@ -164,9 +165,10 @@ class WorkerService:
     (:meth:`client_end`). A worker that dies is started again (:attr:`restarts`)."""
 
     def __init__(self, cfg: VlmConfig, info: ModelInfo, log_path: Path | None = None,
-                 clients: int = 0) -> None:
+                 clients: int = 0, features: FeatureTarget | None = None) -> None:
         self._context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         self._cfg, self._requested, self._log_path = cfg, info, log_path
+        self._features = features  # store.features: where the worker keeps them
         self._requests = self._context.Queue(maxsize=cfg.queue_size)
         self._feed = _Feed(self._requests)
         self._results = [self._context.Queue() for _ in range(1 + clients)]
@@ -267,7 +269,7 @@ class WorkerService:
         process = self._context.Process(
             target=_serve_in_child, name="vlm-worker", daemon=True,
             args=(self._cfg, self._requested, reader, self._results, self._ready,
-                  self._abandon, self._log_path))
+                  self._abandon, self._log_path, self._features))
         process.start()
         reader.close()  # the worker's alone: when it dies, writing to the pipe fails
         try:
@@ -396,7 +398,8 @@ class _Feed:
 
 
 def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: list[Any],
-                    ready: Any, abandon: Any, log_path: Path | None) -> None:
+                    ready: Any, abandon: Any, log_path: Path | None,
+                    features: FeatureTarget | None) -> None:
     """The worker: load the model, run a :class:`BatchingService`, relay requests (from its
     own pipe) and answers."""
     from vidqa.serving.batching import BatchingService
@@ -412,14 +415,15 @@ def _serve_in_child(cfg: VlmConfig, info: ModelInfo, requests: Any, results: lis
         if on_cpu:  # before loading, so that the threads it starts inherit it
             _yield_cores(cfg.cpu_priority == "idle")
         vlm = load_vlm(cfg, info)
-        answerer = BatchAnswerer(vlm, cfg)
+        answerer = BatchAnswerer(vlm, cfg, features=features)
     except Exception as err:  # reported to the parent, which raises it
         ready.put(("failed", picklable(err)))
         return
     ready.put(("ready", vlm.info))
     service = BatchingService(answerer.answer, cfg.batch_size, cfg.max_wait_ms,
                               cfg.queue_size,
-                              expect=lambda seconds: answerer.expect(seconds=seconds)).start()
+                              expect=lambda seconds: answerer.expect(seconds=seconds),
+                              flush=answerer.flush).start()
     threading.Thread(target=_abandon_when_told, args=(abandon, service, answerer, results),
                      name="vlm-abandon", daemon=True).start()
     if on_cpu:  # and the threads that loading started from the others

@@ -17,14 +17,14 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from vidqa.config import ZoneConfig
 from vidqa.errors import ConfigError
-from vidqa.store.schema import DB_NAME, STORE_FOLDER, connect
+from vidqa.store.schema import DB_NAME, SCHEMA_VERSION, STORE_FOLDER, connect
 from vidqa.zones import ZoneMap
 
 MAX_ROWS = 1000  # the most rows one page holds
@@ -46,6 +46,7 @@ class Filters:
     rule: str | None = None  # answers/tracks: of tracks that raised it
     since: float | None = None  # epoch seconds
     until: float | None = None
+    ask: int | None = None  # answers: those a `vidqa ask` gave
 
     @classmethod
     def parse(cls, given: dict[str, str | None]) -> Filters:
@@ -57,7 +58,7 @@ class Filters:
             if text is None or str(text).strip() == "":
                 continue
             text = str(text).strip()
-            if field.name in ("run", "track"):
+            if field.name in ("run", "track", "ask"):
                 try:
                     values[field.name] = int(text)
                 except ValueError:
@@ -182,6 +183,42 @@ def facets(path: Path) -> dict[str, Any]:
             "runs": [r["id"] for r in runs(path)]}
 
 
+def ask_targets(path: Path, filters: Filters, question: str, live_too: bool = False,
+                again: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """The tracks a new ``question`` is asked about: each matching track's newest crop that
+    was answered live (its frame, box and snapshot), oldest track first; and how many of them
+    a `vidqa ask` answered before (they are left out: asking again resumes, unless
+    ``again``). ``live_too``: tracks answered live are left out too."""
+    select, where, args = _tracks(replace(filters, question=None, answer=None))
+    asked = ("EXISTS (SELECT 1 FROM answers d WHERE d.run_id = t.run_id AND d.stream_id = "
+             "t.stream_id AND d.track_id = t.track_id AND d.question = ?"
+             + ("" if live_too else " AND d.ask_id IS NOT NULL") + ")")
+    sql = ("SELECT t.run_id, t.stream_id, t.track_id, a.frame, a.time_s, a.bbox, a.snapshot, "
+           f"a.answered_at, {asked} AS asked FROM tracks t JOIN answers a ON a.id = "
+           "(SELECT MAX(b.id) FROM answers b WHERE b.run_id = t.run_id AND b.stream_id = "
+           "t.stream_id AND b.track_id = t.track_id AND b.ask_id IS NULL)"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY t.id")
+    with _reading(path) as conn:
+        rows = [dict(row) for row in conn.execute(sql, (question, *args)).fetchall()]
+    todo = [row for row in rows if not row.pop("asked") or again]
+    return todo, len(rows) - len(todo)
+
+
+def asks(path: Path, tag: str | None = None) -> list[dict[str, Any]]:
+    """The questions asked later (newest first), or the one the web page started as ``tag``."""
+    with _reading(path) as conn:
+        if not _has_table(conn, "asks"):
+            return []
+        rows = conn.execute("SELECT * FROM asks" + (" WHERE tag = ?" if tag else "")
+                            + " ORDER BY id DESC LIMIT 100", (tag,) if tag else ()).fetchall()
+    return [{**dict(row), "filters": json.loads(row["filters"])} for row in rows]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (name,)).fetchone() is not None
+
+
 # ------------------------------------------------------------------------------ the queries
 
 _ALIAS = {"answers": "a", "alerts": "l", "tracks": "t"}
@@ -189,7 +226,8 @@ _ALIAS = {"answers": "a", "alerts": "l", "tracks": "t"}
 
 def _answers(f: Filters) -> tuple[str, list[str], list[Any]]:
     where, args = _common("a", f, "answered_at")
-    _equal(where, args, (("a.question", f.question), ("a.answer", f.answer)))
+    _equal(where, args, (("a.question", f.question), ("a.answer", f.answer),
+                         ("a.ask_id", f.ask)))
     if f.zone is not None:
         where.append("in_zone(a.run_id, a.bbox, ?)")
         args.append(f.zone)
@@ -199,7 +237,7 @@ def _answers(f: Filters) -> tuple[str, list[str], list[Any]]:
         args.append(f.rule)
     return ("SELECT a.id, a.run_id, a.stream_id, a.track_id, a.question, a.answer, a.p_yes, "
             "a.compressed, a.model, a.frame, a.time_s, a.answered_at, a.latency_ms, a.bbox, "
-            "a.snapshot FROM answers a"), where, args
+            "a.snapshot, a.ask_id, a.source FROM answers a"), where, args
 
 
 def _alerts(f: Filters) -> tuple[str, list[str], list[Any]]:
@@ -294,6 +332,8 @@ def _reading(path: Path) -> Iterator[sqlite3.Connection]:
         raise ConfigError(f"no event store at {path}: give the store's vidqa.db (a run's "
                           f"<run folder>/store/vidqa.db, or its store.path)")
     with contextlib.closing(connect(path, readonly=True)) as conn:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            connect(path).close()  # a store of an older vidqa: brought up to date once
         polygons = _Polygons(conn)
         conn.create_function("in_zone", 3, polygons.contains, deterministic=True)
         yield conn

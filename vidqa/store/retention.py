@@ -1,11 +1,11 @@
-"""Retention while the streams run: video segments, snapshots, alert clips and rows older than
-``retain.days`` are deleted, and the oldest segments, snapshots and clips go first whenever
-together they pass ``retain.max_gb``.
+"""Retention while the streams run: video segments, snapshots, alert clips, feature shards and
+rows older than ``retain.days`` are deleted, and the oldest files go first whenever together they
+pass ``retain.max_gb``.
 
-Retention is a query, not a directory walk: the store indexes every segment, snapshot and clip
-with its size and time. It runs on the writer thread between batches, every ``retain.check_s``,
-and each pass does a bounded amount of work (:data:`CHUNK` files or rows at a time), so a
-backlog is worked off over several passes instead of holding up the commits.
+Retention is a query, not a directory walk: the store indexes every segment, snapshot, clip
+and feature shard with its size and time. It runs on the writer thread between batches, every
+``retain.check_s``, and each pass does a bounded amount of work (:data:`CHUNK` files or rows at
+a time), so a backlog is worked off over several passes instead of holding up the commits.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ CHUNK = 200  # segments, snapshots or clips deleted per step
 # Files indexed by their path relative to the store's folder, and the columns that name them:
 # a deleted file's rows stay, the column set to NULL.
 FILES = {"snapshots": (("answers", "snapshot"), ("alerts", "snapshot")),
-         "clips": (("alerts", "clip"),)}
+         "clips": (("alerts", "clip"),),
+         "features": ()}  # a crop whose shard is gone is asked from its snapshot
 ROW_CHUNK = 5000  # old rows deleted per table and pass
 DAY_S = 86400.0
 
@@ -64,7 +65,7 @@ class Retention:
             self._cap(conn, int(self.cfg.max_gb * 1e9))
 
     def used_bytes(self, conn: sqlite3.Connection) -> int:
-        """Bytes of every segment, snapshot and clip the store indexes."""
+        """Bytes of every segment, snapshot, clip and feature shard the store indexes."""
         return int(sum(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM {table}").fetchone()[0]
                        for table in ("segments", *FILES)))
 
@@ -79,7 +80,8 @@ class Retention:
             oldest = conn.execute(
                 "SELECT kind FROM (SELECT 'segments' AS kind, MIN(wall_ended) AS at FROM segments "
                 "UNION ALL SELECT 'snapshots', MIN(created_at) FROM snapshots "
-                "UNION ALL SELECT 'clips', MIN(created_at) FROM clips) "
+                "UNION ALL SELECT 'clips', MIN(created_at) FROM clips "
+                "UNION ALL SELECT 'features', MIN(created_at) FROM features) "
                 "WHERE at IS NOT NULL ORDER BY at LIMIT 1").fetchone()
             if oldest is None:
                 return
@@ -102,7 +104,7 @@ class Retention:
 
     def _files(self, conn: sqlite3.Connection, table: str, where: str, args: tuple,
                limit: int = CHUNK) -> int:
-        """Delete the oldest files of ``table`` (snapshots or clips) that match ``where``;
+        """Delete the oldest files of ``table`` (snapshots, clips, features) that match ``where``;
         the bytes freed."""
         rows = conn.execute(f"SELECT path, bytes FROM {table} WHERE {where} "
                             f"ORDER BY created_at LIMIT ?", (*args, limit)).fetchall()

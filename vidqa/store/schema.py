@@ -118,6 +118,39 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX clips_by_time ON clips (created_at);
     CREATE INDEX alerts_by_clip ON alerts (clip);
     """,
+    """
+    CREATE TABLE features (
+        path TEXT PRIMARY KEY,             -- a safetensors shard, relative to the store's folder
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        model TEXT NOT NULL, revision TEXT NOT NULL,  -- features are never used for another
+        dtype TEXT NOT NULL,
+        tokens INTEGER NOT NULL,           -- image tokens per crop
+        crops INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE INDEX features_by_time ON features (created_at);
+    CREATE INDEX features_by_run ON features (run_id);
+    CREATE TABLE asks (
+        id INTEGER PRIMARY KEY,
+        tag TEXT UNIQUE,                   -- the web page's handle on an ask it started
+        question TEXT NOT NULL,
+        model TEXT NOT NULL, revision TEXT NOT NULL,
+        filters TEXT NOT NULL,             -- which tracks, JSON
+        rule TEXT,                         -- asked for a rule over the past
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        end_reason TEXT,                   -- done | interrupted | failed
+        tracks INTEGER NOT NULL,           -- matching tracks
+        answered INTEGER NOT NULL DEFAULT 0,
+        from_features INTEGER NOT NULL DEFAULT 0,
+        from_crops INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE answers ADD COLUMN ask_id INTEGER REFERENCES asks(id);  -- NULL: answered live
+    ALTER TABLE answers ADD COLUMN source TEXT;  -- asked later: features | crop
+    CREATE INDEX answers_by_ask ON answers (ask_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

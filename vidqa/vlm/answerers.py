@@ -53,7 +53,10 @@ class SharedVision:
     """One batch of crops asked several questions: the pixels are prepared once, and the
     vision encoder + connector run once per vision plan (``vision_key``: the vision part of a
     question's plan, "full" for the full model). Idefics3 takes the features in place of the
-    pixels, so every question's answers equal those of its own independent pass."""
+    pixels, so every question's answers equal those of its own independent pass.
+
+    Crops asked later from the store carry their full model's features (``Crop.features``):
+    then only prompts are prepared, and every question reads those features."""
 
     def __init__(self, vlm: VisionLanguageModel, crops: Sequence[Crop]) -> None:
         self.vlm = vlm
@@ -62,11 +65,18 @@ class SharedVision:
         self._features: dict[str, tuple[torch.Tensor, float]] = {}
         self._encode_s = 0.0
         self.stats: Counter[str] = Counter()
+        self.stored = bool(crops) and all(crop.features is not None for crop in crops)
+        if self.stored:
+            self._features["full"] = (torch.stack([torch.as_tensor(crop.features)
+                                                   for crop in crops]).to(vlm.device), 0.0)
 
     def inputs(self, question: str) -> tuple[Any, float]:
         """Prepared inputs for ``question`` and the seconds another question paid for them."""
         if question in self._inputs:
             return self._inputs[question], 0.0
+        if self.stored:
+            inputs = self._inputs[question] = self.vlm.text_inputs(question, len(self.images))
+            return inputs, 0.0
         start = time.perf_counter()
         if self._inputs and not self.vlm.image_splitting:
             like = next(iter(self._inputs.values()))

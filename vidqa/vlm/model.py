@@ -219,16 +219,20 @@ class VisionLanguageModel:
         Without image splitting every crop is one tile, so every row has the same prompt;
         with it, rows differ and the crops are prepared again.
         """
-        batch = like["input_ids"].shape[0]
         if self.image_splitting:
             raise ValueError("prompt_inputs needs image_splitting off: rows differ otherwise")
-        ids = self._prompt_ids(question).to(like["input_ids"].device)  # (1, T)
-        inputs = BatchFeature({"input_ids": ids.expand(batch, -1).clone(),
-                               "attention_mask": torch.ones_like(ids).expand(batch, -1).clone()})
+        inputs = self.text_inputs(question, like["input_ids"].shape[0])
         for key in ("pixel_values", "pixel_attention_mask"):
             if key in like:
                 inputs[key] = like[key]
         return inputs
+
+    def text_inputs(self, question: str, rows: int) -> BatchFeature:
+        """The prompt of ``question`` for ``rows`` crops of one whole tile each, without
+        pixels: what the text model reads beside the crops' stored image features."""
+        ids = self._prompt_ids(question).to(self.device)  # (1, T)
+        return BatchFeature({"input_ids": ids.expand(rows, -1).clone(),
+                             "attention_mask": torch.ones_like(ids).expand(rows, -1).clone()})
 
     def _prompt_ids(self, question: str) -> torch.Tensor:
         """The question's prompt ids, (1, T), tokenised once (by the tile encoder)."""

@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vidqa.web.asking import AskJobs, ask_routes
 from vidqa.web.history import history_routes
 from vidqa.web.hub import Hub, StreamState
 from vidqa.web.metrics import Monitor
@@ -129,11 +130,13 @@ class StateResponse(JSONResponse):
 
 def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
               token: str | None, monitor: Monitor | None = None, page: bool = True,
-              store: Callable[[], Path | None] | None = None) -> ASGIApp:
+              store: Callable[[], Path | None] | None = None, asks: AskJobs | None = None
+              ) -> ASGIApp:
     """The ASGI app; ``closing.is_set()`` tells the streaming responses to finish. With a
     ``monitor`` it serves ``/metrics`` and ``/healthz`` too; ``page=False`` serves only
     those (``vidqa run --metrics PORT``). The page comes with the history of the event store
-    (:mod:`vidqa.web.history`): the run's (its monitor's), or ``store()``'s."""
+    (:mod:`vidqa.web.history`): the run's (its monitor's), or ``store()``'s, and its ask box
+    (:mod:`vidqa.web.asking`), whose processes ``asks`` runs."""
     jpegs = JpegCache(options)
     # the page's own asset URLs carry the token too, or the browser could not load them
     query = "" if not token else "?token=" + html.escape(urllib.parse.quote(token, safe=""))
@@ -181,7 +184,7 @@ def build_app(hub: Hub, closing: threading.Event, options: ViewOptions,
         if store is None and monitor is not None:
             store = lambda: _store_path(monitor)  # noqa: E731
         if store is not None:
-            routes += history_routes(store, query)
+            routes += history_routes(store, query) + ask_routes(store, asks or AskJobs())
     app: ASGIApp = Starlette(routes=routes)
     return TokenGate(app, token) if token else app
 

@@ -20,6 +20,7 @@ from loguru import logger
 
 from vidqa.errors import ConfigError, OutputError
 from vidqa.web.app import ViewOptions, build_app
+from vidqa.web.asking import AskJobs
 from vidqa.web.hub import Hub
 from vidqa.web.metrics import Monitor
 
@@ -60,6 +61,7 @@ class LiveView:
         self.monitor = monitor  # serves /metrics and /healthz when given
         self.page = page  # False: only /metrics and /healthz (vidqa run --metrics)
         self.store = store  # the history of this store file (else the monitor's run's)
+        self.asks = AskJobs()  # the history page's `vidqa ask` process
         self._closing = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -75,7 +77,7 @@ class LiveView:
         self.port = sock.getsockname()[1]
         store = self.store
         app = build_app(self.hub, self._closing, self.options, self.token, self.monitor,
-                        self.page, None if store is None else lambda: store)
+                        self.page, None if store is None else lambda: store, self.asks)
         config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
@@ -117,6 +119,7 @@ class LiveView:
     def close(self) -> None:
         """Stop the server and end every open stream; safe to call twice."""
         self._closing.set()
+        self.asks.close()
         if self._server is None or self._thread is None:
             return
         self._server.should_exit = True

@@ -210,6 +210,75 @@ document.getElementById("clear").addEventListener("click", () => {
 });
 older.addEventListener("click", () => load(true));
 
+// The ask box: POST the question with the filters, then poll the ask's progress and its
+// answers (the store is the channel) until its process ends.
+const askForm = document.getElementById("ask");
+const askStatus = document.getElementById("ask-status");
+const ASK_FILTERS = ["stream", "run", "zone", "since", "until"];
+const ASK_POLL_MS = 1000;
+
+askForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const question = askForm.elements.question.value.trim();
+  if (!question) return;
+  const params = currentFilters();
+  const filters = {};
+  for (const name of ASK_FILTERS) if (params.get(name)) filters[name] = params.get(name);
+  askStatus.textContent = "Starting…";
+  const response = await fetch(withToken("api/ask"), {
+    method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({question, filters})});
+  const body = await response.json();
+  if (!response.ok) {
+    askStatus.textContent = "Could not ask: " + (body.error || response.statusText);
+    return;
+  }
+  document.getElementById("ask-button").disabled = true;
+  watchAsk(body.tag);
+});
+
+async function watchAsk(tag) {
+  let state;
+  try {
+    state = await getJson(`api/asks?tag=${encodeURIComponent(tag)}`);
+  } catch (err) {
+    askStatus.textContent = "Lost the ask: " + err.message;
+    document.getElementById("ask-button").disabled = false;
+    return;
+  }
+  const ask = state.ask;
+  if (ask) {
+    const page = await getJson(`api/answers?ask=${ask.id}&limit=1000`);
+    showAsked(ask, page.rows);
+  }
+  if (state.running) {
+    if (!ask) askStatus.textContent = "Loading the model…";
+    setTimeout(() => watchAsk(tag), ASK_POLL_MS);
+    return;
+  }
+  document.getElementById("ask-button").disabled = false;
+  const last = state.output.length ? state.output[state.output.length - 1] : "";
+  askStatus.textContent = ask && ask.end_reason ? `Ask ${ask.id} ${ask.end_reason}` :
+    "The ask ended: " + last;
+  document.body.dataset.asked = ask ? (ask.end_reason || "") : "failed";
+}
+
+function showAsked(ask, rows) {
+  const counts = {};
+  for (const row of rows) counts[row.answer] = (counts[row.answer] || 0) + 1;
+  const summary = Object.entries(counts).map(([a, n]) => `${a}: ${n}`).join(", ");
+  askStatus.textContent = `Ask ${ask.id}: ${ask.answered} of ${ask.tracks} tracks answered` +
+    ` (${ask.from_features} from stored features, ${ask.from_crops} from crops)`;
+  document.getElementById("ask-counts").textContent =
+    `“${ask.question}” — ${summary || "no answers yet"}`;
+  const body = document.querySelector("#ask-table tbody");
+  body.replaceChildren(...rows.map((r) => el("tr", {"data-id": r.id},
+    el("td", {}, when(r.answered_at)), el("td", {}, r.stream_id), el("td", {}, r.track_id),
+    el("td", {}, badge(r.answer)), el("td", {}, number(r.p_yes)), el("td", {}, r.source || ""),
+    el("td", {}, thumbnail(r.snapshot)))));
+  document.getElementById("ask-results").hidden = false;
+}
+
 (async () => {
   try {
     await loadFacets();
