@@ -66,7 +66,7 @@ def _serve_address(text: str, flag: str = "--serve") -> tuple[str, int]:
 
 EVENT_COLUMNS = {  # what `vidqa events` prints as a table, per kind
     "answers": ("id", "answered_at", "stream_id", "track_id", "question", "answer", "p_yes",
-                "snapshot"),
+                "source", "snapshot"),
     "alerts": ("id", "raised_at", "stream_id", "track_id", "rule", "zone", "answer", "dwell_s",
                "snapshot", "clip"),
     "tracks": ("id", "first_seen_at", "last_seen_at", "stream_id", "track_id", "answers"),

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from loguru import logger
 
+from vidqa import assets
 from vidqa.config import RENAMED_KEYS, PipelineConfig, QuestionConfig, RuleConfig, load_config
 from vidqa.config_schema import apply_override, from_dict
 from vidqa.errors import ConfigError
@@ -79,15 +80,14 @@ def store_config(store: Path, path: str | Path | None = None, overrides: Sequenc
     newest run's, with ``overrides`` (``section.key=value``) applied."""
     if path is not None:
         return load_config(path, overrides)
-    rows = queries.runs(store)
-    if not rows:
-        raise ConfigError(f"the store {store} has no run: nothing has been seen to ask about")
     conn = connect(store, readonly=True)
     try:
-        text = conn.execute("SELECT config FROM runs WHERE id = ?", (rows[0]["id"],)).fetchone()[0]
+        newest = conn.execute("SELECT config FROM runs ORDER BY id DESC LIMIT 1").fetchone()
     finally:
         conn.close()
-    data = json.loads(text)
+    if newest is None:
+        raise ConfigError(f"the store {store} has no run: nothing has been seen to ask about")
+    data = json.loads(newest[0])
     for item in overrides:
         apply_override(data, item)
     return from_dict(PipelineConfig, data, "", RENAMED_KEYS)
@@ -104,8 +104,6 @@ def ask(store: Path, question: str, filters: queries.Filters, cfg: PipelineConfi
                                           again=again)
     vlm_cfg = replace(cfg.vlm, questions=(QuestionConfig(question=question),), worker="thread",
                       adaptive=replace(cfg.vlm.adaptive, enabled=False))
-    from vidqa import assets
-
     info = assets.resolve_vlm(vlm_cfg.model, vlm_cfg.revision)
     model, revision = model_of(info)
     result = AskResult(None, question, info.name, tracks=len(targets) + before,
@@ -290,15 +288,16 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def agreement(store: Path, ask_id: int) -> dict[str, Any]:
-    """How an ask's answers compare with the live answers to the same question about the
-    same crops: the share that agree, the largest |Δ p_yes| and |Δ margin|."""
+    """How an ask's answers compare with the live answers of the full model (not those of a
+    compressed plan) to the same question about the same crops: the share that agree, the
+    largest |Δ p_yes| and |Δ margin|."""
     conn = connect(store, readonly=True)
     try:
         pairs = conn.execute(
             "SELECT a.answer, l.answer, a.p_yes, l.p_yes, a.margin, l.margin FROM answers a "
             "JOIN answers l ON l.run_id = a.run_id AND l.stream_id = a.stream_id AND "
             "l.track_id = a.track_id AND l.frame = a.frame AND l.question = a.question AND "
-            "l.ask_id IS NULL WHERE a.ask_id = ?", (ask_id,)).fetchall()
+            "l.ask_id IS NULL AND l.compressed = 0 WHERE a.ask_id = ?", (ask_id,)).fetchall()
     finally:
         conn.close()
     if not pairs:

@@ -14,6 +14,7 @@ const COLUMNS = {
   answers: [["Time", r => when(r.answered_at)], ["Stream", r => r.stream_id],
             ["Track", r => r.track_id], ["Question", r => r.question],
             ["Answer", r => badge(r.answer)], ["p(yes)", r => number(r.p_yes)],
+            ["From", r => r.source ? `ask ${r.ask_id}, ${r.source}` : "live"],
             ["Crop", r => thumbnail(r.snapshot)]],
   alerts: [["Time", r => when(r.raised_at)], ["Stream", r => r.stream_id],
            ["Track", r => r.track_id], ["Rule", r => r.rule], ["Zone", r => r.zone],
