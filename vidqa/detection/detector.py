@@ -17,6 +17,7 @@ from loguru import logger
 
 from vidqa import assets
 from vidqa.config import TrackerConfig
+from vidqa.detection.backends import exported_model, installed, resolve_backend
 from vidqa.errors import ConfigError, ModelError
 
 
@@ -36,9 +37,12 @@ class Detector:
         from ultralytics.utils import SETTINGS
 
         self.cfg = cfg
-        self.info = assets.resolve_detector(cfg.weights)
+        self.backend = resolve_backend(cfg.backend, cfg.device)
+        self.info = dataclasses.replace(assets.resolve_detector(cfg.weights), backend=self.backend)
+        path = self.info.path if self.backend == "torch" else \
+            str(exported_model(self.info.path, cfg.imgsz, self.backend))
         try:
-            self.model = YOLO(self.info.path, task="detect")
+            self.model = YOLO(path, task="detect")
         except Exception as err:  # ultralytics raises many kinds for a bad checkpoint
             raise ModelError(f"cannot load detector {self.info.path!r}: {err} — check "
                              f"tracker.weights (a .pt path or 'auto')") from None
@@ -60,6 +64,7 @@ class Detector:
                     "(settings {}, sync {})", self.info.name, self.info.note or self.info.path,
                     {c: names[c] for c in self.classes}, self.max_batch, ultralytics.__version__,
                     SETTINGS.file, SETTINGS.get("sync"))
+        _log_backend(self.backend, cfg, path)
 
     def __call__(self, image: np.ndarray) -> Any:
         """The person boxes of one frame (ultralytics ``Boxes`` on the CPU, as numpy)."""
@@ -86,7 +91,8 @@ class Detector:
     def summary(self) -> dict[str, Any]:
         passes = sum(self.batches.values())
         frames = sum(size * count for size, count in self.batches.items())
-        return {"max_batch": self.max_batch, "passes": passes, "busy_s": round(self.busy_s, 3),
+        return {"backend": self.backend, "max_batch": self.max_batch, "passes": passes,
+                "busy_s": round(self.busy_s, 3),
                 "mean_batch": round(frames / passes, 2) if passes else None,
                 "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())}}
 
@@ -168,7 +174,8 @@ class Detector:
     @property
     def stride(self) -> int:
         """The detector's largest stride: letterboxed frames are padded to a multiple of it."""
-        return max(int(self.model.model.stride.max()), 32)
+        model = self.model.model if self.backend == "torch" else self._predictor().model
+        return max(int(torch.as_tensor(model.stride).max()), 32)
 
     def _detect(self, batch: list[_Frame]) -> None:
         try:
@@ -179,6 +186,16 @@ class Detector:
                 frame.error = err
         for frame in batch:
             frame.done = True
+
+
+def _log_backend(backend: str, cfg: TrackerConfig, path: str) -> None:
+    """One loud line on what runs the detector, and why (a slow CPU run starts here)."""
+    logger.info("DETECTOR BACKEND: {} (tracker.backend: {}, device {}) running {}",
+                backend.upper(), cfg.backend, cfg.device, path)
+    if backend == "torch" and cfg.device in ("auto", "cpu") and not torch.cuda.is_available() \
+            and not installed("openvino"):
+        logger.warning("the detector runs PyTorch eager on the CPU, 3-5x slower than OpenVINO "
+                       "here: {}", "pip install 'vidqa[cpu]' (then tracker.backend: auto picks it)")
 
 
 @dataclasses.dataclass(eq=False)
@@ -227,4 +244,5 @@ def batched_nms(prediction: Any, conf: float, iou: float, classes: Sequence[int]
 
 def detector_key(cfg: TrackerConfig) -> tuple:
     """Streams whose tracker configs share this key can share one :class:`Detector`."""
-    return (cfg.weights, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device, cfg.batch)
+    return (cfg.weights, cfg.backend, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device,
+            cfg.batch)
