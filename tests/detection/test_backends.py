@@ -96,6 +96,7 @@ def write_tracks(backend: str, frames: list, path: Path) -> Path:
     tracker = PersonTracker(TrackerConfig(device="cpu", backend=backend))
     assert tracker.detector.info.backend == backend
     rows = [row for frame in frames for row in mot_rows(frame.frame_index, tracker.update(frame))]
+    assert all(seconds > 0 for seconds in tracker.frame_path().values())  # every stage timed
     path.write_text("".join(f"{row}\n" for row in rows))
     return path
 

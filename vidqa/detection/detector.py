@@ -56,6 +56,7 @@ class Detector:
         self.max_batch = max(1, cfg.batch)
         self.batches: Counter[int] = Counter()  # frames per forward pass -> passes
         self.busy_s = 0.0  # seconds inside the forward passes (with pre- and postprocessing)
+        self.stage_s: Counter[str] = Counter()  # letterbox, inference, nms: seconds of each
         self._threads = threads  # torch threads once running; None = every core
         self._pending: list[_Frame] = []
         self._busy = False
@@ -93,6 +94,7 @@ class Detector:
         frames = sum(size * count for size, count in self.batches.items())
         return {"backend": self.backend, "max_batch": self.max_batch, "passes": passes,
                 "busy_s": round(self.busy_s, 3),
+                "stage_s": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "mean_batch": round(frames / passes, 2) if passes else None,
                 "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())}}
 
@@ -110,6 +112,10 @@ class Detector:
         started = time.perf_counter()
         results = self.model.predict(images, **self._arguments())
         self._count(len(images), started)
+        for result in results:  # the predictor's own clocks, per image, in ms
+            for stage, name in (("preprocess", "letterbox"), ("inference", "inference"),
+                                ("postprocess", "nms")):
+                self.stage_s[name] += result.speed.get(stage, 0.0) / 1000
         return [result.boxes.data.cpu().numpy() for result in results]
 
     def predict_framed(self, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -124,7 +130,9 @@ class Detector:
             batch = self._upload(frames, predictor.device)
             batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
             batch = (batch.half() if predictor.model.fp16 else batch.float()).div_(255)
+            uploaded = time.perf_counter()
             prediction = predictor.inference(batch)
+            inferred = time.perf_counter()
             if getattr(predictor.model, "end2end", False):  # no NMS to batch: ultralytics' own
                 from ultralytics.utils.nms import non_max_suppression
 
@@ -135,6 +143,9 @@ class Detector:
                 boxes = batched_nms(prediction, args.conf, args.iou, args.classes,
                                     args.agnostic_nms, args.max_det)
         self._count(len(frames), started)
+        self.stage_s["upload"] += uploaded - started
+        self.stage_s["inference"] += inferred - uploaded
+        self.stage_s["nms"] += time.perf_counter() - inferred
         return boxes
 
     def _upload(self, frames: list[np.ndarray], device: torch.device) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -55,9 +56,12 @@ class RemoteDetector:
         self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
         # One frame in flight per stream: one buffer the size of the largest letterboxed frame.
         self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+        self.letterbox_s = 0.0  # seconds letterboxing this stream's frames
 
     def __call__(self, image: np.ndarray) -> Any:
+        started = time.perf_counter()
         framed = self.letterbox(image=image)
+        self.letterbox_s += time.perf_counter() - started
         np.ndarray(framed.shape, np.uint8, self.buffer.buf)[:] = framed
         data = self.submit(self.index, self.buffer.name, framed.shape).result()
         if len(data):
