@@ -118,18 +118,24 @@ class Detector:
                 self.stage_s[name] += result.speed.get(stage, 0.0) / 1000
         return [result.boxes.data.cpu().numpy() for result in results]
 
-    def predict_framed(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    def predict_framed(self, frames: list[np.ndarray], letterbox: dict | None = None
+                       ) -> list[np.ndarray]:
         """:meth:`predict` for frames already letterboxed as ultralytics' predictor does it
         (:class:`RemoteDetector`): the predictor's own tensor steps and model, without its
         per-image letterbox and result objects, and one NMS for the whole batch
-        (:func:`batched_nms`); boxes in the letterboxed frames' pixels."""
+        (:func:`batched_nms`); boxes in the letterboxed frames' pixels. With ``letterbox``
+        (:func:`letterbox_params` of the frames' shape) the frames are whole and letterboxed
+        here, on the model's device (``tracker.letterbox: worker``)."""
         started = time.perf_counter()
         predictor = self._predictor()
         args = predictor.args
         with torch.inference_mode():
             batch = self._upload(frames, predictor.device)
             batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
-            batch = (batch.half() if predictor.model.fp16 else batch.float()).div_(255)
+            batch = batch.half() if predictor.model.fp16 else batch.float()
+            if letterbox is not None:
+                batch = letterbox_batch(batch, letterbox)
+            batch = batch.div_(255)
             uploaded = time.perf_counter()
             prediction = predictor.inference(batch)
             inferred = time.perf_counter()
@@ -217,6 +223,31 @@ class _Frame:
     done: bool = False
 
 
+def letterbox_params(shape: tuple, imgsz: int, stride: int) -> dict[str, Any]:
+    """What ultralytics' predictor's letterbox does to a frame of ``shape`` (its own
+    ``LetterBox.get_params``, minimum rectangle): ``new_unpad`` (w, h), padding ``top``,
+    ``bottom``, ``left``, ``right``; ``framed`` is the letterboxed (h, w)."""
+    from ultralytics.data.augment import LetterBox
+
+    frame = np.broadcast_to(np.uint8(0), (*shape[:2], 3))  # only its shape is read
+    params = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride).get_params(
+        {"img": frame})
+    width, height = params["new_unpad"]
+    framed = (height + params["top"] + params["bottom"], width + params["left"] + params["right"])
+    return {**params, "framed": framed}
+
+
+def letterbox_batch(batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """A (B, 3, H, W) batch of frames (0-255, float) resized and padded with grey 114 as
+    :func:`letterbox_params` says, on the batch's device (bilinear, as cv2's INTER_LINEAR)."""
+    width, height = params["new_unpad"]
+    if batch.shape[2:] != (height, width):
+        batch = torch.nn.functional.interpolate(batch, size=(height, width), mode="bilinear",
+                                                align_corners=False)
+    pad = (params["left"], params["right"], params["top"], params["bottom"])
+    return torch.nn.functional.pad(batch, pad, value=114.0)  # (B, 3, framed h, framed w)
+
+
 def boxes_of(data: np.ndarray, shape: tuple) -> Any:
     from ultralytics.engine.results import Boxes
 
@@ -256,4 +287,4 @@ def batched_nms(prediction: Any, conf: float, iou: float, classes: Sequence[int]
 def detector_key(cfg: TrackerConfig) -> tuple:
     """Streams whose tracker configs share this key can share one :class:`Detector`."""
     return (cfg.weights, cfg.backend, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device,
-            cfg.batch)
+            cfg.batch, cfg.letterbox)
