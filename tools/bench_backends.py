@@ -8,6 +8,11 @@ scored against the first backend's with `vidqa eval tracks` (IDF1, MOTA: the sam
 
     python tools/bench_backends.py                         # pipeline.yaml: torch, then auto
     python tools/bench_backends.py --backends torch,openvino,onnx --frames 200
+    python tools/bench_backends.py --backends torch,openvino,onnx --interleaved 40
+
+``--interleaved N`` times the detectors alone instead, in this one process, on the first N
+frames of the sample video, frame by frame in turn (torch, openvino, onnx, torch, ...): a
+machine whose load changes during the measurement slows every backend alike.
 """
 
 from __future__ import annotations
@@ -52,6 +57,37 @@ def same_tracks(mot: Path, reference: Path) -> dict[str, Any]:
     return {key: scores[key] for key in ("IDF1", "MOTA", "IDSW", "FP", "FN", "gt_dets")}
 
 
+def interleaved(backends: list[str], frames: int) -> dict[str, Any]:
+    """Milliseconds per frame of each backend's detector (letterbox, inference, NMS), timed
+    in turn on the same frames; the first frame of each is a warm-up and not counted."""
+    import cv2
+
+    from vidqa import assets
+    from vidqa.config import TrackerConfig
+    from vidqa.detection.detector import Detector
+
+    capture, images = cv2.VideoCapture(str(assets.sample_video())), []
+    while len(images) < frames + 1 and (read := capture.read())[0]:
+        images.append(read[1])
+    capture.release()
+    detectors = {b: Detector(TrackerConfig(backend=b, device="cpu")) for b in backends}
+    seconds = dict.fromkeys(backends, 0.0)
+    load_before = os.getloadavg()
+    for index, image in enumerate(images):
+        for backend, detector in detectors.items():
+            started = time.perf_counter()
+            detector(image)
+            if index:
+                seconds[backend] += time.perf_counter() - started
+    ms = {b: round(1000 * s / frames, 1) for b, s in seconds.items()}
+    report = {"frames": frames, "ms_per_frame": ms,
+              "speedup": {b: round(ms[backends[0]] / ms[b], 2) for b in backends},
+              "load_before": [round(x, 2) for x in load_before],
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps(report))
+    return report
+
+
 def main(config: str, backends: list[str], frames: int, out: Path, extra: list[str]
          ) -> dict[str, Any]:
     runs = [run_backend(config, backend, out / backend, frames, extra) for backend in backends]
@@ -79,5 +115,10 @@ if __name__ == "__main__":
     parser.add_argument("--frames", type=int, default=0, help="run.max_frames (0 = all)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_backends"))
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="N",
+                        help="time the detectors alone, in turn, on N frames (no vidqa run)")
     args = parser.parse_args()
-    main(args.config, args.backends.split(","), args.frames, args.out, args.set)
+    if args.interleaved:
+        interleaved(args.backends.split(","), args.interleaved)
+    else:
+        main(args.config, args.backends.split(","), args.frames, args.out, args.set)
