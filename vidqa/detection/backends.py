@@ -13,6 +13,7 @@ so the tracks, the torch backend's; any batch size runs too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -139,3 +141,28 @@ def reference_gt(mot: Path, gt: Path) -> Path:
     gt.parent.mkdir(parents=True, exist_ok=True)
     gt.write_text("".join(f"{','.join(row)},1,1,1\n" for row in rows))
     return gt
+
+
+def unpin_openvino(model: Any, export: Path) -> bool:
+    """Compile ultralytics' OpenVINO model again without pinning its threads to cores.
+
+    OpenVINO pins by default; on a machine it shares (the VLM worker, other processes) a pinned
+    thread waits for its own core instead of taking a free one: unpinned, one frame took 1118
+    ms instead of 1864 at load average 9 on 2 cores (`tools/bench_backends.py`, the figures in
+    the README). Reaches into ultralytics' backend (its core and compile settings), so it
+    returns False and leaves the model as it was where that layout differs.
+    """
+    backend = getattr(model, "backend", None)
+    compile_model = getattr(backend, "compile_model", None)
+    core = getattr(getattr(compile_model, "func", None), "__self__", None)
+    keywords = getattr(compile_model, "keywords", {})
+    if core is None or keywords.get("device_name") != "CPU" or \
+            getattr(backend, "read_model", None) is not None:
+        logger.info("OpenVINO threads stay pinned: ultralytics' backend is not the one vidqa "
+                    "knows (or not on the CPU)")
+        return False
+    config = {**keywords.get("config", {}), "ENABLE_CPU_PINNING": False}
+    backend.compile_model = functools.partial(compile_model.func, device_name="CPU",
+                                              config=config)
+    backend.ov_compiled_model = backend.compile_model(core.read_model(next(export.glob("*.xml"))))
+    return True

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from loguru import logger
 
 from vidqa import assets
 from vidqa.config import TrackerConfig
-from vidqa.detection.backends import exported_model, installed, resolve_backend
+from vidqa.detection.backends import exported_model, installed, resolve_backend, unpin_openvino
 from vidqa.errors import ConfigError, ModelError
 
 
@@ -65,6 +66,8 @@ class Detector:
                     "(settings {}, sync {})", self.info.name, self.info.note or self.info.path,
                     {c: names[c] for c in self.classes}, self.max_batch, ultralytics.__version__,
                     SETTINGS.file, SETTINGS.get("sync"))
+        if self.backend == "openvino":
+            unpin_openvino(self._predictor().model, Path(path))
         _log_backend(self.backend, cfg, path)
 
     def __call__(self, image: np.ndarray) -> Any:
