@@ -29,7 +29,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,eval,ray]"
+	$(PY) -m pip install --quiet -e ".[test,eval,ray,cpu]"
 	touch $(STAMP)
 
 # Debian packages the tests need: a real RTSP server on loopback, and Chromium for the web view.

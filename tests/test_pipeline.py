@@ -86,3 +86,5 @@ def test_run_when_finished_then_summary_counts_match_events(sample_run):
     assert summary["frames"] == 795
     assert set(summary["stage_seconds"]) == {"source", "tracker", "roi", "vlm"}
     assert all(seconds >= 0 for seconds in summary["stage_seconds"].values())
+    assert set(summary["frame_path"]["per_frame"]) == {"decode_ms", "letterbox_ms", "detect_ms",
+                                                      "track_ms", "sinks_ms"}

@@ -11,7 +11,9 @@ deferred, crop->answer latency p50/p95, the VLM's batch-size histogram, crops an
 ``--hold`` of the camera's rate is "real time". ``--processes`` runs the streams in that many
 stream processes (``run.processes``; 0 = auto, 1 = threads of one process), every one asking
 the one VLM worker; the detector batches of each process are reported too. ``--no-vlm``
-answers nothing (the trackers alone: the reference for "the tracker keeps 90% of its rate").
+asks nothing (the trackers alone, in the same layout: stream processes, detection worker and
+an idle VLM worker; the reference for "the tracker keeps 90% of its rate"). Every row has the
+frame path per stage (decode, letterbox, detect, track, sinks) in ms per frame.
 ``--separate`` runs the same N as separate processes, one model each (vidqa before the
 service), in the same invocation.
 
@@ -42,6 +44,7 @@ from vidqa.config import load_config
 from vidqa.engines.local import LocalRun
 from vidqa.engines.processes import ProcessRun, processes_for
 
+NO_CROPS = 1_000_000  # --no-vlm: no person crop is this large, so none is asked about
 QUESTIONS = ("Is this person wearing jeans?", "Is this person wearing something red?",
              "Is this person holding something in their hands?", "Does this person have long hair?",
              "Is this person carrying a bag?")
@@ -67,8 +70,8 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     """``count`` streams, one VLM service, for ``args.seconds`` of streaming once every stream
     has started: on threads of this process, or in ``processes`` stream processes."""
     overrides = stream_overrides(count, args) + [f"run.processes={processes}"]
-    if args.no_vlm:
-        overrides += ["vlm.worker=thread", "run.processes=1"]
+    if args.no_vlm:  # the same layout, VLM worker included, but no crop is ever asked about
+        overrides += [f"roi.min_width={NO_CROPS}", f"roi.min_height={NO_CROPS}"]
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, overrides)
     used = processes_for(cfg)
@@ -76,8 +79,6 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
         run = ProcessRun(cfg, out, used, {"worker": True, "streams": False}.get(detect))
     else:
         run = LocalRun.from_config(cfg, out)
-    if args.no_vlm:
-        run.service.answer = lambda crops, questions: [[] for _ in crops]
     stopper = threading.Thread(target=_stop_when_streamed, daemon=True,
                                args=(run, [out / f"s{i}" for i in range(count)], args))
     started = time.perf_counter()
@@ -89,7 +90,8 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     row["worker"] = summary["vlm"]["service"].get("worker")
     row["processes"] = used
     row["detect"] = (run.detect_in_worker and "worker" or "streams") if used > 1 else "thread"
-    row["stage_seconds"] = _stage_seconds(out, summary)
+    row["stage_seconds"] = _stream_totals(out, summary, "stage_seconds")
+    row["frame_path"] = _frame_path(_stream_totals(out, summary, "frame_path"), summary)
     row["detector_batches"] = [d["mean_batch"] for d in summary.get("detectors", [])]
     return row
 
@@ -138,14 +140,25 @@ def _row(count: int, summary: dict[str, Any], seconds: float, args: argparse.Nam
     }
 
 
-def _stage_seconds(out: Path, summary: dict[str, Any]) -> dict[str, float]:
-    """Each stage's own seconds, summed over the streams (wall time on the streams' threads)."""
+def _stream_totals(out: Path, summary: dict[str, Any], key: str) -> dict[str, float]:
+    """The seconds of each stage in the streams' summaries under ``key`` (``stage_seconds``:
+    the pipeline's stages; ``frame_path``: decode ... sinks), summed over the streams."""
     total: dict[str, float] = {}
     for stream_id in summary["streams"]:
         stream = json.loads((out / stream_id / "summary.json").read_text())
-        for stage, seconds in stream["stage_seconds"].items():
-            total[stage] = round(total.get(stage, 0.0) + seconds, 2)
+        for stage, seconds in stream.get(key, {}).items():
+            if isinstance(seconds, (int, float)):
+                total[stage] = round(total.get(stage, 0.0) + seconds, 2)
     return total
+
+
+def _frame_path(total: dict[str, float], summary: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds per processed frame in each stage of the frame path, over every stream;
+    ``letterbox`` is part of ``detect``. With a shared detector in a process, letterbox is the
+    detector's, counted once per stream that shares it (README: the frame path)."""
+    frames = sum(s.get("frames", 0) for s in summary["streams"].values())
+    return {k.replace("_s", "_ms"): round(1000 * v / frames, 2) if frames else None
+            for k, v in total.items()}
 
 
 def _gpu_used() -> int | None:
@@ -235,6 +248,8 @@ def _print(results: dict[str, Any]) -> None:
               f"{r['crops_submitted']:>7}{r['crops_lost']:>6}{r['deferred_tracks']:>9}"
               f"{r['latency_ms_p50_max'] or 0:>9.0f}{r['latency_ms_p95_max'] or 0:>9.0f}"
               f"{r['roi_per_s']:>8.2f}{r['answers_per_s'] or 0:>8.2f}{r['mean_batch']:>7.1f}")
+    for r in results["one_service"]:
+        print(f"{r['streams']:>4} streams, ms per frame: {r['frame_path']}")
     for r in results["separate"]:
         print(f"separate x{r['streams']}: fps min {r['fps_min']:.2f}, mean {r['fps_mean']:.2f}, "
               f"dropped {r['frames_dropped']}, answers {r['answers']} ({r['note']})")
@@ -265,7 +280,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adaptive", action="store_true", help="adaptive compression on")
     parser.add_argument("--hold", type=float, default=0.9,
                         help="real time = every stream processes >= this share of its fps")
-    parser.add_argument("--no-vlm", action="store_true", help="trackers only (answer nothing)")
+    parser.add_argument("--no-vlm", action="store_true",
+                        help="trackers only, in the same layout (no crop is asked about)")
     parser.add_argument("--separate", action="store_true",
                         help="also N separate `vidqa run` processes")
     parser.add_argument("--startup-s", type=float, default=60.0,

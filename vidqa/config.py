@@ -85,6 +85,9 @@ class TrackerConfig:
     classes: tuple[int, ...] | None = None  # detector classes that are persons; None = by name
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:0", ...
     batch: int = 64  # most frames of this process's streams detected in one forward pass
+    backend: Literal["auto", "torch", "openvino", "onnx"] = "auto"  # auto: OpenVINO on x86 CPUs
+    letterbox: Literal["stream", "worker"] = "stream"  # with a detection worker: where frames
+    # are letterboxed, in the stream process (CPU) or in the detection worker (on its device)
 
     def __post_init__(self) -> None:
         _require(0 < self.conf < 1, "tracker.conf", self.conf, "between 0 and 1")

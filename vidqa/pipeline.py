@@ -88,6 +88,7 @@ class Pipeline:
         self.board = AnswerBoard(asking=lambda: answer_stage.pending, zones=zones)
         self.stop_reason: str | None = None  # set by the run (another thread) to stop here
         self.on_end: list[Callable[[], None]] = []  # called when run() ends, e.g. close a service
+        self.sinks_s = 0.0  # seconds in the sinks: drawing and writing the frames and records
 
     @property
     def segment_s(self) -> float:
@@ -144,7 +145,9 @@ class Pipeline:
                 for result in tqdm(self.results(clock), desc=f"stream {self.stream_id}",
                                    unit="f", total=self._expected_frames(), disable=None):
                     counts.add(result)
+                    written = time.perf_counter()
                     sinks.write(result)
+                    self.sinks_s += time.perf_counter() - written
                     counts.log_progress(self.cfg.run.log_every_s, self.policy.tracks_seen)
                     if self.stop_reason:
                         end, error = self.stop_reason, "stopped by the run"
@@ -222,6 +225,8 @@ class Pipeline:
             "flush_s": round(seconds - streamed, 3),
             "fps": round(counts.frames / streamed, 3) if streamed > 0 else 0.0,
             "stage_seconds": clock.own_seconds(),
+            "frame_path": frame_path(self.source.stats(), self.tracker, self.sinks_s,
+                                     counts.frames),
             "peak_rss_bytes": psutil.Process().memory_info().rss,
             "models": {
                 "detector": _asdict(self.models["detector"]),
@@ -272,6 +277,20 @@ def stream_pipeline(cfg: PipelineConfig, spec: StreamConfig, out_dir: Path, sour
     return Pipeline(cfg, out_dir, source, tracker, RoiPolicy(spec.roi, zones), stage, models,
                     send, stream_id=spec.id, extra_sinks=extra_sinks, rules=rules, zones=zones,
                     clips_folder=store_folder)
+
+
+def frame_path(source: dict[str, Any], tracker: Any, sinks_s: float, frames: int
+               ) -> dict[str, Any]:
+    """Where a stream's frames spent their time, stage by stage (README: "Detector backends
+    and the frame path"): seconds and milliseconds per frame of decode (on the source's own
+    thread), letterbox and detect (letterbox is part of detect), track, and the sinks (draw and
+    write: the annotated video, mot.txt, the store's records)."""
+    stages = {"decode_s": source.get("decode_s", 0.0),
+              **(tracker.frame_path() if hasattr(tracker, "frame_path") else {}),
+              "sinks_s": round(sinks_s, 3)}
+    per_frame = {k.replace("_s", "_ms"): round(1000 * v / frames, 2) if frames else None
+                 for k, v in stages.items()}
+    return {**stages, "per_frame": per_frame}
 
 
 def _asdict(info: Any) -> dict[str, Any]:

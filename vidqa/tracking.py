@@ -10,6 +10,7 @@ detection worker (:class:`~vidqa.detection.transport.RemoteDetector`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,31 @@ class PersonTracker:
         self.tracker = _ultralytics_tracker(cfg.tracker)
         self.ids = TrackIds()
         self.resets = 0
+        self.detect_s = 0.0  # seconds waiting for boxes: letterbox, forward pass, NMS, batching
+        self.track_s = 0.0  # seconds in the tracker's association and motion model
 
     def update(self, frame: VideoFrame) -> Detections:
         if self._gap_too_long(frame):
             self.reset()
+        started = time.perf_counter()
         boxes = self.detector(frame.image)
+        detected = time.perf_counter()
         tracks = self.tracker.update(boxes, frame.image)
+        self.detect_s += detected - started
+        self.track_s += time.perf_counter() - detected
         detections = _to_detections(tracks)
         return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
+
+    def frame_path(self) -> dict[str, float]:
+        """Seconds of this stream's frames in each stage of the tracker: ``detect`` (all of
+        it, as the stream waited for its boxes), ``letterbox`` (part of ``detect``: this
+        stream's own when it letterboxes for a detection worker, else its detector's, shared
+        with the process's other streams) and ``track``."""
+        letterbox = getattr(self.detector, "letterbox_s", None)
+        if letterbox is None:
+            letterbox = getattr(self.detector, "stage_s", {}).get("letterbox", 0.0)
+        return {"letterbox_s": round(letterbox, 3), "detect_s": round(self.detect_s, 3),
+                "track_s": round(self.track_s, 3)}
 
     def close(self) -> None:
         """Release the detector's shared frame buffer, if it has one (a remote detector)."""

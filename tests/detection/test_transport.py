@@ -9,7 +9,9 @@ from factories import clip_frames
 
 
 @pytest.mark.slow
-def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_local():
+@pytest.mark.parametrize("letterbox, atol", [("stream", 0.5), ("worker", 3.0)])
+def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_local(
+        letterbox: str, atol: float):
     import itertools
     import queue
     from concurrent.futures import Future
@@ -30,14 +32,15 @@ def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_l
         requests.put((0, request_id, index, buffer, shape))
         return futures[request_id]
 
-    server = DetectionServer([TrackerConfig(device="cpu")], requests, reply).start()
+    cfg = TrackerConfig(device="cpu", letterbox=letterbox)  # worker: resized by torch, not cv2
+    server = DetectionServer([cfg], requests, reply).start()
     local = server.detectors[0]
     remote = RemoteDetector(submit, 0, local.cfg, local.stride, local.info)
     try:
         for frame in clip_frames(6):
             mine, theirs = remote(frame.image), local(frame.image)
             assert len(mine) == len(theirs) > 0
-            assert np.allclose(mine.data, theirs.data, atol=0.5)
+            assert np.allclose(mine.data, theirs.data, atol=atol)
     finally:
         requests.put(None)
         server.join()

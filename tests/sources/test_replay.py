@@ -116,6 +116,7 @@ def test_replay_when_looping_plays_past_the_end_and_counts_loops(tmp_path: Path)
     assert stats["loops"] >= 2 and stats["frames_read"] >= 25
     assert stats["frame_count"] is None  # an endless source announces no length
     assert stats["end_reason"] == "stopped by the consumer"
+    assert stats["decode_s"] > 0  # every pass decoded on its read-ahead thread, counted
 
 
 def test_replay_when_source_is_a_mot_sequence_plays_its_images(tmp_path: Path) -> None:

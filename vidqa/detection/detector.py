@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from loguru import logger
 
 from vidqa import assets
 from vidqa.config import TrackerConfig
+from vidqa.detection.backends import exported_model, installed, resolve_backend, unpin_openvino
 from vidqa.errors import ConfigError, ModelError
 
 
@@ -36,9 +38,12 @@ class Detector:
         from ultralytics.utils import SETTINGS
 
         self.cfg = cfg
-        self.info = assets.resolve_detector(cfg.weights)
+        self.backend = resolve_backend(cfg.backend, cfg.device)
+        self.info = dataclasses.replace(assets.resolve_detector(cfg.weights), backend=self.backend)
+        path = self.info.path if self.backend == "torch" else \
+            str(exported_model(self.info.path, cfg.imgsz, self.backend))
         try:
-            self.model = YOLO(self.info.path, task="detect")
+            self.model = YOLO(path, task="detect")
         except Exception as err:  # ultralytics raises many kinds for a bad checkpoint
             raise ModelError(f"cannot load detector {self.info.path!r}: {err} — check "
                              f"tracker.weights (a .pt path or 'auto')") from None
@@ -52,6 +57,7 @@ class Detector:
         self.max_batch = max(1, cfg.batch)
         self.batches: Counter[int] = Counter()  # frames per forward pass -> passes
         self.busy_s = 0.0  # seconds inside the forward passes (with pre- and postprocessing)
+        self.stage_s: Counter[str] = Counter()  # letterbox, inference, nms: seconds of each
         self._threads = threads  # torch threads once running; None = every core
         self._pending: list[_Frame] = []
         self._busy = False
@@ -60,6 +66,9 @@ class Detector:
                     "(settings {}, sync {})", self.info.name, self.info.note or self.info.path,
                     {c: names[c] for c in self.classes}, self.max_batch, ultralytics.__version__,
                     SETTINGS.file, SETTINGS.get("sync"))
+        if self.backend == "openvino":
+            unpin_openvino(self._predictor().model, Path(path))
+        _log_backend(self.backend, cfg, path)
 
     def __call__(self, image: np.ndarray) -> Any:
         """The person boxes of one frame (ultralytics ``Boxes`` on the CPU, as numpy)."""
@@ -86,7 +95,9 @@ class Detector:
     def summary(self) -> dict[str, Any]:
         passes = sum(self.batches.values())
         frames = sum(size * count for size, count in self.batches.items())
-        return {"max_batch": self.max_batch, "passes": passes, "busy_s": round(self.busy_s, 3),
+        return {"backend": self.backend, "max_batch": self.max_batch, "passes": passes,
+                "busy_s": round(self.busy_s, 3),
+                "stage_s": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "mean_batch": round(frames / passes, 2) if passes else None,
                 "batch_histogram": {str(k): v for k, v in sorted(self.batches.items())}}
 
@@ -104,21 +115,33 @@ class Detector:
         started = time.perf_counter()
         results = self.model.predict(images, **self._arguments())
         self._count(len(images), started)
+        for result in results:  # the predictor's own clocks, per image, in ms
+            for stage, name in (("preprocess", "letterbox"), ("inference", "inference"),
+                                ("postprocess", "nms")):
+                self.stage_s[name] += result.speed.get(stage, 0.0) / 1000
         return [result.boxes.data.cpu().numpy() for result in results]
 
-    def predict_framed(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    def predict_framed(self, frames: list[np.ndarray], letterbox: dict | None = None
+                       ) -> list[np.ndarray]:
         """:meth:`predict` for frames already letterboxed as ultralytics' predictor does it
         (:class:`RemoteDetector`): the predictor's own tensor steps and model, without its
         per-image letterbox and result objects, and one NMS for the whole batch
-        (:func:`batched_nms`); boxes in the letterboxed frames' pixels."""
+        (:func:`batched_nms`); boxes in the letterboxed frames' pixels. With ``letterbox``
+        (:func:`letterbox_params` of the frames' shape) the frames are whole and letterboxed
+        here, on the model's device (``tracker.letterbox: worker``)."""
         started = time.perf_counter()
         predictor = self._predictor()
         args = predictor.args
         with torch.inference_mode():
             batch = self._upload(frames, predictor.device)
             batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
-            batch = (batch.half() if predictor.model.fp16 else batch.float()).div_(255)
+            batch = batch.half() if predictor.model.fp16 else batch.float()
+            if letterbox is not None:
+                batch = letterbox_batch(batch, letterbox)
+            batch = batch.div_(255)
+            uploaded = time.perf_counter()
             prediction = predictor.inference(batch)
+            inferred = time.perf_counter()
             if getattr(predictor.model, "end2end", False):  # no NMS to batch: ultralytics' own
                 from ultralytics.utils.nms import non_max_suppression
 
@@ -129,6 +152,9 @@ class Detector:
                 boxes = batched_nms(prediction, args.conf, args.iou, args.classes,
                                     args.agnostic_nms, args.max_det)
         self._count(len(frames), started)
+        self.stage_s["upload"] += uploaded - started
+        self.stage_s["inference"] += inferred - uploaded
+        self.stage_s["nms"] += time.perf_counter() - inferred
         return boxes
 
     def _upload(self, frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -168,7 +194,8 @@ class Detector:
     @property
     def stride(self) -> int:
         """The detector's largest stride: letterboxed frames are padded to a multiple of it."""
-        return max(int(self.model.model.stride.max()), 32)
+        model = self.model.model if self.backend == "torch" else self._predictor().model
+        return max(int(torch.as_tensor(model.stride).max()), 32)
 
     def _detect(self, batch: list[_Frame]) -> None:
         try:
@@ -181,12 +208,47 @@ class Detector:
             frame.done = True
 
 
+def _log_backend(backend: str, cfg: TrackerConfig, path: str) -> None:
+    """One loud line on what runs the detector, and why (a slow CPU run starts here)."""
+    logger.info("DETECTOR BACKEND: {} (tracker.backend: {}, device {}) running {}",
+                backend.upper(), cfg.backend, cfg.device, path)
+    if backend == "torch" and cfg.device in ("auto", "cpu") and not torch.cuda.is_available() \
+            and not installed("openvino"):
+        logger.warning("the detector runs PyTorch eager on the CPU, 3-5x slower than OpenVINO "
+                       "here: {}", "pip install 'vidqa[cpu]' (then tracker.backend: auto picks it)")
+
+
 @dataclasses.dataclass(eq=False)
 class _Frame:
     image: np.ndarray
     boxes: Any = None
     error: Exception | None = None
     done: bool = False
+
+
+def letterbox_params(shape: tuple, imgsz: int, stride: int) -> dict[str, Any]:
+    """What ultralytics' predictor's letterbox does to a frame of ``shape`` (its own
+    ``LetterBox.get_params``, minimum rectangle): ``new_unpad`` (w, h), padding ``top``,
+    ``bottom``, ``left``, ``right``; ``framed`` is the letterboxed (h, w)."""
+    from ultralytics.data.augment import LetterBox
+
+    frame = np.broadcast_to(np.uint8(0), (*shape[:2], 3))  # only its shape is read
+    params = LetterBox(new_shape=(imgsz, imgsz), auto=True, stride=stride).get_params(
+        {"img": frame})
+    width, height = params["new_unpad"]
+    framed = (height + params["top"] + params["bottom"], width + params["left"] + params["right"])
+    return {**params, "framed": framed}
+
+
+def letterbox_batch(batch: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """A (B, 3, H, W) batch of frames (0-255, float) resized and padded with grey 114 as
+    :func:`letterbox_params` says, on the batch's device (bilinear, as cv2's INTER_LINEAR)."""
+    width, height = params["new_unpad"]
+    if batch.shape[2:] != (height, width):
+        batch = torch.nn.functional.interpolate(batch, size=(height, width), mode="bilinear",
+                                                align_corners=False)
+    pad = (params["left"], params["right"], params["top"], params["bottom"])
+    return torch.nn.functional.pad(batch, pad, value=114.0)  # (B, 3, framed h, framed w)
 
 
 def boxes_of(data: np.ndarray, shape: tuple) -> Any:
@@ -227,4 +289,5 @@ def batched_nms(prediction: Any, conf: float, iou: float, classes: Sequence[int]
 
 def detector_key(cfg: TrackerConfig) -> tuple:
     """Streams whose tracker configs share this key can share one :class:`Detector`."""
-    return (cfg.weights, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device, cfg.batch)
+    return (cfg.weights, cfg.backend, cfg.conf, cfg.iou, cfg.imgsz, cfg.classes, cfg.device,
+            cfg.batch, cfg.letterbox)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 from loguru import logger
 
 from vidqa.config import TrackerConfig
-from vidqa.detection.detector import Detector, boxes_of
+from vidqa.detection.detector import Detector, boxes_of, letterbox_params
 from vidqa.errors import ModelError
 from vidqa.workers import Replies, Supervisor, await_ready, picklable, pid_alive, run_for_owner
 
@@ -52,18 +53,31 @@ class RemoteDetector:
         self.submit = submit
         self.index = index
         self.info = info
+        self.cfg, self.stride = cfg, stride
         self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
-        # One frame in flight per stream: one buffer the size of the largest letterboxed frame.
+        # One frame in flight per stream: one buffer the size of the largest letterboxed frame
+        # (tracker.letterbox: worker sends whole frames: a buffer the size of the frame).
         self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+        self.letterbox_s = 0.0  # seconds letterboxing this stream's frames
 
     def __call__(self, image: np.ndarray) -> Any:
-        framed = self.letterbox(image=image)
-        np.ndarray(framed.shape, np.uint8, self.buffer.buf)[:] = framed
-        data = self.submit(self.index, self.buffer.name, framed.shape).result()
+        started = time.perf_counter()
+        if self.cfg.letterbox == "worker":  # the worker letterboxes: only the shape is needed
+            framed = letterbox_params(image.shape, self.cfg.imgsz, self.stride)["framed"]
+            sent = image
+        else:
+            sent = self.letterbox(image=image)
+            framed = sent.shape[:2]
+        self.letterbox_s += time.perf_counter() - started
+        if sent.nbytes > self.buffer.size:
+            self.close()
+            self.buffer = SharedMemory(create=True, size=sent.nbytes)
+        np.ndarray(sent.shape, np.uint8, self.buffer.buf)[:] = sent
+        data = self.submit(self.index, self.buffer.name, sent.shape).result()
         if len(data):
             from ultralytics.utils.ops import scale_boxes
 
-            data[:, :4] = scale_boxes(framed.shape[:2], data[:, :4], image.shape[:2])
+            data[:, :4] = scale_boxes(framed, data[:, :4], image.shape[:2])
         return boxes_of(data, image.shape)
 
     def close(self) -> None:
@@ -125,7 +139,9 @@ class DetectionServer:
     def _detect(self, detector: Detector, shape: tuple, requests: list) -> None:
         try:
             frames = [np.ndarray(shape, np.uint8, self._buffer(r[3]).buf) for r in requests]
-            results: list[Any] = detector.predict_framed(frames)
+            letterbox = letterbox_params(shape, detector.cfg.imgsz, detector.stride) \
+                if detector.cfg.letterbox == "worker" else None
+            results: list[Any] = detector.predict_framed(frames, letterbox)
         except Exception as err:  # these frames fail, the next batch may not
             results = [err] * len(requests)
         for request, result in zip(requests, results, strict=True):

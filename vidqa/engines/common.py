@@ -188,5 +188,5 @@ def _run_end(ends: set[str]) -> str:
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("end_reason", "error", "frames", "tracks", "crops", "answers", "fps", "flush_s",
-            "source", "vlm", "tracker_resets", "answers_by_question", "clips")
+            "source", "vlm", "tracker_resets", "answers_by_question", "clips", "frame_path")
     return {key: summary[key] for key in keys if key in summary}

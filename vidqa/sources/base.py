@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -17,6 +19,8 @@ from vidqa.errors import SourceError
 from vidqa.messages import VideoFrame
 
 DEFAULT_FPS = 30.0  # assumed when a file or stream reports no usable frame rate
+READ_AHEAD = 4  # frames a recording decodes ahead of its consumer, on its own thread
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class SourceStats:
     stall_s: float = 0.0  # live: seconds without frames during outages (stalls, reconnects)
     outages_s: list[float] = field(default_factory=list)  # live: each outage, newest 100
     loops: int = 0  # replay with loop: times the file or sequence restarted from its start
+    decode_s: float = 0.0  # seconds spent reading and decoding frames (on the source's thread)
     end_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -54,7 +59,8 @@ class SourceStats:
             "reconnect_attempts": self.reconnect_attempts,
             "reconnect_reasons": dict(self.reconnect_reasons), "stalls": self.stalls,
             "stall_s": round(self.stall_s, 3), "outages_s": [round(s, 3) for s in self.outages_s],
-            "loops": self.loops, "end_reason": self.end_reason,
+            "loops": self.loops, "decode_s": round(self.decode_s, 3),
+            "end_reason": self.end_reason,
         }
 
 
@@ -65,6 +71,7 @@ class Source(ABC):
         self._stats = SourceStats(source_id=source_id, kind=kind, is_live=is_live)
         self._stats_lock = threading.Lock()  # live sources update stats on the reader thread
         self._closed = False
+        self._reading: Iterator[VideoFrame] | None = None  # the frames being iterated
         self._warned: set[str] = set()
 
     @property
@@ -78,8 +85,9 @@ class Source(ABC):
         self.close()
 
     def __iter__(self) -> Iterator[VideoFrame]:
+        self._reading = frames = self._frames()
         try:
-            for frame in self._frames():
+            for frame in frames:
                 self._stats.frames_yielded += 1
                 yield frame
         finally:  # also runs when the consumer breaks out early and the generator is closed
@@ -97,6 +105,12 @@ class Source(ABC):
         self._closed = True
         if self._stats.end_reason is None:
             self._stats.end_reason = "closed before the end"
+        reading, self._reading = self._reading, None
+        if reading is not None and hasattr(reading, "close"):
+            try:
+                reading.close()  # a decoding thread ends before the decoder is released
+            except ValueError:  # being iterated on another thread: it ends at its next frame
+                logger.debug("{}: closed while its frames are read elsewhere", self.source_id)
         self._release()
 
     def stats(self) -> dict[str, Any]:
@@ -122,6 +136,57 @@ class Source(ABC):
             self._warn_once("convert", "{}: frames are {} {}, converting to 8-bit BGR",
                             self.source_id, image.shape, image.dtype)
         return converted
+
+
+def timed(stats: SourceStats, read: Callable[[], T]) -> T:
+    """``read()``, its seconds added to ``stats.decode_s``."""
+    started = time.perf_counter()
+    try:
+        return read()
+    finally:
+        stats.decode_s += time.perf_counter() - started
+
+
+def read_ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
+    """``items`` produced on a thread of their own, at most ``depth`` ahead of the consumer:
+    a recording decodes its next frames while the tracker works on this one, and waits (never
+    drops) when the consumer is slower. An error of the producer is raised to the consumer in
+    order; a consumer that stops early stops the producer and waits for it, so the source
+    releases its decoder only after the last read has returned."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            put(("error", err))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:

@@ -14,12 +14,13 @@ from loguru import logger
 
 from vidqa.errors import SourceError
 from vidqa.messages import VideoFrame
-from vidqa.sources.base import DEFAULT_FPS, Source, usable_fps
+from vidqa.sources.base import DEFAULT_FPS, READ_AHEAD, Source, read_ahead, timed, usable_fps
 
 
 class FileSource(Source):
     """Any video OpenCV reads. Never drops; a truncated or corrupt file ends at the last good
-    frame with a warning and ``end_reason`` saying so, never with a traceback."""
+    frame with a warning and ``end_reason`` saying so, never with a traceback. Decodes on a
+    thread of its own, ``READ_AHEAD`` frames ahead of the consumer."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(source_id=path.name, kind="file", is_live=False)
@@ -60,6 +61,9 @@ class FileSource(Source):
             return False, None
 
     def _frames(self) -> Iterator[VideoFrame]:
+        return read_ahead(self._decoded(), READ_AHEAD, f"decode-{self.source_id}")
+
+    def _decoded(self) -> Iterator[VideoFrame]:
         index, image = 0, self._first
         self._first = None
         while image is not None:
@@ -67,7 +71,7 @@ class FileSource(Source):
             self._stats.last_good_frame = index
             yield VideoFrame(image=image, frame_index=index, timestamp=index / self._stats.fps,
                              source_id=self.source_id, fps=self._stats.fps)
-            ok, raw = self._read()
+            ok, raw = timed(self._stats, self._read)
             image = self._bgr(raw) if ok and raw is not None else None
             index += 1
         self._stats.end_reason = self._end_reason(index)
@@ -127,7 +131,7 @@ class MotSource(Source):
     leaves a gap in indices and timestamps that still line up with ``gt.txt``. If seqLength
     disagrees with the images on disk, a warning says so and the images present are read.
     A size that disagrees with seqinfo.ini is an error; an unreadable image ends the sequence
-    at the last good frame with a warning.
+    at the last good frame with a warning. Decodes ``READ_AHEAD`` images ahead, on a thread.
     """
 
     def __init__(self, path: Path) -> None:
@@ -155,10 +159,13 @@ class MotSource(Source):
         self._check_size(self._images[0], self._first)
 
     def _frames(self) -> Iterator[VideoFrame]:
+        return read_ahead(self._decoded(), READ_AHEAD, f"decode-{self.source_id}")
+
+    def _decoded(self) -> Iterator[VideoFrame]:
         assert self._info is not None
         for position, image_path in enumerate(self._images):
-            image = self._first if position == 0 else cv2.imread(str(image_path),
-                                                                 cv2.IMREAD_COLOR)
+            image = self._first if position == 0 else timed(
+                self._stats, lambda path=image_path: cv2.imread(str(path), cv2.IMREAD_COLOR))
             self._first = None
             if image is None:
                 logger.warning("{} cannot be decoded: stopping the sequence at the last good "

@@ -55,6 +55,12 @@ class ReplaySource(NewestFrameSource):
         self._start_reader(self._read_forever)
         yield from super()._frames()
 
+    def stats(self) -> dict:
+        """As every source's, ``decode_s`` with the pass being played."""
+        stats = super().stats()
+        stats["decode_s"] = round(stats["decode_s"] + self._recording.stats()["decode_s"], 3)
+        return stats
+
     def now(self) -> float:
         """Seconds of recording played since playback started (``source.replay_speed`` of them
         per wall second)."""
@@ -89,10 +95,12 @@ class ReplaySource(NewestFrameSource):
                 self._stats.end_reason = self._recording.stats()["end_reason"]
                 return
             self._recording.close()
+            decoded = self._recording.stats()["decode_s"]
             self._recording = self._recorded()
             self._recording.open()
             with self._stats_lock:
                 self._stats.loops += 1
+                self._stats.decode_s += decoded
             start += seconds
 
     def _play(self, start: float) -> tuple[int, float]:
