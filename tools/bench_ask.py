@@ -3,7 +3,8 @@ stored features and from the stored crops, against getting the same answers by r
 video again; and what keeping the features costs on disk. One invocation, paired.
 
 1. **Re-run the video** (timed): ``vidqa run`` on the source with ``store.features: true`` and
-   the question configured, model load included. Getting a new question's answers without
+   the question configured, model load included, with the full model (as an ask answers: the
+   live answers are then the reference an ask must reproduce). Getting a new question's answers without
    vidqa ask costs this run again: its seconds per answered track are the "re-run" figure.
 2. **Inflate** (``--tracks N``, optional): copies of the answered tracks (their rows, their crop
    and their features under new keys) until the store holds N tracks. The model's cost per crop
@@ -61,7 +62,7 @@ def random_256m() -> str:
 def rerun(out: Path, overrides: list[str]) -> tuple[Path, dict[str, Any], float]:
     """Step 1: the run, timed; its store, summary and wall seconds."""
     cfg = load_config(None, [f"vlm.questions=[{json.dumps(QUESTION)}]", "store.features=true",
-                             "sinks.video=false", *overrides])
+                             "vlm.adaptive.enabled=false", "sinks.video=false", *overrides])
     run_dir = prepare_run_dir(cfg, out / "run")
     start = time.perf_counter()
     summary = run_pipeline(cfg, run_dir)
@@ -164,7 +165,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"source.path={args.source}")
     if args.frames:
         overrides.append(f"run.max_frames={args.frames}")
-    out = Path(tempfile.mkdtemp(prefix="vidqa-bench-ask-"))
+    out = args.keep or Path(tempfile.mkdtemp(prefix="vidqa-bench-ask-"))
     try:
         db, summary, run_s = rerun(out, overrides)
         size = storage(db)  # before inflating: what the run itself kept
@@ -174,7 +175,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         from_features = asked(db, ask_overrides, features=True)
         from_crops = asked(db, ask_overrides, features=False)
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
     rerun_per_track = run_s / max(size["answered_tracks"], 1)
     tracks = from_features["answered"]
     result = {
@@ -225,6 +227,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=0, help="vlm.batch_size")
     parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--keep", type=Path, help="keep the run and its store in this folder")
     arguments = parser.parse_args()
     measured = main(arguments)
     if arguments.out:
