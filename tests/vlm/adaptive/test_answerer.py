@@ -43,11 +43,13 @@ def fixed_seconds(monkeypatch):
     real_ask = runner.ask
 
     def ask(vlm, question, batch, max_new_tokens, shared=None, vision_key="full", body=None,
-            trace=None):
-        asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace)
-        compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
-                         or type(m).__module__.startswith("torch.ao.nn.quantized")
-                         for m in (vlm.model if body is None else body).modules())
+            trace=None, tile=None):
+        asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace,
+                         tile)
+        compressed = tile is not None or any(
+            type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
+            or type(m).__module__.startswith("torch.ao.nn.quantized")
+            for m in (vlm.model if body is None else body).modules())
         seconds = len(batch) * (0.25 if compressed else 1.0)
         return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
     monkeypatch.setattr(runner, "ask", ask)
@@ -55,7 +57,7 @@ def fixed_seconds(monkeypatch):
 
 def config(tmp_path, **overrides) -> AdaptiveConfig:
     base = {"profile_tracks": 2, "audit_every": 0, "cache_dir": str(tmp_path / "cache"),
-            "borrow": False}
+            "borrow": False, "tile_scales": ()}  # layer plans; tiles have tests of their own
     return AdaptiveConfig(**{**base, **overrides})
 
 
@@ -89,6 +91,30 @@ def test_answer_when_k_tracks_profiled_and_plan_pays_compresses_later_tracks(
     assert all(a.compressed and a.plan_id == query.plan.id for a in later)
     assert len(query.search["trials"]) == 1  # the first candidate confirmed, not six
     assert query.compressor.current.id == "full"  # compressed only inside answer()
+
+
+def test_answer_when_a_smaller_tile_keeps_the_answers_then_later_tracks_run_at_that_tile(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    # Given every layer x -> x and a guard loose enough that the 32 px tile passes it
+    query = make(identity_model, config(tmp_path, tile_scales=(0.5,), target_agreement=0.01,
+                                        max_dp_yes=1.0))
+    query.expect(crops=1000)
+    seen = []
+    encode = identity_model.encode
+    monkeypatch.setattr(identity_model, "encode", lambda images, question, **kw: seen.append(
+        kw.get("tile")) or encode(images, question, **kw))
+
+    query.answer(crops([1, 2]))
+    trials = query.search["trials"]
+    seen.clear()
+    later = query.answer(crops([3, 4], frame=1))
+
+    # Then some tile candidate was ranked, and once one is the plan its crops are 32 px
+    assert any(c["label"].startswith("tile 32") for c in query.search["ranked"])
+    assert query.phase == "compressed" and trials[-1]["accepted"]
+    assert all(a.plan_id == query.plan.id for a in later)
+    assert seen == [query.plan.tile]
+    assert Plan.from_dict(query.cache.get(query._key)["plan"]) == query.plan
 
 
 def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path,

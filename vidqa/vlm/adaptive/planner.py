@@ -19,6 +19,7 @@ from vidqa.vlm.compression.orders import bottom_fraction, compare
 from vidqa.vlm.compression.payoff import (
     Candidate,
     CropForecast,
+    TileOption,
     candidates,
     expected_return,
     expected_value,
@@ -112,7 +113,24 @@ class Planner:
         influence = profile.mean(metric if metric in profile.scores else "block_influence")
         compressor = self.runner.compressor
         return candidates(compressor.paths, influence, trace.layer_seconds_per_crop(),
-                          trace.seconds / max(trace.crops, 1), compressor.supports("int8"))
+                          trace.seconds / max(trace.crops, 1), compressor.supports("int8"),
+                          self.tile_options())
+
+    def tile_options(self) -> list[TileOption]:
+        """The smaller tiles of ``tile_scales`` this model takes (single tile per crop only:
+        with image splitting a crop is many tiles), with the shares of patches and prompt
+        tokens each keeps."""
+        vlm = self.runner.vlm
+        if vlm.image_splitting or not self.cfg.tile_scales:
+            return []
+        encoder, prompt = vlm.tiles, vlm.prompt(self.runner.question.question)
+        full = encoder.tile
+        sizes = {encoder.unit * int(full * scale // encoder.unit) for scale in
+                 self.cfg.tile_scales} - {0, full}
+        tokens = encoder.prompt_ids(prompt).shape[1]
+        return [TileOption(tile, (tile / full) ** 2,
+                           encoder.prompt_ids(prompt, tile).shape[1] / tokens)
+                for tile in sorted(sizes, reverse=True)]
 
     def _task_profile(self, trace: StreamProfile, metric: str) -> Any:
         """Task impact on the profiled tracks' first crops: extra passes, paid as planning."""

@@ -47,11 +47,12 @@ class PlanRunner:
         key = vision_key(plan)
         if self.compiled is not None:
             asked = ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared, key,
-                        body=self.compiled.body(plan))
+                        body=self.compiled.body(plan), tile=plan.tile)
             self.compiled.mark_built(plan)
             return asked
         with self.compressor.using(plan):
-            return ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared, key)
+            return ask(self.vlm, self.question, list(crops), self.max_new_tokens, shared, key,
+                       tile=plan.tile)
 
     def answers(self, crops: Sequence[Crop], asked: Asked, phase: str, plan: Plan | None = None
                 ) -> list[Answer]:
@@ -62,5 +63,7 @@ class PlanRunner:
 
 
 def vision_key(plan: Plan) -> str:
-    """The vision part of a plan: questions whose plans share it share one vision pass."""
-    return Plan({p: op for p, op in plan.ops.items() if tower_of(p) == "vision"}).id
+    """The vision part of a plan (its vision layers and tile): questions whose plans share it
+    share one vision pass."""
+    return Plan({p: op for p, op in plan.ops.items() if tower_of(p) == "vision"},
+                tile=plan.tile).id
