@@ -53,6 +53,7 @@ from vidqa.vlm.compression.payoff import CropForecast, static_plan
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
 from vidqa.vlm.compression.plan_library import LibraryPlan, find
+from vidqa.vlm.graphs import PlanGraphs
 from vidqa.vlm.model import VisionLanguageModel, module_bytes
 from vidqa.vlm.profiling.stream import ProfiledBatch, StreamProfile, new_stream_profile
 
@@ -83,7 +84,7 @@ class AdaptiveAnswerer:
                  cache: PlanCache | None = None, max_new_tokens: int = 16,
                  compressor: Compressor | None = None, max_replans: int = 2,
                  library: Sequence[LibraryPlan] = (), compiled: CompiledPlans | None = None,
-                 gate: PlanGate | None = None) -> None:
+                 gate: PlanGate | None = None, graphs: PlanGraphs | None = None) -> None:
         self.vlm = vlm
         self.question = question
         self.cfg = cfg
@@ -91,7 +92,8 @@ class AdaptiveAnswerer:
         self.compressor = compressor or compressor_for(vlm.model)
         self.gate = gate or AlwaysProfile()
         self.max_replans = max_replans
-        self.runner = PlanRunner(vlm, question, self.compressor, max_new_tokens, compiled)
+        self.runner = PlanRunner(vlm, question, self.compressor, max_new_tokens, compiled,
+                                 graphs)
         self.ledger = Ledger()
         self.forecast = CropForecast(cfg.horizon_s)
         self.planner = Planner(self.runner, cfg, self.ledger)
@@ -345,6 +347,7 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
         "forecast": {"crops_seen": answerer.forecast.seen,
                      "crops_per_stream_s": _round(answerer.forecast.rate(), 3)},
         "cache": {**answerer.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
+        "plan_graphs": answerer.runner.graphs.summary() if answerer.runner.graphs else None,
     }
 
 

@@ -30,6 +30,7 @@ from vidqa.vlm.profiling.stream import StreamProfile
 
 BUILD_S_PER_LAYER = 0.05  # prior cost of one int8 copy until one is measured
 COMPILE_S = 30.0  # prior cost of compiling one plan's graph (24-48 s for the 256M shape, H200)
+CAPTURE_S = 2.0  # prior cost of capturing one plan's CUDA graphs for a bucket
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Planner:
         self.cfg = cfg
         self.ledger = ledger
         self.build_s_per_layer = BUILD_S_PER_LAYER
-        self.compile_s = COMPILE_S
+        self.compile_s = COMPILE_S if runner.compiled is not None else CAPTURE_S
 
     @property
     def label(self) -> str:
@@ -94,14 +95,30 @@ class Planner:
                         f"{len(trials)} candidate(s)", True, trials)
 
     def build(self, plan: Plan) -> None:
-        """Build ``plan``'s int8 copies, timed as planning; learns the per-layer build cost."""
+        """Build ``plan``'s int8 copies (and, on CUDA, capture its graphs for every batch
+        bucket), timed as planning; learns the per-layer build cost."""
         missing = len(plan.paths("int8"))
         start = time.perf_counter()
         self.runner.compressor.prepare(plan)
+        self._capture(plan)
         seconds = time.perf_counter() - start
         self.ledger.add("build", seconds)
         if missing and seconds > 0.01:
             self.build_s_per_layer = seconds / missing
+
+    def _capture(self, plan: Plan) -> None:
+        graphs = self.runner.graphs
+        if graphs is None or self.runner.bodies is not graphs or graphs.built(plan):
+            return
+        body = graphs.body(plan)
+        if body is None:
+            return
+        try:
+            body.warm([self.runner.vlm.prompt(self.runner.question.question)], plan.tile)
+        except RuntimeError as err:
+            graphs.failed(plan, err)
+        else:
+            graphs.mark_built(plan)
 
     # ----------------------------------------------------------------------------- ranking
 
@@ -182,9 +199,9 @@ class Planner:
         """A compressed pass over the profiled batches, its int8 copies and, when compiling,
         each graph (the candidate's, the full model's) not compiled yet."""
         int8 = len(candidate.plan.paths("int8"))
-        compiled = self.runner.compiled
-        graphs = 0 if compiled is None else sum(
-            not compiled.built(plan) for plan in (candidate.plan, self.runner.full_plan))
+        bodies = self.runner.bodies
+        graphs = 0 if bodies is None else sum(
+            not bodies.built(plan) for plan in (candidate.plan, self.runner.full_plan))
         return trace.seconds * (1 - candidate.est_saving) + \
             int8 * self.build_s_per_layer + graphs * self.compile_s
 
@@ -203,7 +220,7 @@ class Planner:
             asked = self.runner.plan(batch.crops, candidate.plan, None)
             self.ledger.add("confirm", asked.seconds)
             reference_s = batch.seconds
-            if self.runner.compiled is not None:  # the traced pass ran eager: time compiled
+            if self.runner.bodies is not None:  # the traced pass ran eager: time graphs
                 full = self.runner.plan(batch.crops, self.runner.full_plan, None)
                 self.ledger.add("confirm", full.seconds)
                 reference_s = full.standalone_s
@@ -247,14 +264,14 @@ class Planner:
             dp * done.size > self.cfg.max_dp_yes * total
 
     def _compile_graphs(self, plan: Plan, crops: list[Crop]) -> None:
-        """Compile ``plan``'s graph and the full model's on one profiled batch before the
-        paired passes: compiling is building a plan (booked as ``build``), not answering, and
-        what it cost prices the next candidate."""
-        compiled = self.runner.compiled
-        if compiled is None:
+        """Compile (or capture as CUDA graphs) ``plan``'s pass and the full model's on one
+        profiled batch before the paired passes: that is building a plan (booked as
+        ``build``), not answering, and what it cost prices the next candidate."""
+        bodies = self.runner.bodies
+        if bodies is None:
             return
         for graph in (plan, self.runner.full_plan):
-            if compiled.built(graph):
+            if bodies.built(graph):
                 continue
             self.compile_s = self.runner.plan(crops, graph, None).seconds
             self.ledger.add("build", self.compile_s)
