@@ -193,17 +193,25 @@ def _layer_candidates(paths: Sequence[str], influence: np.ndarray, layer_s: np.n
 def next_candidate(ranked: Sequence[Candidate], rejected: Sequence[Candidate],
                    tried: Sequence[Candidate] = ()) -> Candidate | None:
     """The best-ranked candidate not tried. After one changed the answers (``rejected``),
-    only a safer one (less than half its risk) that does not contain it; one that kept the
-    answers but did not pay (in ``tried`` only) rules out nothing else."""
+    only candidates safer than half its risk among those that touch what it touched (a
+    smaller tile, layers, or both): a tile that moved the answers says nothing of int8 on
+    the layers, and the other way round. One that kept the answers but did not pay (in
+    ``tried`` only) rules out nothing else."""
     seen = {c.plan for c in (*rejected, *tried)}
-    cap = min((c.risk for c in rejected), default=None)
     for candidate in ranked:
         if candidate.plan in seen:
             continue
-        if cap is not None and candidate.risk > cap / 2:
+        if any(_axes(r) <= _axes(candidate) and candidate.risk > r.risk / 2 for r in rejected):
             continue
         return candidate
     return None
+
+
+def _axes(candidate: Candidate) -> frozenset[str]:
+    """What a candidate changes: "tile", "layers" or both."""
+    plan = candidate.plan
+    return frozenset({"tile"} if plan.tile is not None else set()) | \
+        frozenset({"layers"} if any(op != "keep" for op in plan.ops.values()) else set())
 
 
 def expected_return(crops: float, full_per_crop_s: float, saving: float,
