@@ -117,6 +117,23 @@ def test_answer_when_a_smaller_tile_keeps_the_answers_then_later_tracks_run_at_t
     assert Plan.from_dict(query.cache.get(query._key)["plan"]) == query.plan
 
 
+def test_plan_when_a_live_stream_is_profiled_in_its_first_burst_waits_for_the_rate(
+        identity_model, tmp_path, fixed_seconds):
+    # Given a live stream (nothing announced) whose first tracks are all profiled at once
+    query = make(identity_model, config(tmp_path))
+    query.answer(crops([1, 2]))
+    waited = query.phase
+
+    # When new tracks keep arriving after the stream's first seconds
+    for frame in range(30, 90, 5):
+        query.answer(crops([frame], frame=frame))
+
+    # Then it answered full meanwhile instead of giving up, and planned once the rate was known
+    assert waited == "profile" and query.search is not None
+    assert query.search["forecast"].endswith("horizon 300 s")
+    assert query.phase == "compressed"
+
+
 def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path,
                                                        fixed_seconds):
     query = make(identity_model, config(tmp_path))

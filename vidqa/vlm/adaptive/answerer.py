@@ -11,6 +11,8 @@ Phases of one :class:`AdaptiveAnswerer`:
    (:meth:`AdaptiveAnswerer.expect`, the rate of new ROIs, the live horizon; :mod:`.planner`)
    and stops when it cannot pay back; at most ``confirm`` candidates are confirmed, by
    re-running the profiled batches under the plan (paired with their full passes).
+   A live stream profiled within its first seconds (everyone in view is a new track at once)
+   answers full until the rate of new ROIs is known, then plans.
    ``mode: static`` skips all of this (a fixed plan per model); a cached plan, a plan file
    (``plan: PATH``) or a borrowed plan skip it too.
 3. ``compressed`` — answers under the plan. One ROI in ``audit_every`` is audited: whole
@@ -49,7 +51,7 @@ from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.payoff import CropForecast, static_plan
+from vidqa.vlm.compression.payoff import BURST_S, CropForecast, static_plan
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
 from vidqa.vlm.compression.plan_library import LibraryPlan, find
@@ -107,6 +109,7 @@ class AdaptiveAnswerer:
         self.replans = 0
         self._trace: StreamProfile = new_stream_profile(vlm)
         self._tracks: set[tuple[str, int]] = set()  # tracks seen while profiling / borrowing
+        self._waiting = False  # profiled, the plan waits for a forecast of what is to come
         self._compressed_bytes = 0
         self._owner = f"{question.label}@{id(self):x}"  # its pin on the shared compressor
         self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), question.question,
@@ -174,10 +177,18 @@ class AdaptiveAnswerer:
             if self.gate.published(key):
                 self._load_cached()  # adopts the published plan: compressed from the next batch
             return answers
-        asked = self._traced(crops, shared)
-        answers = self.runner.answers(crops, asked, phase="profile")
+        if len(self._tracks) >= self.cfg.profile_tracks:  # profiled; waiting for a rate
+            answers = self._answer_full(crops, shared, "profile")
+        else:
+            answers = self.runner.answers(crops, self._traced(crops, shared), phase="profile")
         if len(self._tracks) >= self.cfg.profile_tracks:
-            self._plan_from_stream()
+            if self.forecast.known():
+                self._plan_from_stream()
+            elif not self._waiting:
+                self._waiting = True
+                logger.info("question {!r}: {} tracks profiled; planning waits for the rate of "
+                            "new ROIs (every stream's first {:g} s is a burst that does not "
+                            "count)", self.question.label, len(self._tracks), BURST_S)
         return answers
 
     def _traced(self, crops: list[Crop], shared: SharedVision | None) -> Asked:
@@ -247,6 +258,7 @@ class AdaptiveAnswerer:
 
     def _plan_from_stream(self) -> None:
         """Plan from the profiled answers (:class:`~.planner.Planner`) and act on it."""
+        self._waiting = False
         profile = self._trace.profile(self.question.question, self.vlm.info.name)
         decision = self.planner.plan(self._trace, profile, len(self._tracks), self.forecast)
         self.search = decision.search

@@ -27,6 +27,7 @@ from vidqa.vlm.compression.plan import Plan, tower_of
 
 SKIP_FRACTIONS = (0.25, 0.5, 0.75)
 BURST_S = 2.0  # a stream's first seconds: everyone in view is a new track at once
+MIN_ARRIVALS = 5  # new ROIs after the burst before a live rate is trusted (n - sqrt(n) > 0)
 # Returns are estimates, and optimistic ones: on make run's clip (2-core CPU) the estimated
 # saving was 1.45x the paired one and the forecast 1.3x the crops that came. A confirmation is
 # paid for sure, so a candidate must be expected to return twice what confirming it costs.
@@ -88,6 +89,12 @@ class CropForecast:
         if seconds < 1.0:
             return None
         return max(0.0, self._arrivals - math.sqrt(self._arrivals)) / seconds
+
+    def known(self) -> bool:
+        """Whether anything is known of what is still to come: announced, or a rate resting
+        on at least :data:`MIN_ARRIVALS` new ROIs after the streams' first seconds."""
+        return self._expected is not None or \
+            (self.rate() is not None and self._arrivals >= MIN_ARRIVALS)
 
     def remaining(self) -> tuple[float, str]:
         """(ROIs expected from now on, how that was estimated)."""
