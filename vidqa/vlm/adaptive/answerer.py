@@ -331,7 +331,13 @@ class AdaptiveAnswerer:
         return _summary(self)
 
     def verdict(self) -> str:
-        return self.ledger.verdict(self.question.label)
+        """The ledger's verdict, with the plan's audits when there were any."""
+        audits = self.auditor.summary()
+        if not audits["audited_crops"]:
+            return self.ledger.verdict(self.question.label)
+        return (f"{self.ledger.verdict(self.question.label)}; plan {self.plan.id} agreed with "
+                f"the full model on {audits['audit']:.1%} of {audits['audited_crops']} audited "
+                f"ROIs")
 
 
 def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
