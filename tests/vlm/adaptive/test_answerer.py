@@ -134,6 +134,36 @@ def test_plan_when_a_live_stream_is_profiled_in_its_first_burst_waits_for_the_ra
     assert query.phase == "compressed"
 
 
+def test_plan_when_a_candidate_moved_the_answers_then_the_next_run_does_not_confirm_it_again(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    # Given a run whose one confirmation, a smaller tile, moved the answers (layer plans left)
+    cfg = config(tmp_path, confirm=1, tile_scales=(0.5,))
+    first = make(identity_model, cfg)
+    first.expect(crops=1000)
+    fixed = runner.ask
+
+    def flipped(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if kwargs.get("tile") is not None:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    monkeypatch.setattr(runner, "ask", flipped)
+    first.answer(crops([1, 2]))
+    rejected = first.search["trials"][0]
+    assert rejected["label"].startswith("tile")
+
+    # When the next run of the same question plans
+    again = make(identity_model, cfg)
+    again.expect(crops=1000)
+    again.answer(crops([1, 2]))
+
+    # Then it neither repeats that confirmation nor takes the pending entry for a verdict
+    assert first.phase == "full" and not rejected["accepted"]
+    assert [p.id for p in again.planner.rejected_before] == [rejected["plan_id"]]
+    assert again.search["trials"] and \
+        again.search["trials"][0]["plan_id"] != rejected["plan_id"]
+
+
 def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path,
                                                        fixed_seconds):
     query = make(identity_model, config(tmp_path))

@@ -24,6 +24,8 @@ Phases of one :class:`AdaptiveAnswerer`:
    question: its first K tracks are answered full (and profiled) and compressed, and the
    borrowed plan is kept only if it agreed on those held-out tracks.
 5. ``full`` — nothing pays, nothing passed, or the question gave up: full model, no audits.
+   Candidates that moved the answers are cached as such (a "pending" entry), so the next run
+   does not pay to confirm them again.
 
 Text questions (``answer: text``) are never compressed (phase ``text``): free text has no
 cheap, reliable agreement check.
@@ -266,6 +268,11 @@ class AdaptiveAnswerer:
             self._become_full(decision.reason)
             if decision.store:
                 self._store(profile)
+            elif decision.rejected:  # the next run skips what moved the answers this time
+                self.cache.put(self._key, {"plan": self.plan.to_dict(), "accepted": False,
+                                           "pending": True, "search": self.search,
+                                           "rejected": [p.to_dict() for p in decision.rejected],
+                                           "planning_s": round(self.ledger.planning_s, 3)})
             return
         self._adopt(decision.plan, decision.reason, "profiled")
         self._store(profile)
@@ -307,6 +314,12 @@ class AdaptiveAnswerer:
     def _load_cached(self) -> bool:
         entry = self.cache.get(self._key)
         if entry is None:
+            return False
+        if entry.get("pending"):  # no conclusion yet: plan again, without what was rejected
+            self.planner.rejected_before = [Plan.from_dict(p) for p in entry["rejected"]]
+            logger.info("question {!r}: the plan cache holds {} candidate(s) that moved the "
+                        "answers before: not confirmed again", self.question.label,
+                        len(self.planner.rejected_before))
             return False
         try:
             plan = Plan.from_dict(entry["plan"])

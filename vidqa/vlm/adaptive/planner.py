@@ -43,6 +43,7 @@ class Decision:
     reason: str
     store: bool = True
     trials: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Plan] = field(default_factory=list)  # candidates that moved the answers
 
 
 class Planner:
@@ -52,6 +53,7 @@ class Planner:
         self.runner = runner
         self.cfg = cfg
         self.ledger = ledger
+        self.rejected_before: list[Plan] = []  # moved the answers in an earlier run (cache)
         self.build_s_per_layer = BUILD_S_PER_LAYER
         self.compile_s = COMPILE_S if runner.compiled is not None else CAPTURE_S
 
@@ -69,7 +71,8 @@ class Planner:
         ranked = self._ranked(trace, profile)
         remaining, how = forecast.remaining()
         full_per_crop = trace.seconds / max(trace.crops, 1)
-        trials, rejected, tried, chosen, stop = [], [], [], None, ""
+        trials, tried, chosen, stop = [], [], None, ""
+        rejected = [c for c in ranked if c.plan in self.rejected_before]  # not confirmed again
         for _ in range(self.cfg.confirm):
             candidate = self._worth_confirming(trace, ranked, rejected, tried, remaining,
                                                full_per_crop)
@@ -90,7 +93,8 @@ class Planner:
         if chosen is None:  # cached only when every candidate, down to the safest, changed answers
             store = bool(trials) and not any(t["kept_answers"] for t in trials) and \
                 next_candidate(ranked, rejected) is None
-            return Decision(None, search, f"profiled {tracks} tracks; {stop}", store, trials)
+            return Decision(None, search, f"profiled {tracks} tracks; {stop}", store, trials,
+                            [c.plan for c in rejected])
         return Decision(chosen.plan, search, f"profiled {tracks} tracks, confirmed "
                         f"{len(trials)} candidate(s)", True, trials)
 
