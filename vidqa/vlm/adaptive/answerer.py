@@ -269,10 +269,7 @@ class AdaptiveAnswerer:
             if decision.store:
                 self._store(profile)
             elif decision.rejected:  # the next run skips what moved the answers this time
-                self.cache.put(self._key, {"plan": self.plan.to_dict(), "accepted": False,
-                                           "pending": True, "search": self.search,
-                                           "rejected": [p.to_dict() for p in decision.rejected],
-                                           "planning_s": round(self.ledger.planning_s, 3)})
+                _store_pending(self, decision.rejected)
             return
         self._adopt(decision.plan, decision.reason, "profiled")
         self._store(profile)
@@ -312,30 +309,8 @@ class AdaptiveAnswerer:
                                    "profile": profile.to_dict()})
 
     def _load_cached(self) -> bool:
-        entry = self.cache.get(self._key)
-        if entry is None:
-            return False
-        if entry.get("pending"):  # no conclusion yet: plan again, without what was rejected
-            self.planner.rejected_before = [Plan.from_dict(p) for p in entry["rejected"]]
-            logger.info("question {!r}: the plan cache holds {} candidate(s) that moved the "
-                        "answers before: not confirmed again", self.question.label,
-                        len(self.planner.rejected_before))
-            return False
-        try:
-            plan = Plan.from_dict(entry["plan"])
-            self.compressor.effective(plan)  # raises if the layers do not match this model
-        except (KeyError, ValueError, LookupError) as err:
-            logger.warning("question {!r}: cached plan unusable ({}): profiling again",
-                           self.question.label, err)
-            return False
-        self.search = entry.get("search")
-        self.ledger.cache_saved_s = float(entry.get("planning_s", 0.0))
-        if not plan.compressed:
-            self._become_full("the plan cache says no plan keeps this question's answers")
-            self.plan_source = "cache"
-            return True
-        self._adopt(plan, "plan from the profile cache", "cache")
-        return True
+        """Adopt the cached plan (or verdict) of this question; False: plan it here."""
+        return _load_cached(self)
 
     # ----------------------------------------------------------------------------- summary
 
@@ -344,13 +319,7 @@ class AdaptiveAnswerer:
         return _summary(self)
 
     def verdict(self) -> str:
-        """The ledger's verdict, with the plan's audits when there were any."""
-        audits = self.auditor.summary()
-        if not audits["audited_crops"]:
-            return self.ledger.verdict(self.question.label)
-        return (f"{self.ledger.verdict(self.question.label)}; plan {self.plan.id} agreed with "
-                f"the full model on {audits['audit']:.1%} of {audits['audited_crops']} audited "
-                f"ROIs")
+        return _verdict(self)
 
 
 def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
@@ -380,6 +349,56 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
         "cache": {**answerer.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
         "plan_graphs": answerer.runner.graphs.summary() if answerer.runner.graphs else None,
     }
+
+
+def _load_cached(answerer: AdaptiveAnswerer) -> bool:
+    """:meth:`AdaptiveAnswerer._load_cached`."""
+    entry = answerer.cache.get(answerer._key)
+    if entry is None:
+        return False
+    if entry.get("pending"):  # no conclusion yet: plan again, without what was rejected
+        _load_pending(answerer, entry)
+        return False
+    try:
+        plan = Plan.from_dict(entry["plan"])
+        answerer.compressor.effective(plan)  # raises if the layers do not match this model
+    except (KeyError, ValueError, LookupError) as err:
+        logger.warning("question {!r}: cached plan unusable ({}): profiling again",
+                       answerer.question.label, err)
+        return False
+    answerer.search = entry.get("search")
+    answerer.ledger.cache_saved_s = float(entry.get("planning_s", 0.0))
+    if not plan.compressed:
+        answerer._become_full("the plan cache says no plan keeps this question's answers")
+        answerer.plan_source = "cache"
+        return True
+    answerer._adopt(plan, "plan from the profile cache", "cache")
+    return True
+
+
+def _verdict(answerer: AdaptiveAnswerer) -> str:
+    """The ledger's verdict, with the plan's audits when there were any."""
+    audits = answerer.auditor.summary()
+    line = answerer.ledger.verdict(answerer.question.label)
+    if not audits["audited_crops"]:
+        return line
+    return (f"{line}; plan {answerer.plan.id} agreed with the full model on "
+            f"{audits['audit']:.1%} of {audits['audited_crops']} audited ROIs")
+
+
+def _store_pending(answerer: AdaptiveAnswerer, rejected: Sequence[Plan]) -> None:
+    """A search without a verdict: the candidates that moved the answers, for the next run."""
+    answerer.cache.put(answerer._key, {
+        "plan": answerer.plan.to_dict(), "accepted": False, "pending": True,
+        "search": answerer.search, "rejected": [plan.to_dict() for plan in rejected],
+        "planning_s": round(answerer.ledger.planning_s, 3)})
+
+
+def _load_pending(answerer: AdaptiveAnswerer, entry: dict[str, Any]) -> None:
+    answerer.planner.rejected_before = [Plan.from_dict(p) for p in entry["rejected"]]
+    logger.info("question {!r}: the plan cache holds {} candidate(s) that moved the answers "
+                "before: not confirmed again", answerer.question.label,
+                len(answerer.planner.rejected_before))
 
 
 def _latency(ledger: Ledger) -> dict[str, Any]:
