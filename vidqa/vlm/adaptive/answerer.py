@@ -184,7 +184,7 @@ class AdaptiveAnswerer:
         else:
             answers = self.runner.answers(crops, self._traced(crops, shared), phase="profile")
         if len(self._tracks) >= self.cfg.profile_tracks:
-            if self.forecast.known():
+            if self.forecast.known() or self.cfg.mode != "auto":  # only auto prices plans
                 self._plan_from_stream()
             elif not self._waiting:
                 self._waiting = True
