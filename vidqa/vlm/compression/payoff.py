@@ -91,10 +91,11 @@ class CropForecast:
         return max(0.0, self._arrivals - math.sqrt(self._arrivals)) / seconds
 
     def known(self) -> bool:
-        """Whether anything is known of what is still to come: announced, or a rate resting
-        on at least :data:`MIN_ARRIVALS` new ROIs after the streams' first seconds."""
-        return self._expected is not None or \
-            (self.rate() is not None and self._arrivals >= MIN_ARRIVALS)
+        """Whether anything is known of what is still to come: announced, or a rate (on a
+        file of announced length, as soon as there is one; live, resting on at least
+        :data:`MIN_ARRIVALS` new ROIs after the streams' first seconds)."""
+        return self._expected is not None or (self.rate() is not None and (
+            self._seconds is not None or self._arrivals >= MIN_ARRIVALS))
 
     def remaining(self) -> tuple[float, str]:
         """(ROIs expected from now on, how that was estimated)."""
