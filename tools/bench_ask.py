@@ -4,8 +4,9 @@ video again; and what keeping the features costs on disk. One invocation, paired
 
 1. **Re-run the video** (timed): ``vidqa run`` on the source with ``store.features: true`` and
    the question configured, model load included, with the full model (as an ask answers: the
-   live answers are then the reference an ask must reproduce). Getting a new question's answers without
-   vidqa ask costs this run again: its seconds per answered track are the "re-run" figure.
+   live answers are then the reference an ask must reproduce). Getting a new question's
+   answers without vidqa ask costs this run again: its seconds per answered track are the
+   "re-run" figure.
 2. **Inflate** (``--tracks N``, optional): copies of the answered tracks (their rows, their crop
    and their features under new keys) until the store holds N tracks. The model's cost per crop
    does not depend on which crop it is, so N copies cost what N people would.

@@ -211,7 +211,7 @@ def cmd_compress_report(args: argparse.Namespace) -> int:
         question=args.question or cfg.vlm.questions[0].question, fractions=tuple(args.fractions),
         operators=tuple(args.operators), metrics=tuple(args.metrics), repeats=args.repeats,
         batch_size=args.batch_size, profile_crops=args.profile, controls=tuple(args.controls),
-        scope=args.scope, seed=args.seed)
+        scope=args.scope, seed=args.seed, tiles=tuple(args.tiles))
     crops, _ = collect_crops(cfg, args.crops)
     results = compression_report(load_vlm(cfg.vlm), crops, args.out, report_cfg, args.labels)
     _print_report(results, args.out)
@@ -420,6 +420,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--scope", choices=["global", "per_tower"], default="global",
                         help="fraction of all layers, or of each tower")
     report.add_argument("--seed", type=int, default=0, help="seed of the random order")
+    report.add_argument("--tiles", type=int, nargs="*", default=[384, 256],
+                        help="token-budget rows: smaller tiles in px (by crop size, random and "
+                             "fixed-size controls)")
     report.add_argument("--repeats", type=int, default=3, help="timed passes per configuration")
     report.add_argument("--labels", type=Path,
                         help="ground truth: JSON {track_id: yes|no} or CSV track_id,answer")

@@ -148,6 +148,8 @@ class AdaptiveConfig:
     confirm: int = 2  # most candidate plans confirmed on the profiled batches
     borrow: bool = True  # a new question tries the nearest cached question's plan first
     compile: bool = False  # torch.compile one graph per plan (CUDA)
+    # Smaller tiles as candidates, as shares of the model's tile side (0.75: 384 of 512 px).
+    tile_scales: tuple[float, ...] = (0.75, 0.5)  # () = tiles are not a candidate
     fraction: float = 0.5  # bottom_fraction mode: share of layers to compress
     operator: Literal["int8", "skip"] = "int8"  # bottom_fraction mode: what to do to them
     target_agreement: float = 0.98  # a plan must agree this often with the full model
@@ -169,6 +171,8 @@ class AdaptiveConfig:
         _require(self.horizon_s >= 0, "vlm.adaptive.horizon_s", self.horizon_s, ">= 0")
         _require(self.confirm >= 0, "vlm.adaptive.confirm", self.confirm, ">= 0")
         _require(bool(self.plan.strip()), "vlm.adaptive.plan", self.plan, "auto or a path")
+        _require(all(0 < scale < 1 for scale in self.tile_scales), "vlm.adaptive.tile_scales",
+                 self.tile_scales, "shares of the model's tile side between 0 and 1")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from vidqa.experiments.compression_sweep import (
     ReportConfig,
     compression_report,
     load_labels,
+    tile_assignments,
 )
 from vidqa.messages import Crop
 from vidqa.vlm.compression.compressor import layer_paths
@@ -46,6 +47,39 @@ def test_compression_report_when_run_writes_json_and_png(tiny_vlm, tmp_path):
     assert all(r["weight_ratio"] > 1 for r in int8)
     png = (tmp_path / "out" / IMPACT_PNG).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compression_report_when_tiles_given_then_token_budget_rows_with_controls(tiny_vlm,
+                                                                                  tmp_path):
+    # Given the tiny model (64 px tiles), a 32 px tile, and two crops small enough for it
+    profile = FakeProfile.of(layer_paths(tiny_vlm.model))
+    items = crops(4)
+    items[0] = Crop(**{**items[0].__dict__, "image": items[0].image[:30, :20]})
+    items[1] = Crop(**{**items[1].__dict__, "image": items[1].image[:24, :16]})
+    cfg = ReportConfig(fractions=(0.0, 0.5), operators=("skip",), metrics=("block_influence",),
+                       controls=(), repeats=1, batch_size=2, tiles=(32, 384))
+
+    results = compression_report(tiny_vlm, items, tmp_path / "out", cfg, profile=profile)
+
+    # Then (384 px is not a size this model takes) by crop size, random and fixed 32 px rows
+    tiles = {r["order"]: r for r in results["rows"] if r["operator"] == "tile"}
+    assert set(tiles) == {"tile:by crop size", "tile:random", "tile:fixed 32"}
+    assert tiles["tile:by crop size"]["tiles"] == {"32": 2, "64": 2}
+    assert tiles["tile:random"]["tiles"] == {"32": 2, "64": 2}  # same budget, dealt at random
+    assert tiles["tile:fixed 32"]["fraction"] == 0.75  # of the patches dropped
+    assert all(0 <= r["agreement"] <= 1 for r in tiles.values())
+
+
+def test_tile_assignments_when_crops_are_small_then_each_gets_the_smallest_tile_that_holds_it(
+        tiny_vlm):
+    images = [c.image for c in crops(3)]
+    images[2] = images[2][:20, :10]
+    cfg = ReportConfig(tiles=(32,), seed=1)
+
+    rows = tile_assignments(tiny_vlm, images, cfg)
+
+    assert rows["tile:by crop size"] == [64, 64, 32]
+    assert sorted(rows["tile:random"]) == [32, 64, 64]
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), [

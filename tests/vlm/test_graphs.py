@@ -9,7 +9,17 @@ from factories import make_crops
 from vidqa.assets.types import ModelInfo
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
 from vidqa.vlm.batch import BatchAnswerer
-from vidqa.vlm.graphs import CudaGraphs, buckets, text_margins, tile_positions, vision_features
+from vidqa.vlm.compression.compiled import plan_module
+from vidqa.vlm.compression.compressor import Compressor
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.graphs import (
+    CudaGraphs,
+    PlanGraphs,
+    buckets,
+    text_margins,
+    tile_positions,
+    vision_features,
+)
 from vidqa.vlm.model import VisionLanguageModel
 
 QUESTIONS = (QuestionConfig("Is this person carrying a backpack?"),
@@ -80,3 +90,63 @@ def test_replayed_graphs_give_the_models_answers_in_every_bucket(tiny_vlm_dir):
         [[a.answer for a in per] for per in eager]
     np.testing.assert_allclose([[a.margin for a in per] for per in replayed],
                                [[a.margin for a in per] for per in eager], atol=1e-3)
+
+
+def test_plan_graphs_when_more_plans_than_sets_then_least_recent_dropped_and_counted(tiny_vlm):
+    # Given plan bodies made by the real plan module (eager on the CPU: a stand-in for a
+    # plan's captured graphs, same inputs and outputs) and room for two plans
+    compressor = Compressor(tiny_vlm.model, int8="none")
+    paths = compressor.paths
+    made = []
+
+    def capture(plan):
+        made.append(plan.id)
+        return plan_module(tiny_vlm.model, "model", compressor, plan)
+    graphs = PlanGraphs("full-graphs", capture, sets=2)
+    plans = [Plan({paths[i]: "skip"}) for i in (0, 2, 3)]
+
+    # When three plans run, then the first again
+    bodies = [graphs.body(plan) for plan in plans]
+    graphs.body(plans[2])
+    graphs.body(plans[0])
+
+    # Then the full plan is the full model's graphs, each plan was made once until it was
+    # dropped, and a plan's body answers as the plan's swapped layers do
+    assert graphs.body(Plan.keep_all(paths)) == "full-graphs"
+    assert made == [p.id for p in plans] + [plans[0].id]
+    assert graphs.summary() == {"plans_kept": 2, "max_plans": 2, "eager_plans": 0, "made": 4,
+                                "reused": 1, "dropped": 2, "failed": 0}
+    inputs = tiny_vlm.encode(_crops(3), QUESTIONS[0].question)
+    with compressor.using(plans[2]):
+        swapped = tiny_vlm.margins(inputs)
+    torch.testing.assert_close(tiny_vlm.margins(inputs, body=bodies[2]), swapped)
+
+
+def test_plan_graphs_when_a_plan_cannot_be_captured_then_it_runs_eager(tiny_vlm):
+    graphs = PlanGraphs(None, lambda plan: object())
+    plan = Plan({Compressor(tiny_vlm.model, int8="none").paths[0]: "skip"})
+    graphs.body(plan)
+
+    graphs.failed(plan, RuntimeError("operation not permitted when stream is capturing"))
+
+    assert graphs.body(plan) is None and graphs.built(plan)
+    assert graphs.summary()["failed"] == 1 and graphs.summary()["plans_kept"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_plans_graphs_at_a_smaller_tile_give_its_eager_answers(tiny_vlm_dir):
+    info = ModelInfo(requested=str(tiny_vlm_dir), resolved=str(tiny_vlm_dir))
+    vlm = VisionLanguageModel.load(info, device="cuda", dtype="float32", local_files_only=True)
+    compressor = Compressor(vlm.model, int8="none")
+    plan = Plan({compressor.paths[0]: "skip", compressor.paths[-1]: "skip"}, tile=32)
+    question = QUESTIONS[0].question
+    graphs = CudaGraphs(vlm, buckets(4), plan_module(vlm.model, "model", compressor, plan))
+    graphs.warm([vlm.prompt(question)], plan.tile)
+
+    for count in (1, 3):
+        inputs = vlm.encode(_crops(count, seed=count), question, tile=32)
+        with compressor.using(plan):
+            eager = vlm.margins(inputs)
+        torch.testing.assert_close(vlm.margins(inputs, body=graphs), eager, rtol=1e-3,
+                                   atol=1e-3)
+    assert compressor.current.id == "full"  # the graphs ran the plan, the model stayed whole

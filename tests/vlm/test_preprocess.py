@@ -66,3 +66,36 @@ def test_tile_encoder_when_answering_then_margins_match_the_processors(tiny_vlm)
 def test_resized_size_when_given_a_crop_then_matches_processor_rule(height, width, longest,
                                                                    expected):
     assert resized_size(height, width, longest) == expected
+
+
+def test_tile_encoder_when_tile_is_smaller_then_prompt_holds_its_image_tokens(tiny_vlm):
+    # Given the tiny model's 64 px tile (4 image tokens, one per 32 px)
+    question = "Is this person carrying a backpack?"
+    image_token = tiny_vlm.model.config.image_token_id
+
+    # When the crops are encoded at 32 px
+    small = tiny_vlm.encode(smooth_crops(3), question, tile=32)
+    full = tiny_vlm.encode(smooth_crops(3), question)
+
+    # Then the pixels are 32 px, each prompt holds one image token, and the model answers
+    assert small["pixel_values"].shape == (3, 1, 3, 32, 32)
+    assert (small["input_ids"] == image_token).sum(dim=1).tolist() == [1, 1, 1]
+    assert (full["input_ids"] == image_token).sum(dim=1).tolist() == [4, 4, 4]
+    assert torch.isfinite(tiny_vlm.margins(small)).all()
+    assert tiny_vlm.tiles.sizes() == [64, 32]
+
+
+def test_tile_encoder_when_another_question_reuses_small_pixels_then_prompt_fits_them(tiny_vlm):
+    small = tiny_vlm.encode(smooth_crops(2), "Is this person running?", tile=32)
+
+    other = tiny_vlm.prompt_inputs("Is this person carrying a backpack?", small)
+
+    assert (other["input_ids"] == tiny_vlm.model.config.image_token_id).sum().item() == 2
+    assert torch.isfinite(tiny_vlm.margins(other)).all()
+
+
+@pytest.mark.parametrize("tile", [48, 96, 0])
+def test_tile_encoder_when_tile_is_not_a_multiple_of_the_unit_then_says_which_work(tiny_vlm,
+                                                                                     tile):
+    with pytest.raises(ValueError, match="multiple of 32 px"):
+        tiny_vlm.encode(smooth_crops(1), "Is this person running?", tile=tile)

@@ -10,6 +10,13 @@ ratio), weight bytes, peak process memory, agreement with the uncompressed model
 The first ``profile_rois`` ROIs are profiled; every ROI is evaluated, so most of the evaluation
 is on ROIs the ranking never saw.
 
+Token-budget rows (operator ``tile``, ``tiles``): the crops at smaller tiles, fewer patches in
+the vision tower and fewer image tokens in the prompt. ``tile:by crop size`` gives each crop the
+smallest tile (of ``tiles`` and the model's own) that holds its longest side, so small crops are
+not upscaled to 512 px; its controls are ``tile:fixed N`` (every crop at N px) and
+``tile:random`` (the same tiles dealt to the crops at random: the same token budget, no rule).
+Their ``fraction`` is the share of vision patches dropped.
+
 Labels file (optional), keyed by the ROI's track id (or its position when plain crops are
 given); answers are "yes" or "no":
 
@@ -71,6 +78,7 @@ class ReportConfig:
     profile_crops: int = 10  # the first K ROIs are profiled
     scope: Scope = "global"  # fraction of all layers, or of each tower
     seed: int = 0  # random order
+    tiles: tuple[int, ...] = (384, 256)  # token-budget rows (sizes the model does not take: none)
 
     def __post_init__(self) -> None:
         if not all(0 <= f < 1 for f in self.fractions):
@@ -115,6 +123,7 @@ class Bench:
         self.vlm = vlm
         self.compressor = compressor
         self.count = len(crops)
+        self.question, self.batch_size = question, batch_size
         self.batches = [vlm.encode(crops[i:i + batch_size], question)
                         for i in range(0, len(crops), batch_size)]
 
@@ -131,6 +140,29 @@ class Bench:
                 times.append(seconds)
         return margins, 1000 * statistics.median(times) / self.count, weights, \
             peak_memory(self.vlm.device)
+
+    def run_tiles(self, crops: Sequence[np.ndarray], tiles: Sequence[int], repeats: int
+                  ) -> tuple[np.ndarray, float, int, int | None]:
+        """As :meth:`run` for the full model with each crop at its own tile: crops of one tile
+        are batched together, margins come back in the crops' order."""
+        peak_memory_reset(self.vlm.device)
+        groups: dict[int, list[int]] = {}
+        for index, tile in enumerate(tiles):
+            groups.setdefault(int(tile), []).append(index)
+        batches, order = [], []
+        for tile, indices in groups.items():
+            for i in range(0, len(indices), self.batch_size):
+                chunk = indices[i:i + self.batch_size]
+                batches.append(self.vlm.encode([crops[j] for j in chunk], self.question,
+                                               tile=tile))
+                order += chunk
+        times, margins = [], np.zeros(len(crops))
+        for _ in range(repeats):
+            ran, seconds = timed_margins(self.vlm, batches)
+            times.append(seconds)
+        margins[order] = ran
+        return margins, 1000 * statistics.median(times) / self.count, \
+            module_bytes(self.vlm.model), peak_memory(self.vlm.device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +195,7 @@ def compression_report(vlm: VisionLanguageModel, crops: Iterable[Crop | np.ndarr
     full = Plan.keep_all(compressor.paths)
     baseline = [bench.run(full, cfg.repeats)]
     rows = _sweep(bench, orders_for(profile, cfg, compressor.paths), cfg)
+    rows += _tile_rows(bench, images, cfg)
     baseline.append(bench.run(full, cfg.repeats))  # drift check: same model, end of the run
     results = _results(vlm, compressor, cfg, baseline, rows, ids, truth, seconds["profile"])
     write_json(out / RESULTS_JSON, results, indent=1)
@@ -199,6 +232,42 @@ def _sweep(bench: Bench, orders: dict[str, list[str]], cfg: ReportConfig) -> lis
     return rows
 
 
+def tile_assignments(vlm: VisionLanguageModel, crops: Sequence[np.ndarray], cfg: ReportConfig
+                     ) -> dict[str, list[int]]:
+    """Each token-budget row's tile per crop: by crop size, its random control and each fixed
+    size (see the module doc); sizes the model does not take are left out, said once."""
+    full = vlm.tiles.tile
+    sizes = []
+    for tile in cfg.tiles:
+        try:
+            sizes.append(vlm.tiles.check_tile(tile))
+        except ValueError as err:
+            logger.info("compress-report: no token-budget row for {} px: {}", tile, err)
+    sizes = sorted(set(sizes) - {full})
+    if not sizes:
+        return {}
+    ladder = [*sizes, full]
+    by_size = [next(t for t in ladder if t >= max(c.shape[:2]) or t == full) for c in crops]
+    dealt = np.random.default_rng(cfg.seed).permutation(by_size).tolist()
+    return {"tile:by crop size": by_size, "tile:random": dealt,
+            **{f"tile:fixed {t}": [t] * len(crops) for t in sizes}}
+
+
+def _tile_rows(bench: Bench, crops: Sequence[np.ndarray], cfg: ReportConfig
+               ) -> list[Measurement]:
+    full_tile = bench.vlm.tiles.tile
+    full = Plan.keep_all(bench.compressor.paths)
+    rows = []
+    for name, tiles in tile_assignments(bench.vlm, crops, cfg).items():
+        margins, ms, weights, peak = bench.run_tiles(crops, tiles, cfg.repeats)
+        dropped = 1 - float(np.mean([(t / full_tile) ** 2 for t in tiles]))
+        counts = {str(t): tiles.count(t) for t in sorted(set(tiles))}
+        rows.append(Measurement(name, "tile", round(dropped, 4), full, margins, ms, weights,
+                                peak, {"tiles": counts}))
+        logger.info("{}: {:.1f} ms/ROI, {:.0%} of the patches dropped", name, ms, dropped)
+    return rows
+
+
 def _results(vlm: VisionLanguageModel, compressor: Compressor, cfg: ReportConfig,
              baseline: list[tuple], rows: list[Measurement], ids: list[str],
              truth: dict[str, str] | None, profile_s: float) -> dict[str, Any]:
@@ -215,7 +284,7 @@ def _results(vlm: VisionLanguageModel, compressor: Compressor, cfg: ReportConfig
             "weight_ratio": round(baseline[0][2] / row.weight_bytes, 4),
             "peak_memory_bytes": row.peak_memory_bytes,
             "agreement": round(agreement, 4), "mean_dp_yes": round(dp, 5),
-            "accuracy": accuracy(row.margins, ids, truth),
+            "accuracy": accuracy(row.margins, ids, truth), **row.extra,
         })
     return {
         "config": asdict(cfg), "model": vlm.info.name, "standin": vlm.info.standin,

@@ -96,7 +96,7 @@ def plot_impact(results: dict[str, Any], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     orders = sorted({r["order"] for r in results["rows"]})
-    styles = {"int8": "-", "skip": "--", "int8+skip": ":"}
+    styles = {"int8": "-", "skip": "--", "int8+skip": ":", "tile": "-."}
     colors = dict(zip(orders, plt.get_cmap("tab10").colors, strict=False))
     panels = (("speedup", 1.0), ("agreement", 1.0), ("mean_dp_yes", 0.0))
     for order in orders:
@@ -108,7 +108,8 @@ def plot_impact(results: dict[str, Any], path: Path) -> Path:
             for ax, (key, at_zero) in zip(axes, panels, strict=True):
                 ax.plot(xs, [at_zero] + [r[key] for r in rows], style, marker="o",
                         color=colors[order], label=f"{order} / {operator}")
-    axes[0].set(xlabel="fraction of layers compressed", ylabel="speedup vs uncompressed (x)",
+    axes[0].set(xlabel="fraction of layers compressed (tile: of vision patches dropped)",
+                ylabel="speedup vs uncompressed (x)",
                 yscale="log", title=f"latency per ROI ({results['device']})")
     axes[1].set(xlabel="fraction of layers compressed", ylabel="agreement with uncompressed",
                 title=f"yes/no answers ({results['n_rois']} ROIs)", ylim=(-0.02, 1.02))

@@ -61,29 +61,32 @@ class SharedVision:
     def __init__(self, vlm: VisionLanguageModel, crops: Sequence[Crop]) -> None:
         self.vlm = vlm
         self.images = [crop.image for crop in crops]
-        self._inputs: dict[str, Any] = {}
+        self._inputs: dict[tuple[str, int | None], Any] = {}  # (question, tile) -> inputs
         self._features: dict[str, tuple[torch.Tensor, float]] = {}
-        self._encode_s = 0.0
+        self._encode_s: dict[int | None, float] = {}  # tile -> seconds its pixels took
         self.stats: Counter[str] = Counter()
         self.stored = bool(crops) and all(crop.features is not None for crop in crops)
         if self.stored:
             self._features["full"] = (torch.stack([torch.as_tensor(crop.features)
                                                    for crop in crops]).to(vlm.device), 0.0)
 
-    def inputs(self, question: str) -> tuple[Any, float]:
-        """Prepared inputs for ``question`` and the seconds another question paid for them."""
-        if question in self._inputs:
-            return self._inputs[question], 0.0
+    def inputs(self, question: str, tile: int | None = None) -> tuple[Any, float]:
+        """Prepared inputs for ``question`` at ``tile`` (None: the model's own) and the
+        seconds another question paid for them. Stored features are the whole tile's: their
+        prompt is the whole tile's, whatever ``tile`` says."""
+        key = (question, tile)
+        if key in self._inputs:
+            return self._inputs[key], 0.0
         if self.stored:
-            inputs = self._inputs[question] = self.vlm.text_inputs(question, len(self.images))
+            inputs = self._inputs[key] = self.vlm.text_inputs(question, len(self.images))
             return inputs, 0.0
         start = time.perf_counter()
-        if self._inputs and not self.vlm.image_splitting:
-            like = next(iter(self._inputs.values()))
-            inputs = self._inputs[question] = self.vlm.prompt_inputs(question, like)
-            return inputs, max(0.0, self._encode_s - (time.perf_counter() - start))
-        inputs = self._inputs[question] = self.vlm.encode(self.images, question)
-        self._encode_s = time.perf_counter() - start
+        like = next((v for (_, t), v in self._inputs.items() if t == tile), None)
+        if like is not None and not self.vlm.image_splitting:
+            inputs = self._inputs[key] = self.vlm.prompt_inputs(question, like)
+            return inputs, max(0.0, self._encode_s[tile] - (time.perf_counter() - start))
+        inputs = self._inputs[key] = self.vlm.encode(self.images, question, tile=tile)
+        self._encode_s[tile] = time.perf_counter() - start
         return inputs, 0.0
 
     def features(self, key: str, inputs: Any, body: Any = None) -> tuple[torch.Tensor, float]:
@@ -104,11 +107,11 @@ class SharedVision:
 
 def ask(vlm: VisionLanguageModel, question: QuestionConfig, crops: Sequence[Crop],
         max_new_tokens: int, shared: SharedVision | None = None, vision_key: str = "full",
-        body: Any = None, trace: Any = None) -> Asked:
+        body: Any = None, trace: Any = None, tile: int | None = None) -> Asked:
     """Run one batch through the model as it is now (or through ``body``, a plan's compiled
     module). ``shared``: the batch's shared pixels and vision features; ``trace``: a
     :class:`~vidqa.vlm.profiling.stream.StreamProfile` the pass also profiles into (it runs
-    its own vision tower then, whose layers it measures)."""
+    its own vision tower then, whose layers it measures); ``tile``: a plan's smaller tile."""
     images = [crop.image for crop in crops]
     synchronize(vlm.device)
     start = time.perf_counter()
@@ -118,9 +121,9 @@ def ask(vlm: VisionLanguageModel, question: QuestionConfig, crops: Sequence[Crop
                                                           max_new_tokens))
     else:
         if shared is not None:
-            inputs, paid_by_others = shared.inputs(question.question)
+            inputs, paid_by_others = shared.inputs(question.question, tile)
         else:
-            inputs = vlm.encode(images, question.question)
+            inputs = vlm.encode(images, question.question, tile=tile)
         if trace is not None:
             from vidqa.vlm.profiling.stream import traced_margins  # profiling loads lazily
 

@@ -1,6 +1,6 @@
 """Which answerer asks each question: the full model (with CUDA graphs where they apply) or
-the adaptive one (with the plan file, compiled plans and, for the replicas of a fleet, their
-shared plans). One factory for the local engine and Ray's replicas."""
+the adaptive one (with the plan file, compiled plans or every plan's CUDA graphs and, for the
+replicas of a fleet, their shared plans). One factory for the local engine and Ray's replicas."""
 
 from __future__ import annotations
 
@@ -44,7 +44,26 @@ def make_answerers(vlm: VisionLanguageModel, cfg: VlmConfig, fleet: Fleet | None
             body = compiled.body(Plan.keep_all(compressor.paths))
             return [FullAnswerer(vlm, q, cfg.max_new_tokens, body) for q in cfg.questions]
     library = _library(adaptive.plan, compressor.paths)
-    return [make_answerer(vlm, q, cfg, library, compiled, fleet) for q in cfg.questions]
+    graphs = None if compiled is not None else plan_graphs(vlm, cfg, compressor)
+    return [make_answerer(vlm, q, cfg, library, compiled, fleet, graphs)
+            for q in cfg.questions]
+
+
+def plan_graphs(vlm: VisionLanguageModel, cfg: VlmConfig, compressor: Any) -> Any:
+    """Every plan's CUDA graphs (:class:`~vidqa.vlm.graphs.PlanGraphs`) beside the full
+    model's, when the full model's apply (:func:`cuda_graphs`); None otherwise (eager)."""
+    full = cuda_graphs(vlm, cfg)
+    if full is None:
+        return None
+    from vidqa.vlm.compression.compiled import plan_module
+    from vidqa.vlm.graphs import CudaGraphs, PlanGraphs
+
+    def capture(plan: Any) -> CudaGraphs:
+        effective = compressor.effective(plan)
+        compressor.prepare(effective)
+        return CudaGraphs(vlm, full.sizes, plan_module(vlm.model, "model", compressor,
+                                                       effective))
+    return PlanGraphs(full, capture)
 
 
 def cuda_graphs(vlm: VisionLanguageModel, cfg: VlmConfig) -> Any:
@@ -72,8 +91,8 @@ def cuda_graphs(vlm: VisionLanguageModel, cfg: VlmConfig) -> Any:
 
 
 def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmConfig,
-                  library: Sequence[Any] = (), compiled: Any = None, fleet: Fleet | None = None
-                  ) -> Answerer:
+                  library: Sequence[Any] = (), compiled: Any = None, fleet: Fleet | None = None,
+                  graphs: Any = None) -> Answerer:
     """The adaptive answerer when ``vlm.adaptive`` is on, else the full model."""
     adaptive = cfg.adaptive
     if adaptive.enabled and adaptive.mode != "off":
@@ -82,7 +101,7 @@ def make_answerer(vlm: VisionLanguageModel, question: QuestionConfig, cfg: VlmCo
         cache, gate = fleet.cache_and_gate(adaptive.cache_dir) if fleet else (None, None)
         return AdaptiveAnswerer(vlm, question, adaptive, cache=cache,
                                 max_new_tokens=cfg.max_new_tokens, library=library,
-                                compiled=compiled, gate=gate)
+                                compiled=compiled, gate=gate, graphs=graphs)
     return FullAnswerer(vlm, question, cfg.max_new_tokens)
 
 

@@ -119,16 +119,18 @@ class VisionLanguageModel:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def encode(self, images: Sequence[np.ndarray], question: str,
-               padding_side: str = "right", reference: bool = False) -> BatchFeature:
+               padding_side: str = "right", reference: bool = False,
+               tile: int | None = None) -> BatchFeature:
         """Model inputs for BGR crops, one prompt per crop, on the model's device.
 
         One tile per crop is built on the device (:class:`~vidqa.vlm.preprocess.TileEncoder`);
         with image splitting, or ``reference=True``, the Hugging Face processor builds them.
+        ``tile``: a smaller tile (fewer image tokens in the prompt), single-tile only.
         """
         start = time.perf_counter()
         try:
-            if not (self.image_splitting or reference):
-                return self.tiles.encode(images, self.prompt(question))
+            if tile is not None or not (self.image_splitting or reference):
+                return self.tiles.encode(images, self.prompt(question), tile)
             return self._processor_inputs(images, question, padding_side)
         finally:
             self.encode_seconds += time.perf_counter() - start
@@ -221,22 +223,25 @@ class VisionLanguageModel:
         """
         if self.image_splitting:
             raise ValueError("prompt_inputs needs image_splitting off: rows differ otherwise")
-        inputs = self.text_inputs(question, like["input_ids"].shape[0])
+        tile = like["pixel_values"].shape[-1]  # the tile of ``like``'s pixels
+        inputs = self.text_inputs(question, like["input_ids"].shape[0], tile)
         for key in ("pixel_values", "pixel_attention_mask"):
             if key in like:
                 inputs[key] = like[key]
         return inputs
 
-    def text_inputs(self, question: str, rows: int) -> BatchFeature:
-        """The prompt of ``question`` for ``rows`` crops of one whole tile each, without
-        pixels: what the text model reads beside the crops' stored image features."""
-        ids = self._prompt_ids(question).to(self.device)  # (1, T)
+    def text_inputs(self, question: str, rows: int, tile: int | None = None) -> BatchFeature:
+        """The prompt of ``question`` for ``rows`` crops of one ``tile`` each (None: the
+        model's whole tile), without pixels: what the text model reads beside the crops' image
+        features (stored ones, for a question asked later)."""
+        ids = self._prompt_ids(question, tile).to(self.device)  # (1, T)
         return BatchFeature({"input_ids": ids.expand(rows, -1).clone(),
                              "attention_mask": torch.ones_like(ids).expand(rows, -1).clone()})
 
-    def _prompt_ids(self, question: str) -> torch.Tensor:
-        """The question's prompt ids, (1, T), tokenised once (by the tile encoder)."""
-        return self.tiles.prompt_ids(self.prompt(question))
+    def _prompt_ids(self, question: str, tile: int | None = None) -> torch.Tensor:
+        """The question's prompt ids for ``tile``, (1, T), tokenised once (by the tile
+        encoder)."""
+        return self.tiles.prompt_ids(self.prompt(question), tile)
 
     @torch.inference_mode()
     def answer_text(self, images: Sequence[np.ndarray], question: str,

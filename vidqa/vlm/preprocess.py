@@ -8,10 +8,17 @@ model's device (bicubic with antialiasing, which the processor itself falls back
 and tokenises each question once, so a batch costs a copy to the device and a few kernels
 instead of the processor's per-crop Python. The processor stays the reference (a test checks
 the two agree within a tolerance) and the path for image splitting.
+
+A smaller tile is the vision token budget as a compression axis (:mod:`vidqa.vlm.compression`):
+Idefics3's vision embeddings bucket position ids over the full tile's patch grid, so a 384 or
+256 px tile runs the vision tower over 576 or 256 patches instead of 1024, and the connector's
+pixel shuffle turns them into 36 or 16 image tokens instead of 64. The prompt then holds that
+many ``<image>`` tokens (:meth:`TileEncoder.image_tokens`), built once per question and tile.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,27 +52,53 @@ class TileEncoder:
         self.longest = int(images.size["longest_edge"])
         self.tile = int(images.max_image_size["longest_edge"])
         self.scale = float(images.rescale_factor)
+        # Image tokens of a full tile, and the tile side that makes one image token (patch x
+        # pixel-shuffle scale: 64 px for SmolVLM); a tile must be a multiple of it.
+        self.tokens = int(processor.image_seq_len)
+        self.unit = self.tile // max(1, math.isqrt(self.tokens))
         self.mean = torch.tensor(images.image_mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(images.image_std, device=device).view(1, 3, 1, 1)
-        self._prompts: dict[str, BatchFeature] = {}
+        self._prompts: dict[tuple[str, int], BatchFeature] = {}
 
-    def encode(self, images: Sequence[np.ndarray], prompt: str) -> BatchFeature:
+    def encode(self, images: Sequence[np.ndarray], prompt: str, tile: int | None = None
+               ) -> BatchFeature:
         """Inputs for BGR crops, one prompt each: ``input_ids``/``attention_mask`` (B, T),
-        ``pixel_values`` (B, 1, 3, tile, tile), ``pixel_attention_mask`` (B, 1, tile, tile)."""
-        text = self._prompt(prompt)
+        ``pixel_values`` (B, 1, 3, tile, tile), ``pixel_attention_mask`` (B, 1, tile, tile).
+        ``tile``: a smaller square tile than the model's (a multiple of :attr:`unit`)."""
+        tile = self.check_tile(tile)
+        text = self._prompt(prompt, tile)
         batch = len(images)
-        pixels = self.pixels(images)  # (B, 3, tile, tile)
+        pixels = self.pixels(images, tile)  # (B, 3, tile, tile)
         return BatchFeature({
             "input_ids": text["input_ids"].expand(batch, -1),
             "attention_mask": text["attention_mask"].expand(batch, -1),
             "pixel_values": pixels[:, None].to(self.dtype),  # (B, 1, 3, tile, tile)
-            "pixel_attention_mask": torch.ones(batch, 1, self.tile, self.tile, dtype=torch.bool,
+            "pixel_attention_mask": torch.ones(batch, 1, tile, tile, dtype=torch.bool,
                                                device=self.device),
         })
 
-    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def check_tile(self, tile: int | None) -> int:
+        """``tile``, or the model's own when None; a ValueError says which sizes work."""
+        if tile is None:
+            return self.tile
+        if tile <= 0 or tile > self.tile or tile % self.unit:
+            raise ValueError(f"tile {tile} px: expected a multiple of {self.unit} px (patch x "
+                             f"pixel-shuffle scale) up to the model's {self.tile} px, e.g. "
+                             f"{', '.join(str(t) for t in self.sizes()[:4])}")
+        return tile
+
+    def sizes(self) -> list[int]:
+        """Every tile size this model takes, largest first."""
+        return list(range(self.tile, 0, -self.unit))
+
+    def image_tokens(self, tile: int) -> int:
+        """Image tokens of one ``tile`` after the connector: ``(tile / unit)^2``."""
+        return (tile // self.unit) ** 2
+
+    def pixels(self, images: Sequence[np.ndarray], tile: int | None = None) -> torch.Tensor:
         """Resized, rescaled and normalised tiles, (B, 3, tile, tile) float32."""
-        tiles = [self._tile(chw) for chw in self._upload(images)]
+        tile = tile or self.tile
+        tiles = [self._tile(chw, tile) for chw in self._upload(images)]
         return (torch.stack(tiles) * self.scale - self.mean) / self.std
 
     def _upload(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -84,24 +117,31 @@ class TileEncoder:
             offset += image.size
         return crops
 
-    def _tile(self, chw: torch.Tensor) -> torch.Tensor:
-        size = resized_size(chw.shape[2], chw.shape[3], self.longest)
-        for target in (size, (self.tile, self.tile)):
+    def _tile(self, chw: torch.Tensor, tile: int) -> torch.Tensor:
+        size = resized_size(chw.shape[2], chw.shape[3], self.longest * tile // self.tile)
+        for target in (size, (tile, tile)):
             chw = F.interpolate(chw, size=target, mode="bicubic", antialias=True,
                                 align_corners=False).clamp_(0, 255).round_()  # as uint8 would
         return chw[0]
 
-    def prompt_ids(self, prompt: str) -> torch.Tensor:
+    def prompt_ids(self, prompt: str, tile: int | None = None) -> torch.Tensor:
         """The prompt's token ids with the image placeholders expanded, (1, T)."""
-        return self._prompt(prompt)["input_ids"]
+        return self._prompt(prompt, self.check_tile(tile))["input_ids"]
 
-    def _prompt(self, prompt: str) -> BatchFeature:
-        """The prompt's token ids with the image placeholders expanded, tokenised once."""
-        if prompt not in self._prompts:
+    def _prompt(self, prompt: str, tile: int) -> BatchFeature:
+        """The prompt's token ids with one ``<image>`` per image token of ``tile``,
+        tokenised once per prompt and tile."""
+        if (prompt, tile) not in self._prompts:
             blank = np.zeros((self.tile, self.tile, 3), np.uint8)
-            inputs = self.processor(text=[prompt], images=[[blank]], return_tensors="pt",
-                                    do_image_splitting=False)
-            self._prompts[prompt] = BatchFeature({
+            # The processor's own attribute, set for this call: transformers 5.24 takes an
+            # ``image_seq_len`` argument and ignores it when expanding the placeholder.
+            self.processor.image_seq_len = self.image_tokens(tile)
+            try:
+                inputs = self.processor(text=[prompt], images=[[blank]], return_tensors="pt",
+                                        do_image_splitting=False)
+            finally:
+                self.processor.image_seq_len = self.tokens
+            self._prompts[prompt, tile] = BatchFeature({
                 "input_ids": inputs["input_ids"].to(self.device),
                 "attention_mask": inputs["attention_mask"].to(self.device)})
-        return self._prompts[prompt]
+        return self._prompts[prompt, tile]

@@ -43,11 +43,13 @@ def fixed_seconds(monkeypatch):
     real_ask = runner.ask
 
     def ask(vlm, question, batch, max_new_tokens, shared=None, vision_key="full", body=None,
-            trace=None):
-        asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace)
-        compressed = any(type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
-                         or type(m).__module__.startswith("torch.ao.nn.quantized")
-                         for m in (vlm.model if body is None else body).modules())
+            trace=None, tile=None):
+        asked = real_ask(vlm, question, batch, max_new_tokens, shared, vision_key, body, trace,
+                         tile)
+        compressed = tile is not None or any(
+            type(m).__name__ in ("Identity", "SkipDecoderLayer", "Int8Linear")
+            or type(m).__module__.startswith("torch.ao.nn.quantized")
+            for m in (vlm.model if body is None else body).modules())
         seconds = len(batch) * (0.25 if compressed else 1.0)
         return dataclasses.replace(asked, seconds=seconds, standalone_s=seconds)
     monkeypatch.setattr(runner, "ask", ask)
@@ -55,7 +57,7 @@ def fixed_seconds(monkeypatch):
 
 def config(tmp_path, **overrides) -> AdaptiveConfig:
     base = {"profile_tracks": 2, "audit_every": 0, "cache_dir": str(tmp_path / "cache"),
-            "borrow": False}
+            "borrow": False, "tile_scales": ()}  # layer plans; tiles have tests of their own
     return AdaptiveConfig(**{**base, **overrides})
 
 
@@ -89,6 +91,77 @@ def test_answer_when_k_tracks_profiled_and_plan_pays_compresses_later_tracks(
     assert all(a.compressed and a.plan_id == query.plan.id for a in later)
     assert len(query.search["trials"]) == 1  # the first candidate confirmed, not six
     assert query.compressor.current.id == "full"  # compressed only inside answer()
+
+
+def test_answer_when_a_smaller_tile_keeps_the_answers_then_later_tracks_run_at_that_tile(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    # Given every layer x -> x and a guard loose enough that the 32 px tile passes it
+    query = make(identity_model, config(tmp_path, tile_scales=(0.5,), target_agreement=0.01,
+                                        max_dp_yes=1.0))
+    query.expect(crops=1000)
+    seen = []
+    encode = identity_model.encode
+    monkeypatch.setattr(identity_model, "encode", lambda images, question, **kw: seen.append(
+        kw.get("tile")) or encode(images, question, **kw))
+
+    query.answer(crops([1, 2]))
+    trials = query.search["trials"]
+    seen.clear()
+    later = query.answer(crops([3, 4], frame=1))
+
+    # Then some tile candidate was ranked, and once one is the plan its crops are 32 px
+    assert any(c["label"].startswith("tile 32") for c in query.search["ranked"])
+    assert query.phase == "compressed" and trials[-1]["accepted"]
+    assert all(a.plan_id == query.plan.id for a in later)
+    assert seen == [query.plan.tile]
+    assert Plan.from_dict(query.cache.get(query._key)["plan"]) == query.plan
+
+
+def test_plan_when_a_live_stream_is_profiled_in_its_first_burst_waits_for_the_rate(
+        identity_model, tmp_path, fixed_seconds):
+    # Given a live stream (nothing announced) whose first tracks are all profiled at once
+    query = make(identity_model, config(tmp_path))
+    query.answer(crops([1, 2]))
+    waited = query.phase
+
+    # When new tracks keep arriving after the stream's first seconds
+    for frame in range(30, 90, 5):
+        query.answer(crops([frame], frame=frame))
+
+    # Then it answered full meanwhile instead of giving up, and planned once the rate was known
+    assert waited == "profile" and query.search is not None
+    assert query.search["forecast"].endswith("horizon 300 s")
+    assert query.phase == "compressed"
+
+
+def test_plan_when_a_candidate_moved_the_answers_then_the_next_run_does_not_confirm_it_again(
+        identity_model, tmp_path, fixed_seconds, monkeypatch):
+    # Given a run whose one confirmation, a smaller tile, moved the answers (layer plans left)
+    cfg = config(tmp_path, confirm=1, tile_scales=(0.5,))
+    first = make(identity_model, cfg)
+    first.expect(crops=1000)
+    fixed = runner.ask
+
+    def flipped(vlm, q, batch, *args, **kwargs):
+        asked = fixed(vlm, q, batch, *args, **kwargs)
+        if kwargs.get("tile") is not None:
+            asked.results[:] = [YesNo(1 - r.p_yes, -r.margin) for r in asked.results]
+        return asked
+    monkeypatch.setattr(runner, "ask", flipped)
+    first.answer(crops([1, 2]))
+    rejected = first.search["trials"][0]
+    assert rejected["label"].startswith("tile")
+
+    # When the next run of the same question plans
+    again = make(identity_model, cfg)
+    again.expect(crops=1000)
+    again.answer(crops([1, 2]))
+
+    # Then it neither repeats that confirmation nor takes the pending entry for a verdict
+    assert first.phase == "full" and not rejected["accepted"]
+    assert [p.id for p in again.planner.rejected_before] == [rejected["plan_id"]]
+    assert again.search["trials"] and \
+        again.search["trials"][0]["plan_id"] != rejected["plan_id"]
 
 
 def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path,

@@ -161,8 +161,21 @@ def test_plan_when_round_tripped_through_dict_is_equal():
     assert plan.summary()["towers"]["vision"] == {"keep": 0, "int8": 0, "skip": 1}
 
 
+def test_plan_when_it_has_a_tile_then_it_compresses_and_round_trips_with_its_own_id():
+    layers = Plan({"a": "skip"})
+    tiled = layers.with_tile(384)
+
+    again = Plan.from_dict(tiled.to_dict())
+
+    assert again == tiled and again.tile == 384 and again.id == tiled.id != layers.id
+    assert Plan({"a": "keep"}, tile=256).compressed and not Plan({"a": "keep"}).compressed
+    assert "tile" not in layers.to_dict()  # plans without a tile read as they always did
+    assert tiled.with_ops({"b": "int8"}).tile == 384
+
+
 @pytest.mark.parametrize(("data", "error"), [
     ({"ops": {"a": "fp4"}}, "must be one of"),
+    ({"ops": {"a": "skip"}, "tile": -4}, "positive number of pixels"),
     ({"ops": {"a": "skip"}, "id": "0123456789"}, "does not match"),
 ])
 def test_plan_from_dict_when_invalid_raises(data, error):

@@ -8,6 +8,7 @@ import pytest
 from vidqa.vlm.compression.payoff import (
     Candidate,
     CropForecast,
+    TileOption,
     candidates,
     expected_return,
     expected_value,
@@ -144,3 +145,37 @@ def test_next_candidate_when_one_kept_answers_but_did_not_pay_offers_riskier_one
 
     assert after_cost == ranked[1] and ranked[1].risk > first.risk / 2  # however risky
     assert after_change is None or after_change.risk <= first.risk / 2
+
+
+def test_candidates_when_tiles_are_offered_then_standin_ranks_a_small_tile_before_int8():
+    # Given the stand-in's profile, where the vision tower is most of a ROI's time
+    tiles = [TileOption(384, 0.5625, 0.65), TileOption(256, 0.25, 0.41)]
+
+    ranked = candidates(STANDIN_PATHS, STANDIN_INFLUENCE, STANDIN_LAYER_S,
+                        float(STANDIN_LAYER_S.sum()) * 1.1, True, tiles)
+
+    by_label = {c.label: c for c in ranked}
+    # Then the tile candidates exist alone and with the best layer plans, carry their tile,
+    # save what the patches they drop cost, and the 256 px tile outranks int8 on the vision
+    assert by_label["tile 256"].plan.tile == 256 and not by_label["tile 256"].plan.paths("skip")
+    assert any(label.startswith("tile 384 + ") for label in by_label)
+    assert by_label["tile 256"].est_saving > by_label["tile 384"].est_saving > 0.3
+    assert by_label["tile 256"].risk > by_label["tile 384"].risk
+    assert by_label["tile 256"].score > by_label["int8 vision"].score
+    assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+
+
+def test_next_candidate_when_a_tile_moved_the_answers_then_layer_plans_stay_on_offer():
+    # Given the stand-in's ranking with tiles, where the 256 px tile moved the answers
+    tiles = [TileOption(384, 0.5625, 0.65), TileOption(256, 0.25, 0.41)]
+    ranked = candidates(STANDIN_PATHS, STANDIN_INFLUENCE, STANDIN_LAYER_S,
+                        float(STANDIN_LAYER_S.sum()) * 1.1, True, tiles)
+    tile = next(c for c in ranked if c.label == "tile 256")
+
+    after = next_candidate(ranked, [tile])
+
+    # Then the tiles riskier than half of it are passed over (384 px, and every tile with
+    # layers), and the next is the best layer plan: int8 rarely moves a yes/no answer
+    passed_over = ranked[1:ranked.index(after)]
+    assert after.label == "int8 vision"
+    assert passed_over and all(c.plan.tile and c.risk > tile.risk / 2 for c in passed_over)

@@ -8,14 +8,18 @@ from factories import person_crops
 from vidqa.assets.types import ModelInfo
 from vidqa.vlm.compression.layers import LayerRef, find_layers, get_module, hook_count, trace_layers
 from vidqa.vlm.model import VisionLanguageModel
+from vidqa.vlm.profiling import stream
 from vidqa.vlm.profiling.importance import (
     TASK_METRICS,
     TRACE_METRICS,
     Profile,
+    _token_stats,
     crop_means,
     profile_crops,
+    token_stride,
     vision_tokens,
 )
+from vidqa.vlm.profiling.stream import new_stream_profile
 
 QUESTION = "Is this person carrying a backpack?"
 ALL = {"metrics": TRACE_METRICS, "task_impact": True}
@@ -234,3 +238,31 @@ def test_task_impact_when_prefix_replayed_then_same_as_full_passes(tiny_vlm):
     layers_after = [get_module(tiny_vlm.model, path) for path in paths]
     assert all(a is b for a, b in zip(layers_before, layers_after, strict=True))
     assert tiny_vlm.model.model.vision_model.__class__.__name__ == "Idefics3VisionTransformer"
+
+
+def test_token_stats_when_sampled_then_reads_every_strided_token_only():
+    torch.manual_seed(0)
+    h_in, h_out = torch.randn(2, 100, 8), torch.randn(2, 100, 8)
+
+    sampled = _token_stats("layer", h_in, h_out, sampled=10)
+
+    assert token_stride(100, 10) == 10 and token_stride(100, None) == 1
+    assert torch.equal(sampled, _token_stats("layer", h_in, h_out)[:, ::10])
+
+
+def test_stream_profile_when_hooks_sample_tokens_then_answers_are_unchanged_and_means_close(
+        tiny_vlm, monkeypatch):
+    # Given one batch profiled reading every token, and the same batch reading one in two
+    inputs = tiny_vlm.encode(person_crops(3), QUESTION)
+    every = new_stream_profile(tiny_vlm)
+    monkeypatch.setattr(stream, "SAMPLED_TOKENS", None)
+    margins = stream.traced_margins(tiny_vlm, inputs, every)
+    sampled = new_stream_profile(tiny_vlm)
+    monkeypatch.setattr(stream, "SAMPLED_TOKENS", 2)
+    again = stream.traced_margins(tiny_vlm, inputs, sampled)
+
+    # Then the answers are the plain pass's, and the per-crop means stay close
+    assert torch.equal(margins, again)
+    full, part = every.stats[0], sampled.stats[0]  # (B, n_layers, 2)
+    assert part.shape == full.shape and np.isfinite(part).all()
+    assert np.allclose(part, full, rtol=0.5, atol=0.05)

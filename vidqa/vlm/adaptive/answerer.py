@@ -11,6 +11,8 @@ Phases of one :class:`AdaptiveAnswerer`:
    (:meth:`AdaptiveAnswerer.expect`, the rate of new ROIs, the live horizon; :mod:`.planner`)
    and stops when it cannot pay back; at most ``confirm`` candidates are confirmed, by
    re-running the profiled batches under the plan (paired with their full passes).
+   A live stream profiled within its first seconds (everyone in view is a new track at once)
+   answers full until the rate of new ROIs is known, then plans.
    ``mode: static`` skips all of this (a fixed plan per model); a cached plan, a plan file
    (``plan: PATH``) or a borrowed plan skip it too.
 3. ``compressed`` — answers under the plan. One ROI in ``audit_every`` is audited: whole
@@ -22,6 +24,8 @@ Phases of one :class:`AdaptiveAnswerer`:
    question: its first K tracks are answered full (and profiled) and compressed, and the
    borrowed plan is kept only if it agreed on those held-out tracks.
 5. ``full`` — nothing pays, nothing passed, or the question gave up: full model, no audits.
+   Candidates that moved the answers are cached as such (a "pending" entry), so the next run
+   does not pay to confirm them again.
 
 Text questions (``answer: text``) are never compressed (phase ``text``): free text has no
 cheap, reliable agreement check.
@@ -49,10 +53,11 @@ from vidqa.vlm.answerers import Asked, SharedVision
 from vidqa.vlm.compression.accounting import Ledger
 from vidqa.vlm.compression.compiled import CompiledPlans
 from vidqa.vlm.compression.compressor import Compressor, compressor_for
-from vidqa.vlm.compression.payoff import CropForecast, static_plan
+from vidqa.vlm.compression.payoff import BURST_S, CropForecast, static_plan
 from vidqa.vlm.compression.plan import Plan
 from vidqa.vlm.compression.plan_cache import PlanCache, cache_key_fields
 from vidqa.vlm.compression.plan_library import LibraryPlan, find
+from vidqa.vlm.graphs import PlanGraphs
 from vidqa.vlm.model import VisionLanguageModel, module_bytes
 from vidqa.vlm.profiling.stream import ProfiledBatch, StreamProfile, new_stream_profile
 
@@ -83,7 +88,7 @@ class AdaptiveAnswerer:
                  cache: PlanCache | None = None, max_new_tokens: int = 16,
                  compressor: Compressor | None = None, max_replans: int = 2,
                  library: Sequence[LibraryPlan] = (), compiled: CompiledPlans | None = None,
-                 gate: PlanGate | None = None) -> None:
+                 gate: PlanGate | None = None, graphs: PlanGraphs | None = None) -> None:
         self.vlm = vlm
         self.question = question
         self.cfg = cfg
@@ -91,7 +96,8 @@ class AdaptiveAnswerer:
         self.compressor = compressor or compressor_for(vlm.model)
         self.gate = gate or AlwaysProfile()
         self.max_replans = max_replans
-        self.runner = PlanRunner(vlm, question, self.compressor, max_new_tokens, compiled)
+        self.runner = PlanRunner(vlm, question, self.compressor, max_new_tokens, compiled,
+                                 graphs)
         self.ledger = Ledger()
         self.forecast = CropForecast(cfg.horizon_s)
         self.planner = Planner(self.runner, cfg, self.ledger)
@@ -105,6 +111,7 @@ class AdaptiveAnswerer:
         self.replans = 0
         self._trace: StreamProfile = new_stream_profile(vlm)
         self._tracks: set[tuple[str, int]] = set()  # tracks seen while profiling / borrowing
+        self._waiting = False  # profiled, the plan waits for a forecast of what is to come
         self._compressed_bytes = 0
         self._owner = f"{question.label}@{id(self):x}"  # its pin on the shared compressor
         self._key = cache_key_fields(vlm.info, vlm.device.type, str(vlm.dtype), question.question,
@@ -172,10 +179,18 @@ class AdaptiveAnswerer:
             if self.gate.published(key):
                 self._load_cached()  # adopts the published plan: compressed from the next batch
             return answers
-        asked = self._traced(crops, shared)
-        answers = self.runner.answers(crops, asked, phase="profile")
+        if len(self._tracks) >= self.cfg.profile_tracks:  # profiled; waiting for a rate
+            answers = self._answer_full(crops, shared, "profile")
+        else:
+            answers = self.runner.answers(crops, self._traced(crops, shared), phase="profile")
         if len(self._tracks) >= self.cfg.profile_tracks:
-            self._plan_from_stream()
+            if self.forecast.known() or self.cfg.mode != "auto":  # only auto prices plans
+                self._plan_from_stream()
+            elif not self._waiting:
+                self._waiting = True
+                logger.info("question {!r}: {} tracks profiled; planning waits for the rate of "
+                            "new ROIs (every stream's first {:g} s is a burst that does not "
+                            "count)", self.question.label, len(self._tracks), BURST_S)
         return answers
 
     def _traced(self, crops: list[Crop], shared: SharedVision | None) -> Asked:
@@ -245,6 +260,7 @@ class AdaptiveAnswerer:
 
     def _plan_from_stream(self) -> None:
         """Plan from the profiled answers (:class:`~.planner.Planner`) and act on it."""
+        self._waiting = False
         profile = self._trace.profile(self.question.question, self.vlm.info.name)
         decision = self.planner.plan(self._trace, profile, len(self._tracks), self.forecast)
         self.search = decision.search
@@ -252,6 +268,8 @@ class AdaptiveAnswerer:
             self._become_full(decision.reason)
             if decision.store:
                 self._store(profile)
+            elif decision.rejected:  # the next run skips what moved the answers this time
+                _store_pending(self, decision.rejected)
             return
         self._adopt(decision.plan, decision.reason, "profiled")
         self._store(profile)
@@ -291,24 +309,8 @@ class AdaptiveAnswerer:
                                    "profile": profile.to_dict()})
 
     def _load_cached(self) -> bool:
-        entry = self.cache.get(self._key)
-        if entry is None:
-            return False
-        try:
-            plan = Plan.from_dict(entry["plan"])
-            self.compressor.effective(plan)  # raises if the layers do not match this model
-        except (KeyError, ValueError, LookupError) as err:
-            logger.warning("question {!r}: cached plan unusable ({}): profiling again",
-                           self.question.label, err)
-            return False
-        self.search = entry.get("search")
-        self.ledger.cache_saved_s = float(entry.get("planning_s", 0.0))
-        if not plan.compressed:
-            self._become_full("the plan cache says no plan keeps this question's answers")
-            self.plan_source = "cache"
-            return True
-        self._adopt(plan, "plan from the profile cache", "cache")
-        return True
+        """Adopt the cached plan (or verdict) of this question; False: plan it here."""
+        return _load_cached(self)
 
     # ----------------------------------------------------------------------------- summary
 
@@ -317,7 +319,7 @@ class AdaptiveAnswerer:
         return _summary(self)
 
     def verdict(self) -> str:
-        return self.ledger.verdict(self.question.label)
+        return _verdict(self)
 
 
 def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
@@ -345,7 +347,58 @@ def _summary(answerer: AdaptiveAnswerer) -> dict[str, Any]:
         "forecast": {"crops_seen": answerer.forecast.seen,
                      "crops_per_stream_s": _round(answerer.forecast.rate(), 3)},
         "cache": {**answerer.cache.stats(), "saved_s": round(ledger.cache_saved_s, 3)},
+        "plan_graphs": answerer.runner.graphs.summary() if answerer.runner.graphs else None,
     }
+
+
+def _load_cached(answerer: AdaptiveAnswerer) -> bool:
+    """:meth:`AdaptiveAnswerer._load_cached`."""
+    entry = answerer.cache.get(answerer._key)
+    if entry is None:
+        return False
+    if entry.get("pending"):  # no conclusion yet: plan again, without what was rejected
+        _load_pending(answerer, entry)
+        return False
+    try:
+        plan = Plan.from_dict(entry["plan"])
+        answerer.compressor.effective(plan)  # raises if the layers do not match this model
+    except (KeyError, ValueError, LookupError) as err:
+        logger.warning("question {!r}: cached plan unusable ({}): profiling again",
+                       answerer.question.label, err)
+        return False
+    answerer.search = entry.get("search")
+    answerer.ledger.cache_saved_s = float(entry.get("planning_s", 0.0))
+    if not plan.compressed:
+        answerer._become_full("the plan cache says no plan keeps this question's answers")
+        answerer.plan_source = "cache"
+        return True
+    answerer._adopt(plan, "plan from the profile cache", "cache")
+    return True
+
+
+def _verdict(answerer: AdaptiveAnswerer) -> str:
+    """The ledger's verdict, with the plan's audits when there were any."""
+    audits = answerer.auditor.summary()
+    line = answerer.ledger.verdict(answerer.question.label)
+    if not audits["audited_crops"]:
+        return line
+    return (f"{line}; plan {answerer.plan.id} agreed with the full model on "
+            f"{audits['audit']:.1%} of {audits['audited_crops']} audited ROIs")
+
+
+def _store_pending(answerer: AdaptiveAnswerer, rejected: Sequence[Plan]) -> None:
+    """A search without a verdict: the candidates that moved the answers, for the next run."""
+    answerer.cache.put(answerer._key, {
+        "plan": answerer.plan.to_dict(), "accepted": False, "pending": True,
+        "search": answerer.search, "rejected": [plan.to_dict() for plan in rejected],
+        "planning_s": round(answerer.ledger.planning_s, 3)})
+
+
+def _load_pending(answerer: AdaptiveAnswerer, entry: dict[str, Any]) -> None:
+    answerer.planner.rejected_before = [Plan.from_dict(p) for p in entry["rejected"]]
+    logger.info("question {!r}: the plan cache holds {} candidate(s) that moved the answers "
+                "before: not confirmed again", answerer.question.label,
+                len(answerer.planner.rejected_before))
 
 
 def _latency(ledger: Ledger) -> dict[str, Any]:

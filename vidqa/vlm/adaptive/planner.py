@@ -19,6 +19,7 @@ from vidqa.vlm.compression.orders import bottom_fraction, compare
 from vidqa.vlm.compression.payoff import (
     Candidate,
     CropForecast,
+    TileOption,
     candidates,
     expected_return,
     expected_value,
@@ -29,6 +30,7 @@ from vidqa.vlm.profiling.stream import StreamProfile
 
 BUILD_S_PER_LAYER = 0.05  # prior cost of one int8 copy until one is measured
 COMPILE_S = 30.0  # prior cost of compiling one plan's graph (24-48 s for the 256M shape, H200)
+CAPTURE_S = 2.0  # prior cost of capturing one plan's CUDA graphs for a bucket
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Decision:
     reason: str
     store: bool = True
     trials: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Plan] = field(default_factory=list)  # candidates that moved the answers
 
 
 class Planner:
@@ -50,8 +53,9 @@ class Planner:
         self.runner = runner
         self.cfg = cfg
         self.ledger = ledger
+        self.rejected_before: list[Plan] = []  # moved the answers in an earlier run (cache)
         self.build_s_per_layer = BUILD_S_PER_LAYER
-        self.compile_s = COMPILE_S
+        self.compile_s = COMPILE_S if runner.compiled is not None else CAPTURE_S
 
     @property
     def label(self) -> str:
@@ -67,7 +71,8 @@ class Planner:
         ranked = self._ranked(trace, profile)
         remaining, how = forecast.remaining()
         full_per_crop = trace.seconds / max(trace.crops, 1)
-        trials, rejected, tried, chosen, stop = [], [], [], None, ""
+        trials, tried, chosen, stop = [], [], None, ""
+        rejected = [c for c in ranked if c.plan in self.rejected_before]  # not confirmed again
         for _ in range(self.cfg.confirm):
             candidate = self._worth_confirming(trace, ranked, rejected, tried, remaining,
                                                full_per_crop)
@@ -88,19 +93,36 @@ class Planner:
         if chosen is None:  # cached only when every candidate, down to the safest, changed answers
             store = bool(trials) and not any(t["kept_answers"] for t in trials) and \
                 next_candidate(ranked, rejected) is None
-            return Decision(None, search, f"profiled {tracks} tracks; {stop}", store, trials)
+            return Decision(None, search, f"profiled {tracks} tracks; {stop}", store, trials,
+                            [c.plan for c in rejected])
         return Decision(chosen.plan, search, f"profiled {tracks} tracks, confirmed "
                         f"{len(trials)} candidate(s)", True, trials)
 
     def build(self, plan: Plan) -> None:
-        """Build ``plan``'s int8 copies, timed as planning; learns the per-layer build cost."""
+        """Build ``plan``'s int8 copies (and, on CUDA, capture its graphs for every batch
+        bucket), timed as planning; learns the per-layer build cost."""
         missing = len(plan.paths("int8"))
         start = time.perf_counter()
         self.runner.compressor.prepare(plan)
+        self._capture(plan)
         seconds = time.perf_counter() - start
         self.ledger.add("build", seconds)
         if missing and seconds > 0.01:
             self.build_s_per_layer = seconds / missing
+
+    def _capture(self, plan: Plan) -> None:
+        graphs = self.runner.graphs
+        if graphs is None or self.runner.bodies is not graphs or graphs.built(plan):
+            return
+        body = graphs.body(plan)
+        if body is None:
+            return
+        try:
+            body.warm([self.runner.vlm.prompt(self.runner.question.question)], plan.tile)
+        except RuntimeError as err:
+            graphs.failed(plan, err)
+        else:
+            graphs.mark_built(plan)
 
     # ----------------------------------------------------------------------------- ranking
 
@@ -112,7 +134,24 @@ class Planner:
         influence = profile.mean(metric if metric in profile.scores else "block_influence")
         compressor = self.runner.compressor
         return candidates(compressor.paths, influence, trace.layer_seconds_per_crop(),
-                          trace.seconds / max(trace.crops, 1), compressor.supports("int8"))
+                          trace.seconds / max(trace.crops, 1), compressor.supports("int8"),
+                          self.tile_options())
+
+    def tile_options(self) -> list[TileOption]:
+        """The smaller tiles of ``tile_scales`` this model takes (single tile per crop only:
+        with image splitting a crop is many tiles), with the shares of patches and prompt
+        tokens each keeps."""
+        vlm = self.runner.vlm
+        if vlm.image_splitting or not self.cfg.tile_scales:
+            return []
+        encoder, prompt = vlm.tiles, vlm.prompt(self.runner.question.question)
+        full = encoder.tile
+        sizes = {encoder.unit * int(full * scale // encoder.unit) for scale in
+                 self.cfg.tile_scales} - {0, full}
+        tokens = encoder.prompt_ids(prompt).shape[1]
+        return [TileOption(tile, (tile / full) ** 2,
+                           encoder.prompt_ids(prompt, tile).shape[1] / tokens)
+                for tile in sorted(sizes, reverse=True)]
 
     def _task_profile(self, trace: StreamProfile, metric: str) -> Any:
         """Task impact on the profiled tracks' first crops: extra passes, paid as planning."""
@@ -164,9 +203,9 @@ class Planner:
         """A compressed pass over the profiled batches, its int8 copies and, when compiling,
         each graph (the candidate's, the full model's) not compiled yet."""
         int8 = len(candidate.plan.paths("int8"))
-        compiled = self.runner.compiled
-        graphs = 0 if compiled is None else sum(
-            not compiled.built(plan) for plan in (candidate.plan, self.runner.full_plan))
+        bodies = self.runner.bodies
+        graphs = 0 if bodies is None else sum(
+            not bodies.built(plan) for plan in (candidate.plan, self.runner.full_plan))
         return trace.seconds * (1 - candidate.est_saving) + \
             int8 * self.build_s_per_layer + graphs * self.compile_s
 
@@ -185,7 +224,7 @@ class Planner:
             asked = self.runner.plan(batch.crops, candidate.plan, None)
             self.ledger.add("confirm", asked.seconds)
             reference_s = batch.seconds
-            if self.runner.compiled is not None:  # the traced pass ran eager: time compiled
+            if self.runner.bodies is not None:  # the traced pass ran eager: time graphs
                 full = self.runner.plan(batch.crops, self.runner.full_plan, None)
                 self.ledger.add("confirm", full.seconds)
                 reference_s = full.standalone_s
@@ -229,14 +268,19 @@ class Planner:
             dp * done.size > self.cfg.max_dp_yes * total
 
     def _compile_graphs(self, plan: Plan, crops: list[Crop]) -> None:
-        """Compile ``plan``'s graph and the full model's on one profiled batch before the
-        paired passes: compiling is building a plan (booked as ``build``), not answering, and
-        what it cost prices the next candidate."""
-        compiled = self.runner.compiled
-        if compiled is None:
+        """Compile (or capture as CUDA graphs) ``plan``'s pass and the full model's on one
+        profiled batch before the paired passes: that is building a plan (booked as
+        ``build``), not answering, and what it cost prices the next candidate."""
+        bodies = self.runner.bodies
+        if bodies is None:
+            return
+        if bodies is self.runner.graphs:  # every bucket at once: no capture inside a pair
+            start = time.perf_counter()
+            self._capture(plan)
+            self.ledger.add("build", time.perf_counter() - start)
             return
         for graph in (plan, self.runner.full_plan):
-            if compiled.built(graph):
+            if bodies.built(graph):
                 continue
             self.compile_s = self.runner.plan(crops, graph, None).seconds
             self.ledger.add("build", self.compile_s)

@@ -5,7 +5,8 @@ A candidate's return, if it passes, is ``R * c_full * (saving - audit_share)``: 
 still to come, each saving its share of the full per-ROI cost, minus the audits (an audited ROI
 is also answered by the full model). Whether it passes is a prior, ``p_pass = exp(-risk)``, from
 the block influence the plan removes: int8 rarely flips a yes/no answer, skipping a layer often
-does. A confirmation costs a compressed pass over the profiled batches (plus building its int8
+does, and a smaller tile (the vision token budget) sits between them. A confirmation costs a
+compressed pass over the profiled batches (plus building its int8
 copies), paid whether the candidate passes or not. So candidates are confirmed in order of
 expected saving, ``est_saving * p_pass`` (the safe plan first), each only while its expected
 value, ``p_pass * return - confirmation``, is positive and the planning spent so far plus the
@@ -26,6 +27,7 @@ from vidqa.vlm.compression.plan import Plan, tower_of
 
 SKIP_FRACTIONS = (0.25, 0.5, 0.75)
 BURST_S = 2.0  # a stream's first seconds: everyone in view is a new track at once
+MIN_ARRIVALS = 5  # new ROIs after the burst before a live rate is trusted (n - sqrt(n) > 0)
 # Returns are estimates, and optimistic ones: on make run's clip (2-core CPU) the estimated
 # saving was 1.45x the paired one and the forecast 1.3x the crops that came. A confirmation is
 # paid for sure, so a candidate must be expected to return twice what confirming it costs.
@@ -38,6 +40,11 @@ INT8_GAIN = 0.4  # share of a layer's time int8 saves on CPU (1.5-2.1x per layer
 # a removed layer moves a task's answer far more than a quantized one.
 SKIP_RISK = 5.0
 INT8_RISK = 0.25
+# Risk per share of the vision tower's patches a smaller tile drops: a prior too. A person crop
+# is 40-120 px wide, upscaled to the 512 px tile anyway, so a 384 px tile (44% fewer patches,
+# p_pass ~0.80) loses little detail and a 256 px one (75% fewer, ~0.69) more; the confirmation
+# on the profiled crops decides.
+TILE_RISK = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +89,13 @@ class CropForecast:
         if seconds < 1.0:
             return None
         return max(0.0, self._arrivals - math.sqrt(self._arrivals)) / seconds
+
+    def known(self) -> bool:
+        """Whether anything is known of what is still to come: announced, or a rate (on a
+        file of announced length, as soon as there is one; live, resting on at least
+        :data:`MIN_ARRIVALS` new ROIs after the streams' first seconds)."""
+        return self._expected is not None or (self.rate() is not None and (
+            self._seconds is not None or self._arrivals >= MIN_ARRIVALS))
 
     def remaining(self) -> tuple[float, str]:
         """(ROIs expected from now on, how that was estimated)."""
@@ -129,12 +143,40 @@ class Candidate:
                 "p_pass": round(self.p_pass, 4)}
 
 
+@dataclass(frozen=True)
+class TileOption:
+    """A tile smaller than the model's: the shares of the vision tower's patches and of the
+    text model's prompt tokens it keeps (each layer's time scales with its tokens, roughly)."""
+
+    tile: int  # px
+    patches: float  # (tile / model tile)^2
+    tokens: float  # prompt tokens at this tile / at the model's tile
+
+
 def candidates(paths: Sequence[str], influence: np.ndarray, layer_s: np.ndarray,
-               total_s: float, int8: bool) -> list[Candidate]:
+               total_s: float, int8: bool, tiles: Sequence[TileOption] = ()
+               ) -> list[Candidate]:
     """Every candidate, best first: skip the least influential 1/4, 1/2, 3/4 of a tower, int8
     a whole tower (where an int8 kernel exists) and int8 with the skips, and the union of the
-    towers' best. Ranked by expected saving, ``est_saving * p_pass``: the safe int8 plan
-    before the aggressive skip plan that promises more but rarely keeps the answers."""
+    towers' best; each smaller tile alone and with the two best of those. Ranked by expected
+    saving, ``est_saving * p_pass``: the safe int8 plan before the aggressive skip plan that
+    promises more but rarely keeps the answers."""
+    found = _layer_candidates(paths, influence, layer_s, total_s, int8)
+    best = sorted(found, key=lambda c: -c.score)[:2]
+    shares = _tower_shares(paths, influence)
+    for option in tiles:
+        found.append(_candidate(f"tile {option.tile}", paths, {}, shares, layer_s, total_s,
+                                option))
+        for layers in best:
+            ops = {paths.index(p): op for p, op in layers.plan.ops.items() if op != "keep"}
+            found.append(_candidate(f"tile {option.tile} + {layers.label}", paths, ops, shares,
+                                    layer_s, total_s, option))
+    return sorted((c for c in found if c.est_saving > 0), key=lambda c: -c.score)
+
+
+def _layer_candidates(paths: Sequence[str], influence: np.ndarray, layer_s: np.ndarray,
+                      total_s: float, int8: bool) -> list[Candidate]:
+    """The layer-only candidates of :func:`candidates`, unsorted."""
     shares = _tower_shares(paths, influence)
     found: list[Candidate] = []
     for tower in ("vision", "text"):
@@ -153,24 +195,31 @@ def candidates(paths: Sequence[str], influence: np.ndarray, layer_s: np.ndarray,
             found.append(_candidate(f"int8 {tower}", paths, {i: "int8" for i in layers},
                                     shares, layer_s, total_s))
     found = [c for c in found if c.est_saving > 0]
-    found += _unions(found, paths, shares, layer_s, total_s)
-    return sorted(found, key=lambda c: -c.score)
+    return found + _unions(found, paths, shares, layer_s, total_s)
 
 
 def next_candidate(ranked: Sequence[Candidate], rejected: Sequence[Candidate],
                    tried: Sequence[Candidate] = ()) -> Candidate | None:
     """The best-ranked candidate not tried. After one changed the answers (``rejected``),
-    only a safer one (less than half its risk) that does not contain it; one that kept the
-    answers but did not pay (in ``tried`` only) rules out nothing else."""
+    only candidates safer than half its risk among those that touch what it touched (a
+    smaller tile, layers, or both): a tile that moved the answers says nothing of int8 on
+    the layers, and the other way round. One that kept the answers but did not pay (in
+    ``tried`` only) rules out nothing else."""
     seen = {c.plan for c in (*rejected, *tried)}
-    cap = min((c.risk for c in rejected), default=None)
     for candidate in ranked:
         if candidate.plan in seen:
             continue
-        if cap is not None and candidate.risk > cap / 2:
+        if any(_axes(r) <= _axes(candidate) and candidate.risk > r.risk / 2 for r in rejected):
             continue
         return candidate
     return None
+
+
+def _axes(candidate: Candidate) -> frozenset[str]:
+    """What a candidate changes: "tile", "layers" or both."""
+    plan = candidate.plan
+    return frozenset({"tile"} if plan.tile is not None else set()) | \
+        frozenset({"layers"} if any(op != "keep" for op in plan.ops.values()) else set())
 
 
 def expected_return(crops: float, full_per_crop_s: float, saving: float,
@@ -214,11 +263,19 @@ def _tower_shares(paths: Sequence[str], influence: np.ndarray) -> np.ndarray:
 
 
 def _candidate(label: str, paths: Sequence[str], ops: dict[int, str], shares: np.ndarray,
-               layer_s: np.ndarray, total_s: float) -> Candidate:
-    saved = sum(layer_s[i] * (1.0 if op == "skip" else INT8_GAIN) for i, op in ops.items())
-    risk = sum(shares[i] * (SKIP_RISK if op == "skip" else INT8_RISK) for i, op in ops.items())
+               layer_s: np.ndarray, total_s: float, tile: TileOption | None = None
+               ) -> Candidate:
+    kept = layer_s.astype(np.float64)  # (n_layers,) each layer's time at the plan's tile
+    risk = 0.0
+    if tile is not None:
+        kept = kept * np.asarray([tile.patches if tower_of(p) == "vision" else tile.tokens
+                                  for p in paths])
+        risk += TILE_RISK * (1 - tile.patches)
+    saved = float(np.sum(layer_s) - np.sum(kept))
+    saved += sum(kept[i] * (1.0 if op == "skip" else INT8_GAIN) for i, op in ops.items())
+    risk += sum(shares[i] * (SKIP_RISK if op == "skip" else INT8_RISK) for i, op in ops.items())
     plan = Plan({**{p: "keep" for p in paths}, **{paths[i]: op for i, op in ops.items()}},
-                label)
+                label, None if tile is None else tile.tile)
     return Candidate(label, plan, float(saved / total_s) if total_s > 0 else 0.0, float(risk))
 
 

@@ -43,6 +43,7 @@ def cache_key_fields(info: Any, device: str, dtype: str, question: str, answer: 
     settings = {k: v for k, v in dict(settings).items()
                 # These do not change the plan, only how it is watched or stored.
                 if k not in ("enabled", "audit_every", "audit_window", "cache_dir")}
+    settings = json.loads(json.dumps(settings))  # as stored: tuples (tile_scales) are lists
     return {"version": CACHE_VERSION, **model_fingerprint(info.resolved, info.revision),
             "device": device, "dtype": dtype, "question": question, "answer": answer,
             "settings": settings, **(extra or {})}

@@ -241,9 +241,18 @@ def _log(profile: Profile) -> None:
 # Activation and block influence: one traced forward per batch
 
 
-def _token_stats(path: str, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """Per token: the output's L2 norm and 1 - cos(input, output), (N, T, 2) float32."""
-    h_in, h_out = inputs.float(), output.float()  # (N, T, C)
+def token_stride(tokens: int, sampled: int | None) -> int:
+    """Every how many tokens a hook reads so that about ``sampled`` of ``tokens`` are read
+    (None: every token). The same rule picks the tokens and their mask, so they line up."""
+    return 1 if not sampled else max(1, tokens // sampled)
+
+
+def _token_stats(path: str, inputs: torch.Tensor, output: torch.Tensor,
+                 sampled: int | None = None) -> torch.Tensor:
+    """Per token: the output's L2 norm and 1 - cos(input, output), (N, T', 2) float32, over
+    every ``token_stride``-th token (all of them by default)."""
+    stride = token_stride(output.shape[1], sampled)
+    h_in, h_out = inputs[:, ::stride].float(), output[:, ::stride].float()  # (N, T', C)
     norm = h_out.norm(dim=-1)  # (N, T)
     influence = 1 - F.cosine_similarity(h_in, h_out, dim=-1)  # (N, T)
     return torch.stack([norm, influence], dim=-1)  # (N, T, 2)
@@ -269,8 +278,9 @@ def _trace(vlm: VisionLanguageModel, batches: list[Any], layers: list[LayerRef],
 
 
 def _per_crop(stats: dict[str, torch.Tensor], inputs: Any, layers: list[LayerRef],
-             vlm: VisionLanguageModel) -> torch.Tensor:
-    """Mean of each layer's token stats over each ROI's real tokens, (B, n_layers, 2)."""
+             vlm: VisionLanguageModel, sampled: int | None = None) -> torch.Tensor:
+    """Mean of each layer's token stats over each ROI's real tokens, (B, n_layers, 2); with
+    ``sampled``, over the tokens :func:`_token_stats` read with the same ``sampled``."""
     batch = inputs["input_ids"].shape[0]
     text_mask = inputs["attention_mask"].float()  # (B, T)
     text_owner = torch.arange(batch, device=text_mask.device)
@@ -280,6 +290,7 @@ def _per_crop(stats: dict[str, torch.Tensor], inputs: Any, layers: list[LayerRef
         tokens = stats[layer.path]  # (N, T, 2)
         owner, mask = (text_owner, text_mask) if layer.tower == "text" else \
             (vision_owner, vision_mask)
+        mask = mask[:, ::token_stride(mask.shape[1], sampled)]  # (N, T')
         if tokens.shape[:2] != mask.shape:
             raise RuntimeError(f"{layer.path}: hidden states {tuple(tokens.shape[:2])} do not "
                                f"match the token mask {tuple(mask.shape)} derived from the inputs")
