@@ -5,6 +5,8 @@ features, and its answers appear in the page while the run goes on."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
 import pytest
 from web.served_run import WAIT_MS, ServedRun, sample_config
@@ -15,6 +17,19 @@ from vidqa.store import queries
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300)]
 
 QUESTION = "Is this person carrying a bag?"
+
+
+def features_kept(db) -> int:
+    """Crops whose features the run has written so far (a shard is written at most 10 s after
+    its first crop, or when the model is idle)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COALESCE(SUM(crops), 0) FROM features").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not created yet
+        return 0
 
 
 def test_ask_box_when_a_question_is_asked_during_a_run_then_its_answers_stream_in(
@@ -31,8 +46,9 @@ def test_ask_box_when_a_question_is_asked_during_a_run_then_its_answers_stream_i
             page.on("pageerror", lambda err: errors.append(str(err)))
             run.start()
             wait_until(lambda: len({r["track_id"] for r in httpx.get(
-                run.api("api/answers?limit=100"), timeout=5).json().get("rows", [])}) >= 2,
-                "answers of two tracks", timeout_s=WAIT_MS / 1000)
+                run.api("api/answers?limit=100"), timeout=5).json().get("rows", [])}) >= 2
+                and features_kept(run.run_dir / "store" / "vidqa.db") > 0,
+                "answers of two tracks and a features shard", timeout_s=WAIT_MS / 1000)
             page.goto(run.api("history"))
             page.fill("#ask input[name=question]", QUESTION)
             page.click("#ask-button")
