@@ -21,7 +21,10 @@ def sample_run(tmp_path_factory, tiny_vlm_dir) -> Path:
     env = {**os.environ, "VIDQA_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "vidqa.cli", "run", "pipeline.yaml", "--out", str(out),
-         "--set", f"vlm.model={tiny_vlm_dir}", "--set", "vlm.adaptive.profile_tracks=4"],
+         "--set", f"vlm.model={tiny_vlm_dir}", "--set", "vlm.adaptive.profile_tracks=4",
+         # the real detector at 320 px: a quarter of 640's work, people still 50-120 px tall
+         # (CI's 2 cores spent ~150 s on this run at 640)
+         "--set", "tracker.imgsz=320"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

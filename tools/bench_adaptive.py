@@ -9,6 +9,11 @@ Reported per mode: VLM seconds (wall time of the stage), planning seconds, the p
 mode's answers (all ROIs, and the held-out ones after the first K tracks). Then vision-feature
 reuse with 1, 3 and 5 questions.
 
+The token budget (``--tiles 384,256``, the clip): ``tile N fixed`` answers every crop at an N px
+tile (a fixed-size control: the full model's layers, no planner, no audits), and ``adaptive,
+layers only`` plans without tile candidates (``tile_scales: []``) beside ``adaptive cold``, which
+has them: what the tile axis adds to the planner, on the same crops in the same process.
+
 CPU (the offline stand-in; the crops come from the tracker once and are kept in a file):
 
     .venv/bin/python tools/bench_adaptive.py --crops /tmp/clip_rois.pkl --out bench.json
@@ -43,6 +48,9 @@ from loguru import logger
 from vidqa.config import AdaptiveConfig, QuestionConfig, VlmConfig
 from vidqa.messages import Crop
 from vidqa.vlm.batch import BatchAnswerer
+from vidqa.vlm.compression.compressor import compressor_for
+from vidqa.vlm.compression.plan import Plan
+from vidqa.vlm.compression.plan_library import save_library
 
 QUESTIONS = ("Is this person carrying a backpack?", "Is this person wearing a hat?",
              "Is this person riding a bicycle?", "Is this person walking?",
@@ -69,13 +77,13 @@ def clip_crops(source: str, crops_file: Path | None, count: int) -> list[Crop]:
     from vidqa.sources import open_source, source_path
 
     cfg = PipelineConfig()
-    crops: list[Crop] = []
+    tracked_crops: list[Crop] = []
     with open_source(cfg.source, source_path(cfg.source)) as src:
         for result in tracked(cfg, src):
-            crops += list(result.crops)
-    if crops is not None:
-        crops.write_bytes(pickle.dumps(crops))
-    return crops
+            tracked_crops += list(result.crops)
+    if crops_file is not None:
+        crops_file.write_bytes(pickle.dumps(tracked_crops))
+    return tracked_crops
 
 
 def looped(crops: list[Crop], seconds: float) -> list[Crop]:
@@ -141,7 +149,8 @@ def row(name: str, result: dict[str, Any], full: dict[str, Any], held_from: int,
 def main(model: str = "auto", device: str = "auto", source: str = "video",
          crops: Path | None = None, batch_size: int = 8, stream_s: float = 300.0,
          full_stream: bool = False, compile: bool = False, reuse_crops: int = 8,
-         count: int = 60, out: Path | None = None) -> dict[str, Any]:
+         count: int = 60, out: Path | None = None, tiles: tuple[int, ...] = (384, 256)
+         ) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_vlm import load_model  # the stand-in, random-256m or a model, as bench_vlm
 
@@ -157,14 +166,14 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
         # (graphs are kept per model), so no timed mode below pays for compiling: the timed
         # pass's own counters show whether anything still compiled while timing.
         counters, start = _compile_counters(compile), time.perf_counter()
-        measure(vlm, clip, stream, batch_size, compile, full_stream)
+        measure(vlm, clip, stream, batch_size, compile, full_stream, tiles)
         warmup = {"seconds": round(time.perf_counter() - start, 1),
                   "counters": _diff(counters, _compile_counters(compile))}
     counters = _compile_counters(compile)
-    tables = measure(vlm, clip, stream, batch_size, compile, full_stream)
+    tables = measure(vlm, clip, stream, batch_size, compile, full_stream, tiles)
     tables["vision_reuse"] = vision_reuse(vlm, clip[:reuse_crops], batch_size)
     summary = {"model": vlm.info.name, "device": str(vlm.device), "batch_size": batch_size,
-               "clip_rois": len(clip), "stream_rois": len(stream),
+               "clip_rois": len(clip), "stream_rois": len(stream), "tiles": list(tiles),
                "loops": len(stream) // len(clip), "compile": compile,
                "compile_warmup": warmup,
                "compile_counters_timed": _diff(counters, _compile_counters(compile)),
@@ -177,8 +186,9 @@ def main(model: str = "auto", device: str = "auto", source: str = "video",
 
 
 def measure(vlm: Any, clip: list[Crop], stream: list[Crop], batch_size: int, compile: bool,
-            full_stream: bool) -> dict[str, list[dict[str, Any]]]:
-    """Every mode on the clip and, if there is one, the stream, with fresh plan caches."""
+            full_stream: bool, tiles: tuple[int, ...] = ()) -> dict[str, list[dict[str, Any]]]:
+    """Every mode on the clip and, if there is one, the stream, with fresh plan caches; the
+    token-budget modes (``tiles``) on the clip."""
     base = AdaptiveConfig(cache_dir=tempfile.mkdtemp(prefix="vidqa-plans-"), compile=compile)
     cold_cache = dataclasses.replace(base, cache_dir=tempfile.mkdtemp(prefix="vidqa-cold-"))
     modes = {"full": dataclasses.replace(base, enabled=False),
@@ -195,6 +205,8 @@ def measure(vlm: Any, clip: list[Crop], stream: list[Crop], batch_size: int, com
                     "adaptive cold": run_mode(vlm, clip, cold_cache if stream else base,
                                               batch_size),
                     "adaptive warm": run_mode(vlm, clip, base, batch_size)}
+    results_clip |= {name: run_mode(vlm, clip, mode, batch_size)
+                     for name, mode in token_budget_modes(vlm, base, tiles).items()}
     tables = {"clip": [row(k, r, full_clip, held, full_clip["seconds"])
                        for k, r in results_clip.items()], "stream": []}
     if stream:
@@ -216,6 +228,25 @@ def stream_table(vlm: Any, clip: list[Crop], stream: list[Crop], full_clip: dict
               "note": "measured" if full_run else f"clip full x {loops} loops (same crops), "
                       "extrapolated"}]
     return table + [row(k, r, full_clip, held, full_s) for k, r in results.items()]
+
+
+def token_budget_modes(vlm: Any, base: AdaptiveConfig, tiles: tuple[int, ...]
+                       ) -> dict[str, AdaptiveConfig]:
+    """``adaptive, layers only`` (no tile candidates, a cold cache of its own) and, per tile,
+    ``tile N fixed``: a plan file holding the full model at that tile, no audits."""
+    if not tiles:
+        return {}
+    paths = compressor_for(vlm.model).paths
+    folder = Path(tempfile.mkdtemp(prefix="vidqa-tiles-"))
+    modes = {"adaptive, layers only": dataclasses.replace(
+        base, tile_scales=(), cache_dir=tempfile.mkdtemp(prefix="vidqa-layers-"))}
+    for tile in tiles:
+        plan = Plan.keep_all(paths).with_tile(vlm.tiles.check_tile(tile), f"tile {tile}")
+        library = save_library(folder / f"tile-{tile}.json", vlm.info.name, paths,
+                               [{"question": QUESTIONS[0], "plan": plan.to_dict()}])
+        modes[f"tile {tile} fixed"] = dataclasses.replace(base, plan=str(library),
+                                                          audit_every=0)
+    return modes
 
 
 def vision_reuse(vlm: Any, crops: list[Crop], batch_size: int) -> list[dict[str, Any]]:
@@ -263,13 +294,13 @@ def _print(summary: dict[str, Any]) -> None:
               f"while timing {summary['compile_counters_timed']}")
     for name in ("clip", "stream"):
         print(f"\n{name}:")
-        print(f"{'mode':<15}{'ROIs':>6}{'VLM s':>9}{'plan s':>8}{'paired':>8}{'claimed':>9}"
+        print(f"{'mode':<22}{'ROIs':>6}{'VLM s':>9}{'plan s':>8}{'paired':>8}{'claimed':>9}"
               f"{'vs full':>9}{'agree':>8}{'held-out':>9}{'audits':>8}{'load':>6}  plan / reason")
         for r in summary["tables"][name]:
             if "note" in r:
-                print(f"{r['mode']:<15}{r['rois']:>6}{r['vlm_s']:>9.1f}  ({r['note']})")
+                print(f"{r['mode']:<22}{r['crops']:>6}{r['vlm_s']:>9.1f}  ({r['note']})")
                 continue
-            print(f"{r['mode']:<15}{r['rois']:>6}{r['vlm_s']:>9.1f}{_f(r['planning_s']):>8}"
+            print(f"{r['mode']:<22}{r['crops']:>6}{r['vlm_s']:>9.1f}{_f(r['planning_s']):>8}"
                   f"{_f(r['paired_ratio']):>8}{_f(r['net_ratio_claimed']):>9}"
                   f"{r['vs_full_run']:>8.2f}x{r['agreement']:>8.1%}"
                   f"{_f(r['held_out_agreement']):>9}{_f(r['audit_agreement']):>8}"
@@ -299,9 +330,12 @@ if __name__ == "__main__":
                         help="measure the full model on the whole stream too")
     parser.add_argument("--compile", action="store_true", help="one compiled graph per plan")
     parser.add_argument("--reuse-rois", type=int, default=8)
+    parser.add_argument("--tiles", default="384,256", help="token-budget rows: tile sizes in "
+                        "px ('' = none)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss} {message}")
     main(args.model, args.device, args.source, args.crops, args.batch_size, args.stream_s,
-         args.full_stream, args.compile, args.reuse_rois, args.count, args.out)
+         args.full_stream, args.compile, args.reuse_rois, args.count, args.out,
+         tuple(int(t) for t in args.tiles.split(",") if t))

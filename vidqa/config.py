@@ -105,7 +105,8 @@ class RoiConfig:
     min_hits: int = 3  # a track is confirmed after this many frames with a box
     reask_every: int = 0  # ask again every N frames of a track (0 = never)
     reask_growth: float = 0.0  # ask again when the crop area grows by this factor (0 = never)
-    max_age: int = 30  # frames without a box before a track is declared dead and forgotten
+    max_age: int = 60  # frames without a box before a track is forgotten: longer than the
+    # trackers' 30-frame buffer, or a track they bring back (same id) would be asked again
     zones: tuple[str, ...] = ()  # ask only tracks whose feet are inside these zones; () = anywhere
 
     def __post_init__(self) -> None:

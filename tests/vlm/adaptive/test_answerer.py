@@ -174,6 +174,8 @@ def test_plan_when_too_few_crops_remain_does_not_search(identity_model, tmp_path
     assert query.phase == "full" and "can pay back" in query.reason
     assert query.search["trials"] == []
     assert query.ledger.seconds["confirm"] == 0.0
+    assert query.verdict().startswith(f"question {query.question.label!r}: kept the full "
+                                      f"model ({query.reason})")
     assert query.cache.directory is not None and not list(query.cache.directory.glob("*.json"))
 
 

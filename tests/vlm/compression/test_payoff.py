@@ -50,7 +50,7 @@ def test_forecast_when_rate_is_known_uses_seconds_left_or_horizon(seconds, expec
     for t in range(11):  # one ROI a second for 10 s: 8 after the first 2 s, over 8 s
         forecast.observe("0", float(t))
     forecast.expect(seconds=seconds)
-    rate = (8 - 8 ** 0.5) / 8  # the Poisson lower bound of 8 arrivals
+    rate = (8 - 2 * 8 ** 0.5) / 8  # the lower end of a Poisson rate of 8 arrivals
     assert forecast.remaining()[0] == pytest.approx(rate * expected)
 
 
@@ -58,10 +58,10 @@ def test_forecast_when_a_stream_starts_with_a_crowd_then_the_burst_does_not_coun
     forecast = CropForecast(horizon_s=100)
     for track in range(12):  # twelve people in view at the start ...
         forecast.observe("0", 0.5)
-    for t in (4.0, 8.0, 12.0):  # ... then one new person every 4 s
-        forecast.observe("0", t)
-    assert forecast.rate() == pytest.approx((3 - 3 ** 0.5) / (12.0 - 0.5 - 2.0))
-    assert forecast.seen == 15
+    for t in range(4, 44, 4):  # ... then one new person every 4 s
+        forecast.observe("0", float(t))
+    assert forecast.rate() == pytest.approx((10 - 2 * 10 ** 0.5) / (40.0 - 0.5 - 2.0))
+    assert forecast.seen == 22
 
 
 def test_forecast_when_under_a_second_seen_expects_nothing():

@@ -377,8 +377,14 @@ def _load_cached(answerer: AdaptiveAnswerer) -> bool:
 
 
 def _verdict(answerer: AdaptiveAnswerer) -> str:
-    """The ledger's verdict, with the plan's audits when there were any."""
+    """The ledger's verdict, with the plan's audits when there were any; a question that
+    abstained (kept the full model) says so, and what deciding that cost."""
     audits = answerer.auditor.summary()
+    if answerer.phase == "full" and not answerer.ledger.crops["compressed"]:
+        s = answerer.ledger.summary()
+        return (f"question {answerer.question.label!r}: kept the full model ({answerer.reason}); "
+                f"deciding cost {s['planning_s']:.1f} s of {s['spent_s']:.1f} s on the VLM "
+                f"(net {s['net_ratio']}x)")
     line = answerer.ledger.verdict(answerer.question.label)
     if not audits["audited_crops"]:
         return line
