@@ -55,6 +55,7 @@ def test_load_config_when_query_is_a_plain_string_then_it_becomes_a_yesno_query(
     ("vlm.questions=[{question: q, answer: essay}]", "vlm.questions[0].answer = 'essay'"),
     ("vlm.adaptive.metrc=x", "valid keys in vlm.adaptive: enabled, profile_tracks"),
     ("tracker.imgsz=100", "a multiple of 32"),
+    ("tracker.in_flight=0", "tracker.in_flight = 0 is out of range: expected at least 1"),
     ("roi=3", "roi must be a mapping"),
     ("novalue", "must look like section.key=value"),
 ])

@@ -13,7 +13,8 @@ stream processes (``run.processes``; 0 = auto, 1 = threads of one process), ever
 the one VLM worker; the detector batches of each process are reported too. ``--no-vlm``
 asks nothing (the trackers alone, in the same layout: stream processes, detection worker and
 an idle VLM worker; the reference for "the tracker keeps 90% of its rate"). Every row has the
-frame path per stage (decode, letterbox, detect, track, sinks) in ms per frame.
+frame path per stage (decode, letterbox, detect, track, sinks) in ms per frame, each detector's
+seconds in its forward passes, and the load average when the run stopped.
 ``--separate`` runs the same N as separate processes, one model each (vidqa before the
 service), in the same invocation.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -93,6 +95,12 @@ def one_service(count: int, processes: int, detect: str, args: argparse.Namespac
     row["stage_seconds"] = _stream_totals(out, summary, "stage_seconds")
     row["frame_path"] = _frame_path(_stream_totals(out, summary, "frame_path"), summary)
     row["detector_batches"] = [d["mean_batch"] for d in summary.get("detectors", [])]
+    # each detector's seconds inside its forward passes, per stage (upload, inference, NMS)
+    row["detector_busy_s"] = [{"busy_s": d["busy_s"], **d["stage_s"]}
+                              for d in summary.get("detectors", [])]
+    row["load_average"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 min, at the stop
+    if args.adaptive:  # per question: phase, plan, the planner's search and trials, audits
+        row["vlm"] = {k: v for k, v in summary["vlm"].items() if k != "service"}
     return row
 
 

@@ -88,6 +88,8 @@ class TrackerConfig:
     backend: Literal["auto", "torch", "openvino", "onnx"] = "auto"  # auto: OpenVINO on x86 CPUs
     letterbox: Literal["stream", "worker"] = "stream"  # with a detection worker: where frames
     # are letterboxed, in the stream process (CPU) or in the detection worker (on its device)
+    in_flight: int = 2  # with a detection worker: frames of a stream sent before the oldest's
+    # boxes are tracked (2: the next frame is detected while this one waits; 1: one at a time)
 
     def __post_init__(self) -> None:
         _require(0 < self.conf < 1, "tracker.conf", self.conf, "between 0 and 1")
@@ -95,6 +97,7 @@ class TrackerConfig:
         _require(self.imgsz >= 32 and self.imgsz % 32 == 0, "tracker.imgsz", self.imgsz,
                  "a multiple of 32, at least 32")
         _require(self.batch >= 1, "tracker.batch", self.batch, "at least 1")
+        _require(self.in_flight >= 1, "tracker.in_flight", self.in_flight, "at least 1")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ detection worker (:class:`~vidqa.detection.transport.RemoteDetector`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,21 @@ class PersonTracker:
         self.ids = TrackIds()
         self.resets = 0
         self.detect_s = 0.0  # seconds waiting for boxes: letterbox, forward pass, NMS, batching
+        # (with frames in flight, only what the stream still waited: sending, the boxes' wait)
         self.track_s = 0.0  # seconds in the tracker's association and motion model
 
     def update(self, frame: VideoFrame) -> Detections:
+        started = time.perf_counter()
+        boxes = self.detector(frame.image)
+        self.detect_s += time.perf_counter() - started
+        return self._track(frame, boxes)
+
+    def _track(self, frame: VideoFrame, boxes: Any) -> Detections:
         if self._gap_too_long(frame):
             self.reset()
         started = time.perf_counter()
-        boxes = self.detector(frame.image)
-        detected = time.perf_counter()
         tracks = self.tracker.update(boxes, frame.image)
-        self.detect_s += detected - started
-        self.track_s += time.perf_counter() - detected
+        self.track_s += time.perf_counter() - started
         detections = _to_detections(tracks)
         return dataclasses.replace(detections, track_id=self.ids(detections.track_id))
 
@@ -84,8 +89,39 @@ class PersonTracker:
         self.resets += 1
 
     def __call__(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
-        for frame in frames:
-            yield FrameResult(frame=frame, detections=self.update(frame))
+        if self.cfg.in_flight < 2 or not hasattr(self.detector, "send"):
+            for frame in frames:
+                yield FrameResult(frame=frame, detections=self.update(frame))
+            return
+        yield from self._overlapped(frames)
+
+    def _overlapped(self, frames: Iterable[VideoFrame]) -> Iterator[FrameResult]:
+        """With a detection worker: the next frames (up to ``tracker.in_flight`` in all) are
+        sent before the oldest one's boxes are awaited, tracked and passed on, so a stream no
+        longer sits out each frame's round trip. Frames are tracked in order, with the same
+        boxes: the tracks are those of :meth:`update`, frame by frame."""
+        out: collections.deque = collections.deque()  # (frame, its pending boxes), oldest first
+        try:
+            for frame in frames:
+                out.append((frame, self._timed(self.detector.send, frame.image)))
+                if len(out) >= self.cfg.in_flight:
+                    yield self._taken(*out.popleft())
+            while out:
+                yield self._taken(*out.popleft())
+        finally:  # stopped early: the worker may still be reading these frames' buffers
+            for _, pending in out:
+                pending.settle()
+
+    def _taken(self, frame: VideoFrame, pending: Any) -> FrameResult:
+        boxes = self._timed(pending.result)
+        return FrameResult(frame=frame, detections=self._track(frame, boxes))
+
+    def _timed(self, step: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return step(*args)
+        finally:
+            self.detect_s += time.perf_counter() - started
 
     def _gap_too_long(self, frame: VideoFrame) -> bool:
         # The source measures outages itself: a slow consumer skipping frames is not a gap.

@@ -49,6 +49,64 @@ def test_remote_detector_when_frames_go_through_shared_memory_then_boxes_match_l
 
 
 @pytest.mark.slow
+def test_tracker_when_frames_overlap_at_the_detection_server_then_tracks_match_one_at_a_time():
+    import dataclasses
+    import itertools
+    import queue
+    from concurrent.futures import Future
+
+    from vidqa.config import TrackerConfig
+    from vidqa.detection.transport import DetectionServer, RemoteDetector
+    from vidqa.tracking import PersonTracker
+
+    requests: queue.Queue = queue.Queue()
+    futures: dict[int, Future] = {}
+    ids = itertools.count()
+    sent: list[int] = []  # per request, the detector it went to
+
+    def reply(client: int, request_id: int, outcome) -> None:
+        futures.pop(request_id).set_result(outcome)
+
+    def submit(index: int, buffer: str, shape: tuple) -> Future:
+        request_id = next(ids)
+        futures[request_id] = Future()
+        sent.append(index)
+        requests.put((0, request_id, index, buffer, shape))
+        return futures[request_id]
+
+    cfg = TrackerConfig(device="cpu")
+    server = DetectionServer([cfg], requests, reply).start()
+    detector = server.detectors[0]
+    remotes = [RemoteDetector(submit, 0, detector.cfg, detector.stride, detector.info)
+               for _ in range(3)]
+
+    def tracker(in_flight: int, remote: RemoteDetector) -> PersonTracker:
+        return PersonTracker(dataclasses.replace(cfg, in_flight=in_flight), detector=remote)
+
+    frames = clip_frames(8)
+    try:
+        # given: a tracker sending frames ahead, and one waiting for each frame's boxes
+        early = tracker(2, remotes[0])(iter(frames))
+        next(early)
+        sent_before_first = len(sent)
+        early.close()  # stopped with a frame still out: its buffer outlives the worker's read
+        # when: both track the same frames
+        ahead = [r.detections for r in tracker(2, remotes[1])(iter(frames))]
+        waited = [r.detections for r in tracker(1, remotes[2])(iter(frames))]
+    finally:
+        requests.put(None)
+        server.join()
+        for remote in remotes:
+            remote.close()
+    # then: frame 1 went out before frame 0 was tracked, and the tracks are the same
+    assert sent_before_first == 2
+    assert sum(len(d) for d in waited) > 0
+    for mine, theirs in zip(ahead, waited, strict=True):
+        assert np.array_equal(mine.track_id, theirs.track_id)
+        assert np.allclose(mine.xyxy, theirs.xyxy, atol=1e-3)
+
+
+@pytest.mark.slow
 def test_detection_worker_when_killed_then_restarted_and_boxes_still_match_local():
     import os
     import signal

@@ -9,7 +9,8 @@ the boxes back on the client's own reply queue.
 
 A detection worker that dies is started again on the same queues (:class:`~vidqa.workers.
 Supervisor`): each client sends again the frames it has no boxes for, which are still in their
-shared memory (a stream has one frame in flight and waits for it).
+shared memory (a stream has at most ``tracker.in_flight`` frames out, each in its own buffer,
+and reuses a buffer only once its boxes are back).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class RemoteDetector:
     sends back the boxes, which are mapped back to the frame here.
 
     ``submit(index, buffer_name, shape)`` sends one request to detector ``index`` of the worker
-    and returns a future of its boxes (in letterboxed pixels).
+    and returns a future of its boxes (in letterboxed pixels). Up to ``tracker.in_flight`` frames
+    may be out at once (:meth:`send`), each in a shared buffer of its own.
     """
 
     def __init__(self, submit: Callable[[int, str, tuple], Future], index: int,
@@ -55,12 +57,20 @@ class RemoteDetector:
         self.info = info
         self.cfg, self.stride = cfg, stride
         self.letterbox = LetterBox(new_shape=(cfg.imgsz, cfg.imgsz), auto=True, stride=stride)
-        # One frame in flight per stream: one buffer the size of the largest letterboxed frame
+        # One buffer per frame in flight, the size of the largest letterboxed frame
         # (tracker.letterbox: worker sends whole frames: a buffer the size of the frame).
-        self.buffer = SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+        self.buffers = [SharedMemory(create=True, size=3 * (cfg.imgsz + stride) ** 2)
+                        for _ in range(cfg.in_flight)]
+        self._out: list[PendingBoxes | None] = [None] * cfg.in_flight  # per buffer, its frame
+        self._next = 0  # the buffer the next frame goes to (round robin)
         self.letterbox_s = 0.0  # seconds letterboxing this stream's frames
 
     def __call__(self, image: np.ndarray) -> Any:
+        return self.send(image).result()
+
+    def send(self, image: np.ndarray) -> PendingBoxes:
+        """Hand ``image`` to the worker; its boxes, once they are back. The frame's buffer is
+        reused ``tracker.in_flight`` frames later: its boxes must be back by then."""
         started = time.perf_counter()
         if self.cfg.letterbox == "worker":  # the worker letterboxes: only the shape is needed
             framed = letterbox_params(image.shape, self.cfg.imgsz, self.stride)["framed"]
@@ -69,20 +79,55 @@ class RemoteDetector:
             sent = self.letterbox(image=image)
             framed = sent.shape[:2]
         self.letterbox_s += time.perf_counter() - started
-        if sent.nbytes > self.buffer.size:
-            self.close()
-            self.buffer = SharedMemory(create=True, size=sent.nbytes)
-        np.ndarray(sent.shape, np.uint8, self.buffer.buf)[:] = sent
-        data = self.submit(self.index, self.buffer.name, sent.shape).result()
+        slot = self._next
+        self._next = (slot + 1) % len(self.buffers)
+        assert self._out[slot] is None or self._out[slot].future.done(), \
+            "more frames out than tracker.in_flight buffers"
+        if sent.nbytes > self.buffers[slot].size:
+            _free(self.buffers[slot])
+            self.buffers[slot] = SharedMemory(create=True, size=sent.nbytes)
+        buffer = self.buffers[slot]
+        np.ndarray(sent.shape, np.uint8, buffer.buf)[:] = sent
+        pending = PendingBoxes(self.submit(self.index, buffer.name, sent.shape), framed,
+                               image.shape)
+        self._out[slot] = pending
+        return pending
+
+    def close(self) -> None:
+        """Free the shared buffers once the worker has read them (the frames still out are
+        waited for)."""
+        for pending in self._out:
+            if pending is not None:
+                pending.settle()
+        for buffer in self.buffers:
+            _free(buffer)
+
+
+class PendingBoxes:
+    """One frame's boxes from a detection worker, mapped back to the frame's pixels when taken."""
+
+    def __init__(self, future: Future, framed: tuple, shape: tuple) -> None:
+        self.future, self.framed, self.shape = future, framed, shape
+
+    def result(self) -> Any:
+        data = self.future.result()
         if len(data):
             from ultralytics.utils.ops import scale_boxes
 
-            data[:, :4] = scale_boxes(framed, data[:, :4], image.shape[:2])
-        return boxes_of(data, image.shape)
+            data[:, :4] = scale_boxes(self.framed, data[:, :4], self.shape[:2])
+        return boxes_of(data, self.shape)
 
-    def close(self) -> None:
-        self.buffer.close()
-        self.buffer.unlink()
+    def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait (at most ``timeout_s``) until the worker is done with the frame, boxes unused."""
+        try:
+            self.future.result(timeout=timeout_s)
+        except Exception:  # noqa: BLE001, S110 - the boxes are not wanted, only the buffer
+            pass
+
+
+def _free(buffer: SharedMemory) -> None:
+    buffer.close()
+    buffer.unlink()
 
 
 class DetectionServer:
