@@ -64,6 +64,17 @@ def test_forecast_when_a_stream_starts_with_a_crowd_then_the_burst_does_not_coun
     assert forecast.seen == 22
 
 
+def test_forecast_when_streams_run_side_by_side_then_their_rates_add_up():
+    one, many = CropForecast(horizon_s=100), CropForecast(horizon_s=100)
+    for t in range(11):  # one ROI a second for 10 s ...
+        one.observe("0", float(t))
+        for stream in ("0", "1", "2", "3"):  # ... and on each of four cameras at once
+            many.observe(stream, float(t))
+    point = 8 / 8  # 8 arrivals after the burst, over 8 s, per stream
+    assert one.rate() == pytest.approx(point * (1 - 2 / 8 ** 0.5))
+    assert many.rate() == pytest.approx(4 * point * (1 - 2 / 32 ** 0.5))
+
+
 def test_forecast_when_under_a_second_seen_expects_nothing():
     forecast = CropForecast(horizon_s=100)
     forecast.observe("0", 0.0)

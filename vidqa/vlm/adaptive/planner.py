@@ -188,13 +188,16 @@ class Planner:
     def _why_not(self, trace: StreamProfile, ranked: list[Candidate],
                  rejected: list[Candidate], remaining: float, how: str,
                  full_per_crop: float) -> str:
-        if not ranked:
-            return "no candidate saves time"
-        best = ranked[0]
+        left = [c for c in ranked if c not in rejected]
+        if not left:
+            return "no candidate saves time" if not ranked else \
+                f"every candidate moved the answers ({len(rejected)} rejected)"
+        best = left[0]
         payback = expected_return(remaining, full_per_crop, best.est_saving,
                                   self.cfg.audit_every)
         tail = f"; {len(rejected)} candidate(s) rejected" if rejected else ""
-        return (f"no candidate left that can pay back (best ranked, {best.label}, would cost "
+        return (f"no candidate left that can pay back (best ranked not rejected, {best.label}, "
+                f"would cost "
                 f"~{self._confirm_cost(trace, best):.1f} s to confirm and can return "
                 f"~{max(payback, 0):.1f} s on ~{remaining:.0f} ROIs still to come if it "
                 f"passes, p_pass ~{best.p_pass:.2f}: {how}){tail}")

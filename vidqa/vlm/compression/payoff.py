@@ -69,8 +69,9 @@ class CropForecast:
         self._expected: int | None = None  # ROIs announced by the caller
         self._seconds: float | None = None  # stream seconds still to come, announced
         self._since = 0  # ROIs seen since the announcement
-        self._spans: dict[str, list[float]] = {}  # stream -> [first time_s, last time_s]
-        self._arrivals = 0  # ROIs after their stream's first BURST_S seconds
+        # stream -> [first time_s, last time_s, ROIs after its first BURST_S seconds]
+        self._spans: dict[str, list[float]] = {}
+        self._arrivals = 0  # ROIs after their stream's first BURST_S seconds, all streams
         self.seen = 0
 
     def expect(self, crops: int | None = None, seconds: float | None = None) -> None:
@@ -81,18 +82,23 @@ class CropForecast:
     def observe(self, stream_id: str, time_s: float) -> None:
         self.seen += 1
         self._since += 1
-        span = self._spans.setdefault(stream_id, [time_s, time_s])
+        span = self._spans.setdefault(stream_id, [time_s, time_s, 0])
         span[0], span[1] = min(span[0], time_s), max(span[1], time_s)
         if time_s - span[0] > BURST_S:
+            span[2] += 1
             self._arrivals += 1
 
     def rate(self) -> float | None:
-        """New ROIs per second of stream time after the start's burst, summed over streams, at
-        the lower end of what they suggest (None before 1 s of that)."""
-        seconds = sum(max(0.0, last - first - BURST_S) for first, last in self._spans.values())
-        if seconds < 1.0:
+        """New ROIs per second of stream time after the start's burst, summed over the streams
+        (they run side by side: each stream's own rate, added up), at the lower end of what
+        their arrivals suggest (None before any stream has 1 s of that)."""
+        timed = [(n, last - first - BURST_S) for first, last, n in self._spans.values()
+                 if last - first - BURST_S >= 1.0]
+        if not timed:
             return None
-        return max(0.0, self._arrivals - POISSON_Z * math.sqrt(self._arrivals)) / seconds
+        arrivals = sum(n for n, _ in timed)
+        point = sum(n / seconds for n, seconds in timed)
+        return point * max(0.0, 1 - POISSON_Z / math.sqrt(arrivals)) if arrivals else 0.0
 
     def known(self) -> bool:
         """Whether anything is known of what is still to come: announced, or a rate (on a
@@ -110,7 +116,7 @@ class CropForecast:
             return 0.0, f"no rate yet (under 1 s of stream seen after the first {BURST_S:g} s)"
         if self._seconds is not None:
             # Streams run side by side: the longest span seen is the stream time elapsed.
-            elapsed = max(last - first for first, last in self._spans.values())
+            elapsed = max(last - first for first, last, _ in self._spans.values())
             left = max(0.0, self._seconds - elapsed)
             return rate * left, f"{rate:.2f} ROI/s x {left:.0f} s of {self._seconds:.0f} s left"
         return rate * self.horizon_s, f"{rate:.2f} ROI/s x horizon {self.horizon_s:.0f} s"
