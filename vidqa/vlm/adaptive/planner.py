@@ -197,8 +197,7 @@ class Planner:
                                   self.cfg.audit_every)
         tail = f"; {len(rejected)} candidate(s) rejected" if rejected else ""
         return (f"no candidate left that can pay back (best ranked not rejected, {best.label}, "
-                f"would cost "
-                f"~{self._confirm_cost(trace, best):.1f} s to confirm and can return "
+                f"would cost ~{self._confirm_cost(trace, best):.1f} s to confirm and can return "
                 f"~{max(payback, 0):.1f} s on ~{remaining:.0f} ROIs still to come if it "
                 f"passes, p_pass ~{best.p_pass:.2f}: {how}){tail}")
 

@@ -55,6 +55,21 @@ TILE_RISK = 0.5
 # How many ROIs are still to come
 
 
+@dataclass
+class _Span:
+    """One stream's ROIs as the forecast sees them: its first and latest time, and how many came
+    after its first :data:`BURST_S` seconds."""
+
+    first: float
+    last: float
+    arrivals: int = 0
+
+    @property
+    def timed_s(self) -> float:
+        """Stream seconds after the burst."""
+        return self.last - self.first - BURST_S
+
+
 class CropForecast:
     """ROIs still to come for one question, from an explicit count, a stream time still to
     come, or the rate of new ROIs (per second of stream time) times the live horizon.
@@ -69,9 +84,7 @@ class CropForecast:
         self._expected: int | None = None  # ROIs announced by the caller
         self._seconds: float | None = None  # stream seconds still to come, announced
         self._since = 0  # ROIs seen since the announcement
-        # stream -> [first time_s, last time_s, ROIs after its first BURST_S seconds]
-        self._spans: dict[str, list[float]] = {}
-        self._arrivals = 0  # ROIs after their stream's first BURST_S seconds, all streams
+        self._spans: dict[str, _Span] = {}  # per stream: one per camera, bounded
         self.seen = 0
 
     def expect(self, crops: int | None = None, seconds: float | None = None) -> None:
@@ -82,30 +95,29 @@ class CropForecast:
     def observe(self, stream_id: str, time_s: float) -> None:
         self.seen += 1
         self._since += 1
-        span = self._spans.setdefault(stream_id, [time_s, time_s, 0])
-        span[0], span[1] = min(span[0], time_s), max(span[1], time_s)
-        if time_s - span[0] > BURST_S:
-            span[2] += 1
-            self._arrivals += 1
+        span = self._spans.setdefault(stream_id, _Span(time_s, time_s))
+        span.first, span.last = min(span.first, time_s), max(span.last, time_s)
+        if time_s - span.first > BURST_S:
+            span.arrivals += 1
 
     def rate(self) -> float | None:
         """New ROIs per second of stream time after the start's burst, summed over the streams
         (they run side by side: each stream's own rate, added up), at the lower end of what
         their arrivals suggest (None before any stream has 1 s of that)."""
-        timed = [(n, last - first - BURST_S) for first, last, n in self._spans.values()
-                 if last - first - BURST_S >= 1.0]
+        timed = [span for span in self._spans.values() if span.timed_s >= 1.0]
         if not timed:
             return None
-        arrivals = sum(n for n, _ in timed)
-        point = sum(n / seconds for n, seconds in timed)
+        arrivals = sum(span.arrivals for span in timed)
+        point = sum(span.arrivals / span.timed_s for span in timed)
         return point * max(0.0, 1 - POISSON_Z / math.sqrt(arrivals)) if arrivals else 0.0
 
     def known(self) -> bool:
         """Whether anything is known of what is still to come: announced, or a rate (on a
         file of announced length, as soon as there is one; live, resting on at least
         :data:`MIN_ARRIVALS` new ROIs after the streams' first seconds)."""
+        arrivals = sum(span.arrivals for span in self._spans.values())
         return self._expected is not None or (self.rate() is not None and (
-            self._seconds is not None or self._arrivals >= MIN_ARRIVALS))
+            self._seconds is not None or arrivals >= MIN_ARRIVALS))
 
     def remaining(self) -> tuple[float, str]:
         """(ROIs expected from now on, how that was estimated)."""
@@ -116,7 +128,7 @@ class CropForecast:
             return 0.0, f"no rate yet (under 1 s of stream seen after the first {BURST_S:g} s)"
         if self._seconds is not None:
             # Streams run side by side: the longest span seen is the stream time elapsed.
-            elapsed = max(last - first for first, last, _ in self._spans.values())
+            elapsed = max(span.last - span.first for span in self._spans.values())
             left = max(0.0, self._seconds - elapsed)
             return rate * left, f"{rate:.2f} ROI/s x {left:.0f} s of {self._seconds:.0f} s left"
         return rate * self.horizon_s, f"{rate:.2f} ROI/s x horizon {self.horizon_s:.0f} s"
